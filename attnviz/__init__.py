@@ -1,0 +1,31 @@
+"""attnviz: look inside the attention modules of CNNs.
+
+    >>> import attnviz
+    >>> with attnviz.capture(model) as cap:
+    ...     logits = model(x)
+    >>> cap.records  # name -> record, in forward order
+"""
+
+from __future__ import annotations
+
+from .capture import (
+    Affinity,
+    BranchWeights,
+    Capture,
+    ChannelAffinity,
+    ChannelGate,
+    CrissCross,
+    Record,
+    SamplingGrid,
+    SpatialMask,
+    capture,
+)
+from .maps import criss_cross_reach
+from .modules import create_attn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Affinity", "BranchWeights", "Capture", "ChannelAffinity", "ChannelGate", "CrissCross", "Record",
+    "SamplingGrid", "SpatialMask", "capture", "create_attn", "criss_cross_reach", "__version__",
+]

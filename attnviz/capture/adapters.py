@@ -1,0 +1,270 @@
+"""Adapters: exact, per-class hooks for attention modules we know.
+
+An adapter turns one module into an :class:`AdapterSpec`: which submodule outputs to keep (taps), what
+to compute from the input before the module runs (``on_input``), and how to build records once the
+module has returned. The manager does the hooking; nothing here touches hooks directly. Classes are
+registered by their qualified name, so neither timm nor torchvision is imported to look them up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .records import (
+    Affinity,
+    BranchWeights,
+    ChannelAffinity,
+    ChannelGate,
+    CrissCross,
+    Record,
+    SamplingGrid,
+    SpatialMask,
+    keep,
+)
+
+Stash = dict[str, torch.Tensor]
+Built = list[tuple[str, Record]]  # (name suffix, record); suffix "" = the module's own name
+
+
+@dataclass
+class AdapterSpec:
+    """How to record one module.
+
+    Attributes:
+        build: ``build(module, x, out, stash) -> [(suffix, record), ...]`` called after the module ran.
+        taps: ``key -> (submodule, select)``: the submodule's output, passed through ``select`` (or
+            kept whole), is cloned into ``stash[key]`` when it is produced.
+        on_input: ``on_input(module, x) -> stash`` computed before the module runs.
+    """
+
+    build: Callable[[nn.Module, torch.Tensor, object, Stash], Built]
+    taps: dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]] = field(default_factory=dict)
+    on_input: Callable[[nn.Module, torch.Tensor], Stash] | None = None
+
+
+_REGISTRY: dict[str, Callable[[nn.Module], AdapterSpec]] = {}
+
+
+def register_adapter(*qualnames: str) -> Callable[[Callable[[nn.Module], AdapterSpec]], Callable[[nn.Module], AdapterSpec]]:
+    """Register an adapter factory for classes given as ``"package.module.ClassName"``."""
+
+    def deco(fn: Callable[[nn.Module], AdapterSpec]) -> Callable[[nn.Module], AdapterSpec]:
+        for q in qualnames:
+            _REGISTRY[q] = fn
+        return fn
+
+    return deco
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def find_adapter(module: nn.Module) -> Callable[[nn.Module], AdapterSpec] | None:
+    """The adapter factory for ``module``'s class or its nearest registered base class."""
+    for cls in type(module).__mro__:
+        fn = _REGISTRY.get(_qualname(cls))
+        if fn is not None:
+            return fn
+    return None
+
+
+def known_classes() -> list[str]:
+    """Qualified names of every class with an adapter."""
+    return sorted(_REGISTRY)
+
+
+def gate_record(gate: torch.Tensor, x: torch.Tensor) -> Record:
+    """Classify a gate tensor by its size against the module input ``x`` (B, C, H, W)."""
+    b, c, h, w = x.shape
+    per = gate.numel() // b
+    if per == c:
+        return ChannelGate(weights=gate.reshape(b, c))
+    if per == h * w:
+        return SpatialMask(mask=gate.reshape(b, h, w))
+    raise ValueError(f"gate of shape {tuple(gate.shape)} fits neither channels nor positions of {tuple(x.shape)}")
+
+
+def _gate_spec(gate: nn.Module) -> AdapterSpec:
+    return AdapterSpec(taps={"gate": (gate, None)}, build=lambda m, x, out, s: [("", gate_record(s["gate"], x))])
+
+
+# ---- squeeze-and-excitation family: the gate is a submodule -------------------------------------
+@register_adapter(
+    "attnviz.modules.se.SqueezeExcite",
+    "attnviz.modules.eca.EfficientChannelAttn",
+    "attnviz.modules.cbam.ChannelGate",
+    "attnviz.modules.cbam.SpatialGate",
+    "attnviz.modules.scse.SpatialSE",
+    "timm.layers.squeeze_excite.SEModule",
+    "timm.layers.squeeze_excite.EffectiveSEModule",
+    "timm.layers.eca.EcaModule",
+    "timm.layers.eca.CecaModule",
+    "timm.layers.cbam.ChannelAttn",
+    "timm.layers.cbam.SpatialAttn",
+    "timm.models._efficientnet_blocks.SqueezeExcite",
+)
+def _gate_module(m: nn.Module) -> AdapterSpec:
+    return _gate_spec(m.gate)
+
+
+@register_adapter("torchvision.ops.misc.SqueezeExcitation")
+def _tv_se(m: nn.Module) -> AdapterSpec:
+    return _gate_spec(m.scale_activation)
+
+
+@register_adapter("timm.layers.cbam.LightChannelAttn")
+def _timm_light_channel(m: nn.Module) -> AdapterSpec:
+    # the gate is a functional F.sigmoid: recompute it from the input with the module's own layers
+    def on_input(mod: nn.Module, x: torch.Tensor) -> Stash:
+        pool = 0.5 * x.mean((2, 3), keepdim=True) + 0.5 * x.amax((2, 3), keepdim=True)
+        return {"gate": keep(torch.sigmoid(mod.fc2(mod.act(mod.fc1(pool)))))}
+
+    return AdapterSpec(on_input=on_input, build=lambda mod, x, out, s: [("", gate_record(s["gate"], x))])
+
+
+@register_adapter("timm.layers.cbam.LightSpatialAttn")
+def _timm_light_spatial(m: nn.Module) -> AdapterSpec:
+    return _gate_spec(m.gate)
+
+
+# ---- global context ------------------------------------------------------------------------------
+@register_adapter("attnviz.modules.gc.GlobalContext")
+def _gc(m: nn.Module) -> AdapterSpec:
+    taps = {"attn": (m.softmax, None)}
+    if m.gate is not None:
+        taps["gate"] = (m.gate, None)
+
+    def build(mod: nn.Module, x: torch.Tensor, out: object, s: Stash) -> Built:
+        b, _, h, w = x.shape
+        recs: Built = [("", SpatialMask(mask=s["attn"].reshape(b, h, w)))]
+        if "gate" in s:
+            recs.append((".gate", gate_record(s["gate"], x)))
+        return recs
+
+    return AdapterSpec(taps=taps, build=build)
+
+
+@register_adapter("timm.layers.global_context.GlobalContext")
+def _timm_gc(m: nn.Module) -> AdapterSpec:
+    taps: dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]] = {}
+    if m.conv_attn is not None:
+        taps["logits"] = (m.conv_attn, None)
+    if m.mlp_scale is not None:
+        taps["gate"] = (m.gate, None)
+
+    def build(mod: nn.Module, x: torch.Tensor, out: object, s: Stash) -> Built:
+        b, _, h, w = x.shape
+        recs: Built = []
+        if "logits" in s:  # the module's own F.softmax over H·W, recomputed on the same logits
+            recs.append(("", SpatialMask(mask=F.softmax(s["logits"].reshape(b, h * w), dim=-1).reshape(b, h, w))))
+        if "gate" in s:
+            recs.append((".gate" if recs else "", gate_record(s["gate"], x)))
+        return recs
+
+    return AdapterSpec(taps=taps, build=build)
+
+
+# ---- selective kernel ----------------------------------------------------------------------------
+def _branch_build(mod: nn.Module, x: torch.Tensor, out: object, s: Stash) -> Built:
+    w = s["weights"]  # (B, M, C, 1, 1)
+    return [("", BranchWeights(weights=w.reshape(w.shape[0], w.shape[1], w.shape[2])))]
+
+
+@register_adapter("attnviz.modules.sk.SelectiveKernel")
+def _sk(m: nn.Module) -> AdapterSpec:
+    return AdapterSpec(taps={"weights": (m.softmax, None)}, build=_branch_build)
+
+
+@register_adapter("timm.layers.selective_kernel.SelectiveKernelAttn")
+def _timm_sk(m: nn.Module) -> AdapterSpec:
+    return AdapterSpec(taps={"weights": (m, None)}, build=_branch_build)
+
+
+# ---- non-local / position attention: queries and keys, rows on demand -------------------------
+def _affinity(q: torch.Tensor, k: torch.Tensor, **kw: object) -> Affinity:
+    """Affinity from query maps ``(B, d, H, W)`` and key maps ``(B, d, Hk, Wk)``, one head."""
+    return Affinity(
+        queries=q.flatten(2).transpose(1, 2).unsqueeze(1),  # (B, 1, N, d)
+        keys=k.flatten(2).unsqueeze(1),  # (B, 1, d, M)
+        query_hw=(q.shape[2], q.shape[3]),
+        key_hw=(k.shape[2], k.shape[3]),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@register_adapter("attnviz.modules.non_local.NonLocal2d")
+def _nonlocal(m: nn.Module) -> AdapterSpec:
+    normalize = "softmax" if m.mode == "embedded_gaussian" else "mean"
+    return AdapterSpec(
+        taps={"q": (m.theta, None), "k": (m.phi, None)},
+        build=lambda mod, x, out, s: [("", _affinity(s["q"], s["k"], scale=float(mod.scale), normalize=normalize))],
+    )
+
+
+@register_adapter("timm.layers.non_local_attn.NonLocalAttn")
+def _timm_nonlocal(m: nn.Module) -> AdapterSpec:
+    return AdapterSpec(
+        taps={"q": (m.t, None), "k": (m.p, None)},
+        build=lambda mod, x, out, s: [("", _affinity(s["q"], s["k"], scale=float(mod.scale)))],
+    )
+
+
+@register_adapter("attnviz.modules.danet.PositionAttention")
+def _pam(m: nn.Module) -> AdapterSpec:
+    return AdapterSpec(
+        taps={"q": (m.query, None), "k": (m.key, None)},
+        build=lambda mod, x, out, s: [("", _affinity(s["q"], s["k"]))],
+    )
+
+
+@register_adapter("attnviz.modules.danet.ChannelAttention")
+def _cam(m: nn.Module) -> AdapterSpec:
+    return AdapterSpec(taps={"attn": (m.softmax, None)}, build=lambda mod, x, out, s: [("", ChannelAffinity(matrix=s["attn"]))])
+
+
+@register_adapter("timm.layers.bottleneck_attn.BottleneckAttn")
+def _botnet(m: nn.Module) -> AdapterSpec:
+    dqk = m.dim_out_qk
+
+    def build(mod: nn.Module, x: torch.Tensor, out: object, s: Stash) -> Built:
+        qk = s["qk"]  # (B, 2·heads·d, H, W)
+        b, _, h, w = qk.shape
+        heads, d = mod.num_heads, mod.dim_head_qk
+        q = qk[:, :dqk].reshape(b, heads, d, h * w).transpose(2, 3)  # (B, heads, N, d)
+        k = qk[:, dqk:].reshape(b, heads, d, h * w)  # (B, heads, d, N)
+        pe = mod.pos_embed
+        rec = Affinity(
+            queries=q, keys=k, query_hw=(h, w), key_hw=(h, w), scale=float(mod.scale),
+            rel_h=keep(pe.height_rel), rel_w=keep(pe.width_rel), scale_pos=bool(mod.scale_pos_embed),
+        )
+        return [("", rec)]
+
+    return AdapterSpec(taps={"qk": (m.qkv, lambda t: t[:, : 2 * dqk])}, build=build)
+
+
+# ---- criss-cross ---------------------------------------------------------------------------------
+@register_adapter("attnviz.modules.ccnet.CrissCrossAttention")
+def _cca(m: nn.Module) -> AdapterSpec:
+    return AdapterSpec(
+        taps={"q": (m.query, None), "k": (m.key, None)},
+        build=lambda mod, x, out, s: [("", CrissCross(queries=s["q"], keys=s["k"]))],
+    )
+
+
+# ---- spatial transformer -------------------------------------------------------------------------
+@register_adapter("attnviz.modules.stn.SpatialTransformer")
+def _stn(m: nn.Module) -> AdapterSpec:
+    def build(mod: nn.Module, x: torch.Tensor, out: object, s: Stash) -> Built:
+        theta = s["theta"]  # (B, 2, 3)
+        b, c, h, w = x.shape
+        oh, ow = mod.out_size or (h, w)
+        grid = F.affine_grid(theta, [b, c, oh, ow], align_corners=mod.align_corners)  # same call as the module
+        return [("", SamplingGrid(grid=grid, theta=theta, input_hw=(h, w), align_corners=mod.align_corners))]
+
+    return AdapterSpec(taps={"theta": (m.head, None)}, build=build)

@@ -1,0 +1,316 @@
+"""The hook manager: ``with capture(model) as cap: model(x)``.
+
+Lifecycle (after torch-cam's): every hook handle goes into one list on entry and all are removed in
+``__exit__``, also when the forward raised; the model's train/eval state and its own hooks are never
+touched. Hooks only record calls made on the thread that entered the context, so two threads can
+capture the same model at once. What is stored is cloned (captum's habit): later in-place ops of the
+model cannot change a record.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .adapters import AdapterSpec, find_adapter
+from .discovery import WATCHED, Frame, GateMode, class_uses_gates, classify, grid_record
+from .records import Record, SamplingGrid, keep
+
+Generic = Literal["auto", "all", "off"]
+
+
+def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a
+    return None
+
+
+def _version(t: torch.Tensor | None) -> int | None:
+    if t is None:
+        return None
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors keep no version counter (and cannot be changed in place)
+        return None
+
+
+def contribution(x: torch.Tensor | None, out: object, version: int | None) -> torch.Tensor | None:
+    """``‖out − x‖ / ‖x‖`` per sample ``(B,)``, or None when shapes differ or x changed in place."""
+    if x is None or not isinstance(out, torch.Tensor) or out.shape != x.shape or x.ndim < 2:
+        return None
+    if version is not None and _version(x) != version:
+        return None
+    with torch.no_grad():
+        xf = x.detach().flatten(1).float()
+        diff = torch.linalg.vector_norm(out.detach().flatten(1).float() - xf, dim=1)
+        return (diff / torch.linalg.vector_norm(xf, dim=1).clamp_min(1e-12)).cpu()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The eager module behind ``torch.compile``, ``DataParallel`` and ``DistributedDataParallel``.
+
+    Raises:
+        TypeError: ``model`` is TorchScript (hooks cannot see inside it) or not a module.
+    """
+    while True:
+        if isinstance(model, (torch.jit.ScriptModule, torch.jit.RecursiveScriptModule)):
+            raise TypeError(
+                "attnviz cannot capture a TorchScript module: scripted code runs without Python hooks. "
+                "Capture the eager nn.Module (before torch.jit.script/trace) instead."
+            )
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"capture() needs a torch.nn.Module, got {type(model).__name__}")
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+class Capture:
+    """Context manager that records every attention map of one or more forward passes.
+
+    Args:
+        model: Any ``nn.Module`` (compiled and data-parallel wrappers are unwrapped).
+        generic: ``"auto"`` runs generic discovery in modules whose code names a gate function and
+            that no adapter covers; ``"all"`` watches every module; ``"off"`` uses adapters only.
+
+    Attributes:
+        records: ``name -> Record`` in forward order; the k-th call of a module is ``name#k``.
+    """
+
+    def __init__(self, model: nn.Module, generic: Generic = "auto") -> None:
+        if generic not in ("auto", "all", "off"):
+            raise ValueError(f"generic must be 'auto', 'all' or 'off', got {generic!r}")
+        self.model = model
+        self.generic = generic
+        self.records: OrderedDict[str, Record] = OrderedDict()
+        self._handles: list[RemovableHandle] = []
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._thread: int | None = None
+        self._mode: GateMode | None = None
+        self._stack: list[Frame] = []
+        self._grids: dict[int, tuple[torch.Tensor, SamplingGrid]] = {}
+        self._call_stacks: list[list[Any]] = []
+        self._restore: list[Callable[[], None]] = []
+        self._active = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "Capture":
+        if self._active:
+            raise RuntimeError("this Capture is already active; use a new capture() for nested use")
+        target = self._prepare(self.model)
+        self._thread = threading.get_ident()
+        self._active = True
+        try:
+            adapted = self._attach_adapters(target)
+            if self.generic != "off":
+                self._attach_discovery(target, adapted)
+        except BaseException:
+            self._teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._teardown()  # never swallows the exception of the with-block
+
+    def _teardown(self) -> None:
+        try:
+            if self._mode is not None:
+                self._mode.__exit__(None, None, None)
+        finally:
+            self._mode = None
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
+            for undo in reversed(self._restore):
+                undo()
+            self._restore.clear()
+            self._stack.clear()
+            self._grids.clear()
+            self._call_stacks.clear()
+            self._active = False
+
+    def _prepare(self, model: nn.Module) -> nn.Module:
+        """Unwrap; make a compiled model run its eager original while captured (exact records)."""
+        target = unwrap(model)
+        m = model
+        while m is not target:
+            if isinstance(getattr(m, "_orig_mod", None), nn.Module) and "forward" in vars(m):
+                compiled_forward = vars(m)["forward"]
+                vars(m)["forward"] = m._orig_mod.__call__
+
+                def undo(m: nn.Module = m, f: Any = compiled_forward) -> None:
+                    vars(m)["forward"] = f
+
+                self._restore.append(undo)
+            m = m._orig_mod if isinstance(getattr(m, "_orig_mod", None), nn.Module) else m.module
+        return target
+
+    def clear(self) -> None:
+        """Forget the records so far (e.g. between two forwards in one context)."""
+        with self._lock:
+            self.records.clear()
+            self._counts.clear()
+
+    # ---- recording -------------------------------------------------------------------------------
+    def _mine(self) -> bool:
+        return threading.get_ident() == self._thread
+
+    def _emit(self, base: str, rec: Record, module: nn.Module, source: str, contrib: torch.Tensor | None) -> None:
+        with self._lock:
+            n = self._counts.get(base, 0) + 1
+            self._counts[base] = n
+            rec.name = base if n == 1 else f"{base}#{n}"
+            rec.module_type = type(module).__name__
+            rec.source = source
+            rec.contribution = contrib
+            self.records[rec.name] = rec
+
+    def _attach_adapters(self, target: nn.Module) -> list[str]:
+        adapted: list[str] = []
+        for name, module in target.named_modules():
+            factory = find_adapter(module)
+            if factory is None:
+                continue
+            self._attach_one(name, module, factory(module))
+            adapted.append(name)
+        return adapted
+
+    def _attach_one(self, name: str, module: nn.Module, spec: AdapterSpec) -> None:
+        calls: list[dict[str, Any]] = []  # one entry per active call (modules may recurse)
+        self._call_stacks.append(calls)
+
+        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if not self._mine():
+                return
+            x = _first_tensor(args, kwargs)
+            call: dict[str, Any] = {"x": x, "version": _version(x), "stash": {}}
+            if spec.on_input is not None and x is not None:
+                with torch.no_grad():
+                    call["stash"].update(spec.on_input(mod, x))
+            calls.append(call)
+
+        def post(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            if not self._mine() or not calls:
+                return
+            call = calls.pop()
+            with torch.no_grad():
+                built = spec.build(mod, call["x"], out, call["stash"])
+                contrib = contribution(call["x"], out, call["version"])
+            for suffix, rec in built:
+                self._emit(name + suffix if name else suffix.lstrip(".") or type(mod).__name__, rec, mod, "adapter", contrib)
+
+        self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        for key, (sub, select) in spec.taps.items():
+            self._handles.append(sub.register_forward_hook(self._tap(calls, key, select)))
+        self._handles.append(module.register_forward_hook(post, with_kwargs=True))
+
+    def _tap(self, calls: list[dict[str, Any]], key: str, select: Callable[[torch.Tensor], torch.Tensor] | None) -> Callable[..., None]:
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            if self._mine() and calls:
+                calls[-1]["stash"][key] = keep(select(out) if select is not None else out)
+
+        return hook
+
+    # ---- generic discovery -----------------------------------------------------------------------
+    def _attach_discovery(self, target: nn.Module, adapted: list[str]) -> None:
+        def covered(name: str) -> bool:
+            return any(name == a or name.startswith(a + ".") or a == "" for a in adapted)
+
+        named = dict(target.named_modules())
+        if self.generic == "all":
+            candidates = [n for n in named if not covered(n)]
+        else:
+            candidates = [n for n, m in named.items() if not covered(n) and class_uses_gates(type(m))]
+        if not candidates:
+            return
+        hooked: set[str] = set()
+        for n in candidates:
+            parts = n.split(".") if n else []
+            hooked.update(".".join(parts[:i]) for i in range(len(parts) + 1))
+        hooked.update(a for a in adapted if any(a.startswith(h + ".") or h == "" for h in hooked))
+        adapted_set = set(adapted)
+        for n in named:
+            if n in hooked:
+                self._attach_frame(n, named[n], n in adapted_set)
+        self._mode = GateMode(self._on_op)
+        self._mode.__enter__()
+
+    def _attach_frame(self, name: str, module: nn.Module, adapted: bool) -> None:
+        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if not self._mine():
+                return
+            if name == "":
+                self._stack.clear()  # a new top-level forward: drop frames left by an earlier exception
+            x = _first_tensor(args, kwargs)
+            x4 = x if x is not None and x.ndim == 4 else None
+            self._stack.append(Frame(name=name, x=x4, adapted=adapted, version=_version(x4)))
+
+        def post(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            if not self._mine() or not self._stack or self._stack[-1].name != name:
+                return
+            frame = self._stack.pop()
+            if not frame.pending:
+                return
+            contrib = contribution(frame.x, out, frame.version)
+            for suffix, rec in frame.pending:
+                self._emit(f"{name}.{suffix}" if name else suffix, rec, mod, "generic", contrib)
+
+        self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        self._handles.append(module.register_forward_hook(post, with_kwargs=True))
+
+    def _on_op(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        if not self._mine() or not self._stack or not isinstance(out, torch.Tensor):
+            return
+        if any(f.adapted for f in self._stack):
+            return  # an adapter already records this module exactly
+        if func in (torch.nn.functional.affine_grid, torch.nn.functional.grid_sample):
+            kind, rec = grid_record(func, args, kwargs, out)
+            if kind == "affine_grid":
+                self._grids[id(out)] = (out, rec)
+                self._stack[-1].pending.append(("grid", rec))
+                return
+            grid = args[1] if len(args) > 1 else kwargs["grid"]
+            known = self._grids.get(id(grid))
+            if known is not None and known[0] is grid:
+                known[1].input_hw = rec.input_hw
+            elif rec is not None:
+                self._stack[-1].pending.append(("grid", rec))
+            return
+        # the enclosing module: innermost 4-D call that is not just a wrapper of this op (nn.Sigmoid, ...)
+        arg = args[0] if args else None
+        frame = next((f for f in reversed(self._stack) if f.x is not None and f.x is not arg), None)
+        if frame is None:
+            return
+        rec = classify(func, out, frame.x)
+        if rec is not None:
+            frame.pending.append((rec.kind, rec))
+
+
+def capture(model: nn.Module, generic: Generic = "auto") -> Capture:
+    """Record the attention maps of ``model`` while the ``with`` block runs.
+
+    Example:
+        >>> with capture(model) as cap:
+        ...     logits = model(x)
+        >>> for name, rec in cap.records.items():
+        ...     print(name, rec.kind)
+
+    Args:
+        model: The model (``torch.compile``/``DataParallel`` wrappers are unwrapped).
+        generic: Generic discovery for unknown code: ``"auto"`` (default), ``"all"`` or ``"off"``.
+    """
+    return Capture(model, generic=generic)
+
+
+__all__ = ["Capture", "capture", "contribution", "unwrap", "WATCHED", "classify"]

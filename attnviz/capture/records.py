@@ -1,0 +1,269 @@
+"""Record types: what a capture keeps of one call of one attention module.
+
+Every tensor is float32 on the CPU and owned by the record (cloned at capture time), batch first.
+Affinity-like records keep queries and keys (O(HW·C)) and compute a row when asked; the (HW × HW)
+matrix is only held when generic discovery met an unknown module that materialised it itself.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch.nn import functional as F
+
+
+def keep(t: torch.Tensor) -> torch.Tensor:
+    """Detached float32 CPU copy of ``t`` that no later in-place op of the model can change."""
+    return t.detach().to(device="cpu", dtype=torch.float32, copy=True)
+
+
+@dataclass(eq=False, kw_only=True)
+class Record(abc.ABC):
+    """Base of every record.
+
+    Attributes:
+        name: Module path in the model (``name#k`` for its k-th call in one forward).
+        module_type: Class name of the attention module that produced it.
+        source: ``"adapter"`` (exact, known module) or ``"generic"`` (found by discovery).
+        contribution: ``‖out − x‖ / ‖x‖`` per sample ``(B,)`` of the module, or ``None`` when input
+            and output shapes differ (or the module changed its input in place).
+    """
+
+    kind: ClassVar[str] = ""
+    name: str = ""
+    module_type: str = ""
+    source: str = "adapter"
+    contribution: torch.Tensor | None = None
+
+    @property
+    @abc.abstractmethod
+    def batch_size(self) -> int:
+        """Number of samples B in the record."""
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """The raw tensors of the record at feature resolution, for export."""
+        out = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        return out
+
+
+@dataclass(eq=False, kw_only=True)
+class ChannelGate(Record):
+    """Per-channel gate (SE, ECA, CBAM channel, GC with multiplicative fusion)."""
+
+    kind: ClassVar[str] = "channel"
+    weights: torch.Tensor  # (B, C)
+
+    @property
+    def batch_size(self) -> int:
+        return self.weights.shape[0]
+
+
+@dataclass(eq=False, kw_only=True)
+class SpatialMask(Record):
+    """Per-position gate or pooling mask (CBAM spatial, scSE sSE, GC context softmax)."""
+
+    kind: ClassVar[str] = "spatial"
+    mask: torch.Tensor  # (B, H, W)
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+
+@dataclass(eq=False, kw_only=True)
+class BranchWeights(Record):
+    """Per-branch, per-channel weights of a selective-kernel style fusion."""
+
+    kind: ClassVar[str] = "branch"
+    weights: torch.Tensor  # (B, M, C)
+
+    @property
+    def batch_size(self) -> int:
+        return self.weights.shape[0]
+
+
+@dataclass(eq=False, kw_only=True)
+class ChannelAffinity(Record):
+    """Channel-to-channel attention (DANet CAM)."""
+
+    kind: ClassVar[str] = "channel_affinity"
+    matrix: torch.Tensor  # (B, C, C)
+
+    @property
+    def batch_size(self) -> int:
+        return self.matrix.shape[0]
+
+
+@dataclass(eq=False, kw_only=True)
+class Affinity(Record):
+    """Attention of one query position over key positions (Non-Local, DANet PAM, BotNet).
+
+    Either ``queries``/``keys`` are held (lazy rows) or the full ``matrix`` (generic discovery).
+
+    Attributes:
+        query_hw: Grid (H, W) of query positions.
+        key_hw: Grid (Hk, Wk) of key positions (smaller when keys are sub-sampled).
+        queries: ``(B, heads, N, d)``.
+        keys: ``(B, heads, d, M)``.
+        scale: Factor on the logits.
+        normalize: ``"softmax"`` or ``"mean"`` (dot-product Non-Local: logits / M).
+        rel_h, rel_w: Relative position tables ``(2H-1, d)`` and ``(2W-1, d)`` (BotNet) or None.
+        scale_pos: Whether the relative logits are added before (True) or after (False) the scale.
+        matrix: ``(B, heads, N, M)`` when captured whole.
+    """
+
+    kind: ClassVar[str] = "affinity"
+    query_hw: tuple[int, int]
+    key_hw: tuple[int, int]
+    queries: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    scale: float = 1.0
+    normalize: str = "softmax"
+    rel_h: torch.Tensor | None = None
+    rel_w: torch.Tensor | None = None
+    scale_pos: bool = False
+    matrix: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        t = self.matrix if self.matrix is not None else self.queries
+        assert t is not None
+        return t.shape[0]
+
+    @property
+    def heads(self) -> int:
+        """Number of attention heads."""
+        t = self.matrix if self.matrix is not None else self.queries
+        assert t is not None
+        return t.shape[1]
+
+    def _check(self, y: int, x: int, batch: int, head: int | None) -> int:
+        h, w = self.query_hw
+        if not (0 <= y < h and 0 <= x < w):
+            raise IndexError(f"query ({y}, {x}) is outside the {h}×{w} query grid of {self.name}")
+        if not 0 <= batch < self.batch_size:
+            raise IndexError(f"batch {batch} out of range for batch size {self.batch_size}")
+        if head is not None and not 0 <= head < self.heads:
+            raise IndexError(f"head {head} out of range for {self.heads} heads")
+        return y * w + x
+
+    def row(self, y: int, x: int, batch: int = 0, head: int | None = None) -> torch.Tensor:
+        """Attention of query (y, x) over the keys, ``(Hk, Wk)``; heads averaged when ``head`` is None."""
+        n = self._check(y, x, batch, head)
+        if self.matrix is not None:
+            rows = self.matrix[batch, :, n, :]  # (heads, M)
+        else:
+            assert self.queries is not None and self.keys is not None
+            q = self.queries[batch, :, n, :]  # (heads, d)
+            logits = torch.einsum("hd,hdm->hm", q, self.keys[batch])  # (heads, M)
+            if self.rel_h is not None and self.rel_w is not None:
+                rel = self._relative_logits(q, y, x)  # (heads, M)
+                logits = (logits + rel) * self.scale if self.scale_pos else logits * self.scale + rel
+            else:
+                logits = logits * self.scale
+            rows = F.softmax(logits, dim=-1) if self.normalize == "softmax" else logits / logits.shape[-1]
+        out = rows.mean(0) if head is None else rows[head]
+        return out.reshape(self.key_hw)
+
+    def _relative_logits(self, q: torch.Tensor, y: int, x: int) -> torch.Tensor:
+        """Relative-position logits of query (y, x) for every key, ``(heads, Hk·Wk)``."""
+        assert self.rel_h is not None and self.rel_w is not None
+        hk, wk = self.key_hw
+        idx_h = torch.arange(hk) - y + hk - 1  # (Hk,)
+        idx_w = torch.arange(wk) - x + wk - 1  # (Wk,)
+        lh = q @ self.rel_h[idx_h].T  # (heads, Hk)
+        lw = q @ self.rel_w[idx_w].T  # (heads, Wk)
+        return (lh[:, :, None] + lw[:, None, :]).flatten(1)
+
+
+@dataclass(eq=False, kw_only=True)
+class CrissCross(Record):
+    """CCNet attention of one loop: each position over its column and row.
+
+    Holds queries/keys (``(B, C', H, W)``) from our module, or the softmaxed ``attention``
+    ``(B, H, W, H + W)`` (column part first) from generic discovery.
+    """
+
+    kind: ClassVar[str] = "criss_cross"
+    queries: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        t = self.attention if self.attention is not None else self.queries
+        assert t is not None
+        return t.shape[0]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """Feature grid (H, W)."""
+        if self.attention is not None:
+            return int(self.attention.shape[1]), int(self.attention.shape[2])
+        assert self.queries is not None
+        return int(self.queries.shape[2]), int(self.queries.shape[3])
+
+    def cross_weights(self, ys: torch.Tensor, xs: torch.Tensor, batch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights of several query positions over their column and row.
+
+        Args:
+            ys, xs: Query coordinates ``(n,)`` (long).
+            batch: Sample index.
+
+        Returns:
+            ``(col (n, H), row (n, W))``; the own position appears in ``row`` only.
+        """
+        h, w = self.hw
+        if self.attention is not None:
+            a = self.attention[batch, ys, xs]  # (n, H + W)
+        else:
+            assert self.queries is not None and self.keys is not None
+            q = self.queries[batch][:, ys, xs].T  # (n, C')
+            k = self.keys[batch]  # (C', H, W)
+            col = torch.einsum("nc,cnh->nh", q, k[:, :, xs].permute(0, 2, 1))  # (n, H)
+            col[torch.arange(len(ys)), ys] = float("-inf")
+            row = torch.einsum("nc,cnw->nw", q, k[:, ys, :])  # (n, W)
+            a = F.softmax(torch.cat([col, row], dim=1), dim=1)
+        return a[:, :h], a[:, h:]
+
+    def row(self, y: int, x: int, batch: int = 0) -> torch.Tensor:
+        """Attention of position (y, x) as an ``(H, W)`` map: non-zero only on row y and column x."""
+        h, w = self.hw
+        if not (0 <= y < h and 0 <= x < w):
+            raise IndexError(f"query ({y}, {x}) is outside the {h}×{w} grid of {self.name}")
+        col, row = self.cross_weights(torch.tensor([y]), torch.tensor([x]), batch)
+        out = torch.zeros(h, w)
+        out[:, x] += col[0]
+        out[y, :] += row[0]
+        return out
+
+
+@dataclass(eq=False, kw_only=True)
+class SamplingGrid(Record):
+    """STN sampling positions in ``grid_sample``'s normalised (x, y) convention.
+
+    Attributes:
+        grid: ``(B, Ho, Wo, 2)``.
+        theta: ``(B, 2, 3)`` when the grid came from an affine θ, else None.
+        input_hw: Size (H, W) of the sampled input, when known.
+        align_corners: The ``align_corners`` the grid was made and used with.
+    """
+
+    kind: ClassVar[str] = "grid"
+    grid: torch.Tensor
+    theta: torch.Tensor | None = None
+    input_hw: tuple[int, int] | None = None
+    align_corners: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.grid.shape[0]
+
+
+RECORD_TYPES: tuple[type[Record], ...] = (
+    ChannelGate, SpatialMask, BranchWeights, ChannelAffinity, Affinity, CrissCross, SamplingGrid,
+)
