@@ -25,7 +25,15 @@ from .modules import create_attn
 
 __version__ = "0.1.0"
 
+
+def load_pretrained(name: str, device: object = None, weights: object = None):  # type: ignore[no-untyped-def]
+    """A model in eval mode with ``model.card``; see :func:`attnviz.models.load_pretrained`."""
+    from .models import load_pretrained as _load
+
+    return _load(name, device=device, weights=weights)  # type: ignore[arg-type]
+
+
 __all__ = [
     "Affinity", "BranchWeights", "Capture", "ChannelAffinity", "ChannelGate", "CrissCross", "Record",
-    "SamplingGrid", "SpatialMask", "capture", "create_attn", "criss_cross_reach", "__version__",
+    "SamplingGrid", "SpatialMask", "capture", "create_attn", "criss_cross_reach", "load_pretrained", "__version__",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``attnviz inspect`` (more sub-commands join as the package grows)."""
+"""Command line: ``attnviz inspect | train | evaluate | models``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Print the registry with each model's status."""
+    from .models import available
+
+    for info in available():
+        status = "ready" if info.available else f"unavailable: {info.reason}"
+        print(f"{info.name:18s} {info.source:12s} {status}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``attnviz`` argument parser."""
     p = argparse.ArgumentParser(prog="attnviz", description="Look inside CNN attention modules.")
@@ -54,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--size", type=int, default=224, help="input side in pixels")
     ins.add_argument("--generic", choices=["auto", "all", "off"], default="auto")
     ins.set_defaults(func=cmd_inspect)
+    from . import train as train_mod
+
+    tr = sub.add_parser("train", help="train a zoo model on generated scenes")
+    train_mod.build_parser(tr)
+    tr.set_defaults(func=lambda a: (setattr(a, "argv", sys.argv[2:]), train_mod.train(a), 0)[-1])
+    from . import evaluate as eval_mod
+
+    ev = sub.add_parser("evaluate", help="accuracy and map faithfulness of a zoo model on test scenes")
+    eval_mod.build_parser(ev)
+    ev.set_defaults(func=eval_mod.run)
+    ls = sub.add_parser("models", help="list every model and whether it can be loaded here")
+    ls.set_defaults(func=cmd_models)
     return p
 
 

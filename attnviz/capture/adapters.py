@@ -8,6 +8,7 @@ registered by their qualified name, so neither timm nor torchvision is imported 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -67,8 +68,14 @@ def _qualname(cls: type) -> str:
 
 def find_adapter(module: nn.Module) -> Callable[[nn.Module], AdapterSpec] | None:
     """The adapter factory for ``module``'s class or its nearest registered base class."""
-    for cls in type(module).__mro__:
-        fn = _REGISTRY.get(_qualname(cls))
+    return _adapter_for_class(type(module), len(_REGISTRY))
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter_for_class(cls: type, _registry_size: int) -> Callable[[nn.Module], AdapterSpec] | None:
+    # cached per class; the registry size in the key invalidates it when adapters are registered later
+    for klass in cls.__mro__:
+        fn = _REGISTRY.get(_qualname(klass))
         if fn is not None:
             return fn
     return None

@@ -112,9 +112,13 @@ class Capture:
         self._thread = threading.get_ident()
         self._active = True
         try:
-            adapted = self._attach_adapters(target)
+            adapted, free = self._walk(target)
+            for name, module in adapted:
+                factory = find_adapter(module)
+                assert factory is not None
+                self._attach_one(name, module, factory(module))
             if self.generic != "off":
-                self._attach_discovery(target, adapted)
+                self._attach_discovery(adapted, free)
         except BaseException:
             self._teardown()
             raise
@@ -176,15 +180,27 @@ class Capture:
             rec.contribution = contrib
             self.records[rec.name] = rec
 
-    def _attach_adapters(self, target: nn.Module) -> list[str]:
-        adapted: list[str] = []
-        for name, module in target.named_modules():
-            factory = find_adapter(module)
-            if factory is None:
-                continue
-            self._attach_one(name, module, factory(module))
-            adapted.append(name)
-        return adapted
+    def _walk(self, target: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+        """One pass over the module tree: adapted modules, and the others (outside adapted subtrees)."""
+        adapted: list[tuple[str, nn.Module]] = []
+        free: list[tuple[str, nn.Module]] = []
+        seen: set[int] = set()
+
+        def visit(module: nn.Module, name: str, inside_adapted: bool) -> None:
+            if id(module) in seen:
+                return
+            seen.add(id(module))
+            is_adapted = find_adapter(module) is not None
+            if is_adapted:
+                adapted.append((name, module))
+            elif not inside_adapted:
+                free.append((name, module))
+            for child_name, child in module._modules.items():
+                if child is not None:
+                    visit(child, f"{name}.{child_name}" if name else child_name, inside_adapted or is_adapted)
+
+        visit(target, "", False)
+        return adapted, free
 
     def _attach_one(self, name: str, module: nn.Module, spec: AdapterSpec) -> None:
         calls: list[dict[str, Any]] = []  # one entry per active call (modules may recurse)
@@ -223,26 +239,22 @@ class Capture:
         return hook
 
     # ---- generic discovery -----------------------------------------------------------------------
-    def _attach_discovery(self, target: nn.Module, adapted: list[str]) -> None:
-        def covered(name: str) -> bool:
-            return any(name == a or name.startswith(a + ".") or a == "" for a in adapted)
-
-        named = dict(target.named_modules())
+    def _attach_discovery(self, adapted: list[tuple[str, nn.Module]], free: list[tuple[str, nn.Module]]) -> None:
         if self.generic == "all":
-            candidates = [n for n in named if not covered(n)]
+            candidates = [n for n, _ in free]
         else:
-            candidates = [n for n, m in named.items() if not covered(n) and class_uses_gates(type(m))]
+            candidates = [n for n, m in free if class_uses_gates(type(m))]
         if not candidates:
             return
         hooked: set[str] = set()
         for n in candidates:
             parts = n.split(".") if n else []
             hooked.update(".".join(parts[:i]) for i in range(len(parts) + 1))
-        hooked.update(a for a in adapted if any(a.startswith(h + ".") or h == "" for h in hooked))
-        adapted_set = set(adapted)
-        for n in named:
-            if n in hooked:
-                self._attach_frame(n, named[n], n in adapted_set)
+        for name, module in free:
+            if name in hooked:
+                self._attach_frame(name, module, False)
+        for name, module in adapted:  # frames that tell discovery "an adapter records this"
+            self._attach_frame(name, module, True)
         self._mode = GateMode(self._on_op)
         self._mode.__enter__()
 

@@ -1,0 +1,71 @@
+"""Faithfulness scores of maps against ground-truth boxes (pointing game, mass ratio, ...)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def box_mask(boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Boolean ``(N, H, W)`` masks of boxes (x0, y0, x1, y1), x1/y1 exclusive, in pixels."""
+    h, w = hw
+    ys = torch.arange(h)[None, :, None]
+    xs = torch.arange(w)[None, None, :]
+    b = boxes[:, :, None, None]
+    return (xs >= b[:, 0]) & (xs < b[:, 2]) & (ys >= b[:, 1]) & (ys < b[:, 3])
+
+
+def pointing(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Pointing game: is each map's argmax inside its box? ``maps (N, H, W)`` at image size → ``(N,)``."""
+    n, h, w = maps.shape
+    idx = maps.flatten(1).argmax(1)
+    inside = box_mask(boxes, (h, w)).flatten(1)
+    return inside[torch.arange(n), idx]
+
+
+def mass_ratio(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(map mass inside the box / total mass) ÷ (box area / image area), per map ``(N,)``; 1 = chance."""
+    m = maps.clamp_min(0).flatten(1)
+    inside = box_mask(boxes, tuple(maps.shape[1:])).flatten(1).float()
+    frac_mass = (m * inside).sum(1) / m.sum(1).clamp_min(1e-12)
+    frac_area = inside.mean(1).clamp_min(1e-12)
+    return frac_mass / frac_area
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen–Shannon divergence (natural log, in [0, ln 2]) between rows of ``p`` and ``q`` ``(N, K)``."""
+    p = p.clamp_min(0) / p.clamp_min(0).sum(-1, keepdim=True).clamp_min(1e-12)
+    q = q.clamp_min(0) / q.clamp_min(0).sum(-1, keepdim=True).clamp_min(1e-12)
+    m = 0.5 * (p + q)
+
+    def kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * (a.clamp_min(1e-12).log() - b.clamp_min(1e-12).log())).sum(-1)
+
+    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
+
+
+def quad_iou(quads: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int], supersample: int = 4) -> torch.Tensor:
+    """IoU of convex quadrilaterals ``(N, 4, 2)`` (pixel x, y, in order) with boxes, by rasterisation."""
+    h, w = hw
+    s = supersample
+    ys = (torch.arange(h * s) + 0.5) / s
+    xs = (torch.arange(w * s) + 0.5) / s
+    py, px = torch.meshgrid(ys, xs, indexing="ij")  # (Hs, Ws)
+    pts = torch.stack([px, py], -1).view(1, 1, -1, 2)  # (1, 1, P, 2)
+    a = quads.float()[:, :, None, :]  # (N, 4, 1, 2)
+    b = quads.float().roll(-1, dims=1)[:, :, None, :]
+    cross = (b[..., 0] - a[..., 0]) * (pts[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (pts[..., 0] - a[..., 0])  # (N, 4, P)
+    inside_q = (cross >= 0).all(1) | (cross <= 0).all(1)  # (N, P)
+    bx = boxes.float()
+    inside_b = (pts[0, 0, :, 0][None] >= bx[:, :1]) & (pts[0, 0, :, 0][None] < bx[:, 2:3]) & (pts[0, 0, :, 1][None] >= bx[:, 1:2]) & (pts[0, 0, :, 1][None] < bx[:, 3:4])
+    inter = (inside_q & inside_b).sum(1).float()
+    union = (inside_q | inside_b).sum(1).float().clamp_min(1)
+    return inter / union
+
+
+def nearest_centroid_accuracy(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Class selectivity: centroids from the first half, nearest-centroid accuracy on the second half."""
+    n = features.shape[0] // 2
+    f = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cents = torch.stack([f[:n][labels[:n] == c].mean(0) if (labels[:n] == c).any() else torch.zeros(f.shape[1]) for c in range(num_classes)])
+    pred = torch.cdist(f[n:], cents).argmin(1)
+    return float((pred == labels[n:]).float().mean())

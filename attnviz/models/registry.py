@@ -1,0 +1,176 @@
+"""Model registry: our zoo (shipped in ``pretrained/``) and ImageNet models from timm / torchvision.
+
+Nothing here touches the network. ImageNet weights are used when they are already in the local
+cache (timm: the Hugging Face cache; torchvision: ``torch.hub`` checkpoints) or given as a file;
+otherwise the model is listed as unavailable with a one-line reason and how to get the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .zoo import ZOO, build
+
+PRETRAINED_DIR = Path(os.environ.get("ATTNVIZ_PRETRAINED", Path(__file__).resolve().parents[2] / "pretrained"))
+
+TIMM_MODELS = ("seresnet50", "ecaresnet50t", "gcresnet50t", "skresnet18", "botnet26t_256")
+TORCHVISION_MODELS = ("efficientnet_b0", "mobilenet_v3_large", "regnet_y_400mf")
+
+
+class WeightsUnavailable(RuntimeError):
+    """The weights of a model are not on this machine."""
+
+
+class ChecksumMismatch(RuntimeError):
+    """A checkpoint's sha256 differs from its model card."""
+
+
+@dataclass
+class ModelInfo:
+    """One entry of :func:`available`."""
+
+    name: str
+    source: str  # "attnviz" | "timm" | "torchvision"
+    available: bool
+    reason: str = ""
+    input_size: int = 224
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def card_path(name: str) -> Path:
+    """Path of a zoo model's card."""
+    return PRETRAINED_DIR / f"{name}.json"
+
+
+def _zoo_status(name: str) -> ModelInfo:
+    w, c = PRETRAINED_DIR / f"{name}.safetensors", card_path(name)
+    if w.exists() and c.exists():
+        return ModelInfo(name, "attnviz", True, input_size=64)
+    return ModelInfo(name, "attnviz", False, f"no checkpoint in {PRETRAINED_DIR}; train it with `attnviz train --model {name}`", 64)
+
+
+def _timm_cache_file(name: str) -> Path | None:
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        return None
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(hub_id, fname)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def _torchvision_cache_file(name: str) -> Path | None:
+    import torchvision
+
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return path if path.exists() else None
+
+
+def _imagenet_status(name: str, source: str) -> ModelInfo:
+    size = 256 if name == "botnet26t_256" else 224
+    try:
+        hit = _timm_cache_file(name) if source == "timm" else _torchvision_cache_file(name)
+    except Exception as e:  # a broken cache or library must not break the listing
+        return ModelInfo(name, source, False, f"cannot look up cached weights: {e}", size)
+    if hit is not None:
+        return ModelInfo(name, source, True, input_size=size)
+    how = (f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`" if source == "timm"
+           else f"`python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\"`")
+    return ModelInfo(name, source, False, f"ImageNet weights not in the local cache; on a machine with internet run {how}, or pass weights=FILE", size)
+
+
+def available() -> list[ModelInfo]:
+    """Every model the app offers, with whether it can be loaded here and why not."""
+    out = [_zoo_status(n) for n in ZOO]
+    out += [_imagenet_status(n, "timm") for n in TIMM_MODELS]
+    out += [_imagenet_status(n, "torchvision") for n in TORCHVISION_MODELS]
+    return out
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names (shipped with torchvision, no download)."""
+    import torchvision
+
+    return list(torchvision.models.EfficientNet_B0_Weights.DEFAULT.meta["categories"])
+
+
+def build_imagenet(name: str) -> nn.Module:
+    """A randomly initialised ImageNet architecture (no weights)."""
+    if name in TIMM_MODELS:
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+    if name in TORCHVISION_MODELS:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+    raise ValueError(f"unknown ImageNet model {name!r}; valid names: {', '.join(TIMM_MODELS + TORCHVISION_MODELS)}")
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)  # never unpickles arbitrary objects
+
+
+def load_pretrained(name: str, device: str | torch.device | None = None, weights: str | os.PathLike[str] | None = None) -> nn.Module:
+    """A model in eval mode with its card as ``model.card``.
+
+    Zoo models load ``pretrained/NAME.safetensors`` after checking its sha256 against the card.
+    ImageNet models load ``weights`` or the locally cached checkpoint.
+
+    Raises:
+        WeightsUnavailable: no weights on this machine (the message says how to get them).
+        ChecksumMismatch: the zoo checkpoint does not match its card.
+        ValueError: unknown name.
+    """
+    from ..train import sha256
+
+    if name in ZOO:
+        info = _zoo_status(name)
+        if not info.available and weights is None:
+            raise WeightsUnavailable(f"{name}: {info.reason}")
+        path = Path(weights) if weights else PRETRAINED_DIR / f"{name}.safetensors"
+        card: dict[str, Any] = json.loads(card_path(name).read_text()) if card_path(name).exists() else {"name": name}
+        if weights is None and sha256(path) != card.get("sha256"):
+            raise ChecksumMismatch(f"{path} has sha256 {sha256(path)}, its card says {card.get('sha256')}")
+        model = build(name)
+        model.load_state_dict(load_file(str(path)))
+    elif name in TIMM_MODELS or name in TORCHVISION_MODELS:
+        source = "timm" if name in TIMM_MODELS else "torchvision"
+        if weights is None:
+            info = _imagenet_status(name, source)
+            if not info.available:
+                raise WeightsUnavailable(f"{name}: {info.reason}")
+            path = _timm_cache_file(name) if source == "timm" else _torchvision_cache_file(name)
+            assert path is not None
+        else:
+            path = Path(weights)
+        model = build_imagenet(name)
+        model.load_state_dict(_read_state(path))
+        size = 256 if name == "botnet26t_256" else 224
+        card = {"name": name, "source": source, "input_size": [size, size], "mean": [0.485, 0.456, 0.406],
+                "std": [0.229, 0.224, 0.225], "class_names": imagenet_classes(), "weights": str(path)}
+    else:
+        valid = list(ZOO) + list(TIMM_MODELS) + list(TORCHVISION_MODELS)
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(valid)}")
+    model.card = card  # type: ignore[assignment]
+    if device is not None:
+        model.to(device)
+    return model.eval()

@@ -1,0 +1,117 @@
+"""The attnviz zoo: small ResNet-style classifiers for 64×64 scenes, one per attention family.
+
+Layout (64×64 input): stem 3×3 stride 2 (24 ch, 32×32) → stage 1 (24 ch, 32×32) → stage 2 (48 ch,
+16×16) → stage 3 (96 ch, 8×8) → global average pool → linear. Sized for interactive CPU use and for
+training on 2 CPU cores. Channel/spatial attention (SE, ECA, CBAM,
+scSE, GC, SK) sits in every residual block, before the residual sum; Non-Local, CCNet (R = 2) and
+DANet sit after stage 2, on the 16×16 map; the STN sits in front of the stem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..modules import create_attn
+
+NUM_CLASSES = 10
+INPUT_SIZE = 64
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """Where and which attention a zoo model uses."""
+
+    attn: str | None
+    where: str  # "block" | "stage2" | "input" | "none"
+    kwargs: tuple[tuple[str, object], ...] = ()
+
+
+ZOO: dict[str, ZooSpec] = {
+    "plain_resnet": ZooSpec(None, "none"),
+    "se_resnet": ZooSpec("se", "block", (("rd_ratio", 0.25),)),
+    "eca_resnet": ZooSpec("eca", "block"),
+    "cbam_resnet": ZooSpec("cbam", "block", (("rd_ratio", 0.25),)),
+    "scse_resnet": ZooSpec("scse", "block", (("rd_ratio", 0.25),)),
+    "gc_resnet": ZooSpec("gc", "block", (("rd_ratio", 0.25),)),
+    "sk_resnet": ZooSpec("sk", "block"),
+    "nonlocal_resnet": ZooSpec("nonlocal", "stage2"),
+    "ccnet_resnet": ZooSpec("ccnet", "stage2", (("recurrence", 2),)),
+    "danet_resnet": ZooSpec("danet", "stage2"),
+    "stn_resnet": ZooSpec("stn", "input", (("bounded", True),)),
+}
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block with optional attention on the residual branch (as in SE-ResNet)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, attn: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.attn = attn if attn is not None else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.down is None else self.down(x)
+        y = self.act(self.bn1(self.conv1(x)))
+        y = self.attn(self.bn2(self.conv2(y)))  # (B, C, H, W)
+        return self.act(y + shortcut)
+
+
+class ZooNet(nn.Module):
+    """Small attention classifier (see module docstring).
+
+    Args:
+        spec: Which attention and where.
+        widths: Channels of the stem/stage 1, stage 2 and stage 3.
+        depths: Residual blocks per stage.
+        num_classes: Output classes.
+    """
+
+    def __init__(self, spec: ZooSpec, widths: tuple[int, int, int] = (24, 48, 96), depths: tuple[int, int, int] = (1, 1, 1), num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.spec = spec
+        kw = dict(spec.kwargs)
+        self.stn = create_attn("stn", 3, **kw) if spec.where == "input" else None
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stages = []
+        cin = widths[0]
+        for i, (w, d) in enumerate(zip(widths, depths)):
+            blocks = []
+            for j in range(d):
+                attn = create_attn(spec.attn, w, **kw) if spec.where == "block" and spec.attn else None
+                blocks.append(BasicBlock(cin, w, 2 if j == 0 and i > 0 else 1, attn))
+                cin = w
+            stages.append(nn.Sequential(*blocks))
+        self.stage1, self.stage2, self.stage3 = stages
+        self.context = create_attn(spec.attn, widths[1], **kw) if spec.where == "stage2" and spec.attn else None
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[2], num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 3, 64, 64)
+        if self.stn is not None:
+            x = self.stn(x)
+        x = self.stage1(self.stem(x))  # (B, 24, 32, 32)
+        x = self.stage2(x)  # (B, 48, 16, 16)
+        if self.context is not None:
+            x = self.context(x)
+        return self.head(self.stage3(x))  # (B, classes)
+
+    @property
+    def last_conv_stage(self) -> nn.Module:
+        """The last convolutional stage (Grad-CAM target)."""
+        return self.stage3
+
+
+def build(name: str) -> ZooNet:
+    """A randomly initialised zoo model by name."""
+    if name not in ZOO:
+        raise ValueError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO)}")
+    return ZooNet(ZOO[name])

@@ -1,0 +1,114 @@
+"""Zoo architectures, the registry, and the shipped checkpoints against their cards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import attnviz
+from attnviz.models import ZOO, WeightsUnavailable, available, build, build_imagenet
+from attnviz.models import registry
+
+EXPECTED_KINDS = {
+    "plain_resnet": set(), "se_resnet": {"channel"}, "eca_resnet": {"channel"}, "cbam_resnet": {"channel", "spatial"},
+    "scse_resnet": {"channel", "spatial"}, "gc_resnet": {"spatial"}, "sk_resnet": {"branch"},
+    "nonlocal_resnet": {"affinity"}, "ccnet_resnet": {"criss_cross"}, "danet_resnet": {"affinity", "channel_affinity"},
+    "stn_resnet": {"grid"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_model_small_and_captured(name: str) -> None:
+    m = build(name).eval()
+    assert sum(p.numel() for p in m.parameters()) <= 2_000_000
+    with torch.no_grad(), attnviz.capture(m) as cap:
+        out = m(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 10)
+    assert {r.kind for r in cap.records.values()} == EXPECTED_KINDS[name]
+    if name == "ccnet_resnet":
+        recs = list(cap.records.values())
+        assert len(recs) == 2 and recs[0].hw == (16, 16)  # R = 2 loops on a 16×16 map
+
+
+def test_registry_lists_everything_and_imagenet_is_offline_safe() -> None:
+    t = time.perf_counter()
+    infos = {i.name: i for i in available()}
+    assert time.perf_counter() - t < 30  # a listing, never a download or a hang
+    for name in list(ZOO) + list(registry.TIMM_MODELS) + list(registry.TORCHVISION_MODELS):
+        assert name in infos
+    for name in registry.TIMM_MODELS + registry.TORCHVISION_MODELS:
+        info = infos[name]
+        if not info.available:
+            assert "weights" in info.reason and "\n" not in info.reason
+            with pytest.raises(WeightsUnavailable, match=name):
+                attnviz.load_pretrained(name)
+
+
+IMAGENET_KINDS = {
+    "seresnet50": {"channel": 16}, "ecaresnet50t": {"channel": 16}, "gcresnet50t": {"spatial": 16},
+    "skresnet18": {"branch": 8}, "botnet26t_256": {"affinity": 3}, "efficientnet_b0": {"channel": 16},
+    "mobilenet_v3_large": {"channel": 8}, "regnet_y_400mf": {"channel": 16},
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMAGENET_KINDS))
+def test_imagenet_architectures_random_init_are_captured(name: str) -> None:
+    m = build_imagenet(name).eval()
+    side = 256 if name == "botnet26t_256" else 128
+    with torch.no_grad(), attnviz.capture(m) as cap:
+        m(torch.randn(1, 3, side, side))
+    counts: dict[str, int] = {}
+    for r in cap.records.values():
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    assert counts == IMAGENET_KINDS[name]
+
+
+def test_imagenet_weights_from_a_user_file(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    m = build_imagenet("regnet_y_400mf")
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    loaded = attnviz.load_pretrained("regnet_y_400mf", weights=path)
+    assert len(loaded.card["class_names"]) == 1000 and not loaded.training
+
+
+SHIPPED = sorted(p.stem for p in registry.PRETRAINED_DIR.glob("*.safetensors"))
+
+
+def test_checksum_mismatch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not SHIPPED:
+        pytest.skip("no shipped checkpoint")
+    name = SHIPPED[0]
+    for ext in (".safetensors", ".json"):
+        shutil.copy(registry.PRETRAINED_DIR / f"{name}{ext}", tmp_path / f"{name}{ext}")
+    card = json.loads((tmp_path / f"{name}.json").read_text())
+    card["sha256"] = "0" * 64
+    (tmp_path / f"{name}.json").write_text(json.dumps(card))
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path)
+    with pytest.raises(registry.ChecksumMismatch):
+        attnviz.load_pretrained(name)
+
+
+def within(measured: float, card: float, abs_tol: float, rel_tol: float) -> bool:
+    return abs(measured - card) <= max(abs_tol, rel_tol * abs(card))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_matches_its_card(name: str) -> None:
+    from attnviz.evaluate import evaluate
+
+    model = attnviz.load_pretrained(name)  # verifies the sha256
+    card = model.card
+    ref = card["evaluation"]
+    res = evaluate(model, n=500, seed=ref["seed"])
+    assert abs(res["accuracy"] - ref["accuracy"]) <= 0.03, (res["accuracy"], ref["accuracy"])
+    for key, value in ref.items():
+        if key in ("n", "seed", "split", "accuracy", "accuracy_clean", "centre_baseline_pointing"):
+            continue
+        assert within(res[key], value, 0.05, 0.10), (key, res[key], value)
