@@ -221,11 +221,13 @@ class CrissCross(Record):
             a = self.attention[batch, ys, xs]  # (n, H + W)
         else:
             assert self.queries is not None and self.keys is not None
-            q = self.queries[batch][:, ys, xs].T  # (n, C')
+            q = self.queries[batch][:, ys, xs].T.unsqueeze(2)  # (n, C', 1)
             k = self.keys[batch]  # (C', H, W)
-            col = torch.einsum("nc,cnh->nh", q, k[:, :, xs].permute(0, 2, 1))  # (n, H)
-            col[torch.arange(len(ys)), ys] = float("-inf")
-            row = torch.einsum("nc,cnw->nw", q, k[:, ys, :])  # (n, W)
+            by_col = k.permute(2, 1, 0).contiguous()  # (W, H, C'): contiguous gathers keep bmm on its fast path
+            by_row = k.permute(1, 2, 0).contiguous()  # (H, W, C')
+            col = torch.bmm(by_col[xs], q).squeeze(2)  # (n, H): keys on each query's column
+            col[torch.arange(len(ys)), ys] = float("-inf")  # own position: counted in the row part only
+            row = torch.bmm(by_row[ys], q).squeeze(2)  # (n, W): keys on each query's row
             a = F.softmax(torch.cat([col, row], dim=1), dim=1)
         return a[:, :h], a[:, h:]
 

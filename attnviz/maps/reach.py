@@ -30,10 +30,13 @@ def criss_cross_reach(first: CrissCross, second: CrissCross, y: int, x: int, bat
     col2, row2 = second.cross_weights(torch.tensor([y]), torch.tensor([x]), batch)
     col2, row2 = col2[0], row2[0]  # (H,), (W,): weights of u = (h', x) and u = (y, w')
 
-    # loop-1 crosses of the column positions u = (h', x), h' = 0..H-1
-    c_col, c_row = first.cross_weights(torch.arange(h), torch.full((h,), x), batch)  # (H, H), (H, W)
-    # loop-1 crosses of the row positions u = (y, w'), w' = 0..W-1
-    r_col, r_row = first.cross_weights(torch.full((w,), y), torch.arange(w), batch)  # (W, H), (W, W)
+    # loop-1 crosses of every u on the loop-2 cross, in one batched call:
+    # first the column positions u = (h', x), h' = 0..H-1, then the row positions u = (y, w'), w' = 0..W-1
+    ys = torch.cat([torch.arange(h), torch.full((w,), y)])
+    xs = torch.cat([torch.full((h,), x), torch.arange(w)])
+    col1, row1 = first.cross_weights(ys, xs, batch)  # (H + W, H), (H + W, W)
+    c_col, r_col = col1[:h], col1[h:]
+    c_row, r_row = row1[:h], row1[h:]
 
     reach = torch.zeros(h, w)
     reach[:, x] += col2 @ c_col  # column parts of the column positions all lie on column x
