@@ -53,7 +53,7 @@ def _up(m: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _native(model: nn.Module, x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, list[Any]]]:
+def _native(model: nn.Module, x: torch.Tensor, boxes: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, list[Any]]]:
     """Logits and per-scene native-map scores of one chunk."""
     with capture(model) as cap:
         logits = model(x)
@@ -108,7 +108,7 @@ def evaluate(model: nn.Module, n: int = 2000, seed: int = 0, gradcam: bool = Tru
     labels_all: list[int] = []
     for batch in test_scenes(n, seed):
         x = normalize(batch.images).to(device)
-        logits, scores = _native(model, x, batch.boxes, batch.labels, gen)
+        logits, scores = _native(model, x, batch.boxes, gen)
         pred = logits.argmax(1).cpu()
         acc += (pred == batch.labels).float().tolist()
         centre += centre_in_box(batch.boxes, INPUT_SIZE).float().tolist()

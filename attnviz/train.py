@@ -12,7 +12,6 @@ fixed zoom for every image (see the model card). Checkpoints in ``--workdir`` ma
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -29,18 +28,10 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from .data import CLASSES, MEAN, STD, SceneConfig, SceneGenerator, normalize
+from .models.registry import sha256
 from .models.zoo import INPUT_SIZE, ZOO, ZooNet, build
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pick_device(name: str | None = None) -> torch.device:

@@ -113,9 +113,7 @@ class Capture:
         self._active = True
         try:
             adapted, free = self._walk(target)
-            for name, module in adapted:
-                factory = find_adapter(module)
-                assert factory is not None
+            for name, module, factory in adapted:
                 self._attach_one(name, module, factory(module))
             if self.generic != "off":
                 self._attach_discovery(adapted, free)
@@ -180,9 +178,9 @@ class Capture:
             rec.contribution = contrib
             self.records[rec.name] = rec
 
-    def _walk(self, target: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
-        """One pass over the module tree: adapted modules, and the others (outside adapted subtrees)."""
-        adapted: list[tuple[str, nn.Module]] = []
+    def _walk(self, target: nn.Module) -> tuple[list[tuple[str, nn.Module, Callable[[nn.Module], AdapterSpec]]], list[tuple[str, nn.Module]]]:
+        """One pass over the module tree: adapted modules with their adapter, and the others outside adapted subtrees."""
+        adapted: list[tuple[str, nn.Module, Callable[[nn.Module], AdapterSpec]]] = []
         free: list[tuple[str, nn.Module]] = []
         seen: set[int] = set()
 
@@ -190,9 +188,10 @@ class Capture:
             if id(module) in seen:
                 return
             seen.add(id(module))
-            is_adapted = find_adapter(module) is not None
-            if is_adapted:
-                adapted.append((name, module))
+            factory = find_adapter(module)
+            is_adapted = factory is not None
+            if factory is not None:
+                adapted.append((name, module, factory))
             elif not inside_adapted:
                 free.append((name, module))
             for child_name, child in module._modules.items():
@@ -239,7 +238,7 @@ class Capture:
         return hook
 
     # ---- generic discovery -----------------------------------------------------------------------
-    def _attach_discovery(self, adapted: list[tuple[str, nn.Module]], free: list[tuple[str, nn.Module]]) -> None:
+    def _attach_discovery(self, adapted: list[tuple[str, nn.Module, Callable[[nn.Module], AdapterSpec]]], free: list[tuple[str, nn.Module]]) -> None:
         if self.generic == "all":
             candidates = [n for n, _ in free]
         else:
@@ -253,7 +252,7 @@ class Capture:
         for name, module in free:
             if name in hooked:
                 self._attach_frame(name, module, False)
-        for name, module in adapted:  # frames that tell discovery "an adapter records this"
+        for name, module, _ in adapted:  # frames that tell discovery "an adapter records this"
             self._attach_frame(name, module, True)
         self._mode = GateMode(self._on_op)
         self._mode.__enter__()

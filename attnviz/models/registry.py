@@ -7,6 +7,7 @@ otherwise the model is listed as unavailable with a one-line reason and how to g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -45,6 +46,15 @@ class ModelInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def card_path(name: str) -> Path:
@@ -140,16 +150,16 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
         ChecksumMismatch: the zoo checkpoint does not match its card.
         ValueError: unknown name.
     """
-    from ..train import sha256
-
     if name in ZOO:
         info = _zoo_status(name)
         if not info.available and weights is None:
             raise WeightsUnavailable(f"{name}: {info.reason}")
         path = Path(weights) if weights else PRETRAINED_DIR / f"{name}.safetensors"
         card: dict[str, Any] = json.loads(card_path(name).read_text()) if card_path(name).exists() else {"name": name}
-        if weights is None and sha256(path) != card.get("sha256"):
-            raise ChecksumMismatch(f"{path} has sha256 {sha256(path)}, its card says {card.get('sha256')}")
+        if weights is None:
+            digest = sha256(path)
+            if digest != card.get("sha256"):
+                raise ChecksumMismatch(f"{path} has sha256 {digest}, its card says {card.get('sha256')}")
         model = build(name)
         model.load_state_dict(load_file(str(path)))
     elif name in TIMM_MODELS or name in TORCHVISION_MODELS:
