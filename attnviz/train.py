@@ -63,6 +63,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) one training run and write the checkpoint and model card."""
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model = build(args.model).to(device)
     if args.init:
         state = load_file(args.init)
@@ -72,12 +75,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         print(f"initialised from {args.init}; {len(missing)} new tensors (attention modules)")
     loc = [p for n, p in model.named_parameters() if n.startswith("stn.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("stn.")]
-    groups = [{"params": rest, "lr": args.lr}]
+    if args.stn_only and not loc:
+        raise SystemExit(f"--stn-only needs a model with an STN; {args.model} has none")
+    groups = [] if args.stn_only else [{"params": rest, "lr": args.lr}]
     if loc:
         groups.append({"params": loc, "lr": args.lr * args.stn_lr_mult})
     opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    gen = SceneGenerator("train", SceneConfig(size=INPUT_SIZE))
+    gen = SceneGenerator("train", SceneConfig(size=INPUT_SIZE), device=device)
     work = Path(args.workdir or f"runs/{args.model}")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "last.pt"
@@ -105,16 +110,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         cos = 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * warm * (0.02 + 0.98 * cos)
-        loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-        if model.stn is not None and args.stn_box_weight > 0:
-            loss = loss + args.stn_box_weight * stn_box_loss(model, x, batch.boxes)
+        if args.stn_only:  # localiser pre-training: the box loss alone, backbone untouched
+            loss = stn_box_loss(model, x, batch.boxes)
+        else:
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            if model.stn is not None and args.stn_box_weight > 0:
+                loss = loss + args.stn_box_weight * stn_box_loss(model, x, batch.boxes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.3f}", clutter=f"{p_clutter:.2f}")
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "elapsed": time.time() - t0}, ckpt)
+            tmp = ckpt.with_suffix(".tmp")  # write then rename: a kill mid-save never corrupts last.pt
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "elapsed": time.time() - t0}, tmp)
+            os.replace(tmp, ckpt)
     seconds = time.time() - t0
     model.eval()
     out_dir = Path(args.out)
@@ -139,7 +149,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "command": "attnviz train " + " ".join(shlex.quote(a) for a in args.argv),
             "steps": args.steps, "batch": args.batch, "lr": args.lr, "optimizer": "AdamW, cosine, label smoothing 0.1",
             "init": args.init, "stn_lr_mult": args.stn_lr_mult if loc else None,
-            "stn_box_weight": args.stn_box_weight if loc else None,
+            "stn_box_weight": args.stn_box_weight if loc else None, "stn_only": args.stn_only,
             "attention_supervised": bool(loc and args.stn_box_weight > 0),
             "seconds": round(seconds, 1),
             "hardware": f"{device.type}: {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
@@ -166,6 +176,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--init", default=None, help="safetensors of a shared backbone (e.g. pretrained/plain_resnet.safetensors)")
     p.add_argument("--stn-lr-mult", type=float, default=0.1)
     p.add_argument("--stn-box-weight", type=float, default=1.0)
+    p.add_argument("--stn-only", action="store_true", help="train only the STN localiser, with the box loss alone")
     p.add_argument("--device", default=None)
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=str(PRETRAINED))

@@ -114,23 +114,29 @@ def _contrasting(g: torch.Generator, bg_mean: torch.Tensor, min_contrast: float)
 class SceneGenerator:
     """Deterministic generator of cluttered scenes from one Fashion-MNIST split.
 
+    Random draws always come from a CPU generator, so a seed gives the same scene parameters on every
+    device; the compositing (``grid_sample``) runs on ``device``, which makes GPU training data-bound
+    no more. Returned tensors live on ``device``.
+
     Args:
         split: ``"train"`` or ``"test"`` (items from t10k only).
         config: Scene recipe.
+        device: Where the images are composited (default CPU).
     """
 
-    def __init__(self, split: str = "train", config: SceneConfig | None = None) -> None:
+    def __init__(self, split: str = "train", config: SceneConfig | None = None, device: torch.device | str | None = None) -> None:
         self.split = split
         self.config = config or SceneConfig()
+        self.device = torch.device(device or "cpu")
         images, labels = load_split(split)
-        self.items = torch.from_numpy(np.array(images)).float().div_(255)[:, None]  # (N, 1, 28, 28)
-        self.item_labels = torch.from_numpy(labels.astype(np.int64))
-        self.backgrounds = background_pool(128)
+        self.items = torch.from_numpy(np.array(images)).float().div_(255)[:, None].to(self.device)  # (N, 1, 28, 28)
+        self.item_labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
+        self.backgrounds = background_pool(128).to(self.device)
         self.classes = CLASSES
 
     def generate(self, n: int, seed: int, clutter: bool = True) -> SceneBatch:
         """``n`` scenes; the same ``(n, seed, clutter)`` gives the same scenes."""
-        cfg, s = self.config, self.config.size
+        cfg, s, dev = self.config, self.config.size, self.device
         g = torch.Generator().manual_seed(int(seed))
         # background: random crop (25-100% of the photo side), random flip
         bg_idx = torch.randint(len(self.backgrounds), (n,), generator=g)
@@ -139,20 +145,20 @@ class SceneGenerator:
         flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
         theta_bg = torch.zeros(n, 2, 3)
         theta_bg[:, 0, 0], theta_bg[:, 1, 1], theta_bg[:, 0, 2], theta_bg[:, 1, 2] = crop * flip, crop, cx, cy
-        grid = F.affine_grid(theta_bg, [n, 3, s, s], align_corners=False)
-        canvas = F.grid_sample(self.backgrounds[bg_idx], grid, align_corners=False)  # (n, 3, S, S)
+        grid = F.affine_grid(theta_bg.to(dev), [n, 3, s, s], align_corners=False)
+        canvas = F.grid_sample(self.backgrounds[bg_idx.to(dev)], grid, align_corners=False)  # (n, 3, S, S)
 
         # clutter fragments of other items, behind the object
         if clutter:
             k = torch.randint(cfg.clutter[0], cfg.clutter[1] + 1, (n,), generator=g)
             for j in range(cfg.clutter[1]):
-                active = (k > j).float()[:, None, None, None]
+                active = (k > j).float()[:, None, None, None].to(dev)
                 idx = torch.randint(len(self.items), (n,), generator=g)
-                sprite = self.items[idx] * self._window(g, n)
+                sprite = self.items[idx.to(dev)] * self._window(g, n).to(dev)
                 side = _rand(g, n, *cfg.clutter_frac) * s
                 centre = torch.rand(n, 2, generator=g) * s
                 alpha = self._place(sprite, centre, side, _rand(g, n, -math.pi, math.pi))
-                colour = _random_colour(g, n) * _rand(g, n, 0.3, 1.0)[:, None]
+                colour = (_random_colour(g, n) * _rand(g, n, 0.3, 1.0)[:, None]).to(dev)
                 a = alpha * active
                 canvas = canvas * (1 - a) + colour[:, :, None, None] * a
 
@@ -162,9 +168,10 @@ class SceneGenerator:
         half_diag = side / 2
         centre = half_diag[:, None] + torch.rand(n, 2, generator=g) * (s - 2 * half_diag)[:, None]
         angle = _rand(g, n, -1, 1) * math.radians(cfg.max_rotation_deg)
+        item_idx = item_idx.to(dev)
         alpha = self._place(self.items[item_idx], centre, side, angle)  # (n, 1, S, S)
         under = (canvas * alpha).sum((2, 3)) / alpha.sum((2, 3)).clamp_min(1e-6)  # background colour under it
-        colour = _contrasting(g, under, cfg.min_contrast)
+        colour = _contrasting(g, under.cpu(), cfg.min_contrast).to(dev)
         shade = 0.75 + 0.25 * alpha  # keep some of the item's own texture
         canvas = canvas * (1 - alpha) + (colour[:, :, None, None] * shade) * alpha
 
@@ -185,7 +192,7 @@ class SceneGenerator:
 
     def _place(self, sprite: torch.Tensor, centre: torch.Tensor, side: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
         s = self.config.size
-        theta = _paste_theta(centre, side, angle, s)
+        theta = _paste_theta(centre, side, angle, s).to(self.device)
         grid = F.affine_grid(theta, [sprite.shape[0], 1, s, s], align_corners=False)
         return F.grid_sample(sprite, grid, align_corners=False, padding_mode="zeros")  # (n, 1, S, S)
 
@@ -193,7 +200,7 @@ class SceneGenerator:
     def _extent(any_along: torch.Tensor) -> torch.Tensor:
         """First and one-past-last True index along the last axis, ``(n, 2)``."""
         s = any_along.shape[1]
-        idx = torch.arange(s)
+        idx = torch.arange(s, device=any_along.device)
         lo = torch.where(any_along, idx, s).amin(1)
         hi = torch.where(any_along, idx + 1, 0).amax(1)
         return torch.stack([lo, hi], 1)

@@ -1,7 +1,7 @@
 """The attnviz zoo: small ResNet-style classifiers for 64×64 scenes, one per attention family.
 
-Layout (64×64 input): stem 3×3 stride 2 (24 ch, 32×32) → stage 1 (24 ch, 32×32) → stage 2 (48 ch,
-16×16) → stage 3 (96 ch, 8×8) → global average pool → linear. Sized for interactive CPU use and for
+Layout (64×64 input): stem 3×3 stride 2 (32 ch, 32×32) → stage 1 (32 ch, 32×32) → stage 2 (64 ch,
+16×16) → stage 3 (128 ch, 8×8) → global average pool → linear. Sized for interactive CPU use and for
 training on 2 CPU cores. Channel/spatial attention (SE, ECA, CBAM,
 scSE, GC, SK) sits in every residual block, before the residual sum; Non-Local, CCNet (R = 2) and
 DANet sit after stage 2, on the 16×16 map; the STN sits in front of the stem.
@@ -76,7 +76,7 @@ class ZooNet(nn.Module):
         num_classes: Output classes.
     """
 
-    def __init__(self, spec: ZooSpec, widths: tuple[int, int, int] = (24, 48, 96), depths: tuple[int, int, int] = (1, 1, 1), num_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, spec: ZooSpec, widths: tuple[int, int, int] = (32, 64, 128), depths: tuple[int, int, int] = (1, 1, 1), num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.spec = spec
         kw = dict(spec.kwargs)
@@ -98,8 +98,8 @@ class ZooNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 3, 64, 64)
         if self.stn is not None:
             x = self.stn(x)
-        x = self.stage1(self.stem(x))  # (B, 24, 32, 32)
-        x = self.stage2(x)  # (B, 48, 16, 16)
+        x = self.stage1(self.stem(x))  # (B, 32, 32, 32)
+        x = self.stage2(x)  # (B, 64, 16, 16)
         if self.context is not None:
             x = self.context(x)
         return self.head(self.stage3(x))  # (B, classes)
