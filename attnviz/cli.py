@@ -1,4 +1,4 @@
-"""Command line: ``attnviz inspect | train | evaluate | models``."""
+"""Command line: ``attnviz inspect | serve | train | evaluate | models``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,55 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_user_model(spec: str, weights: str | None = None, labels: str | None = None, input_size: int | None = None) -> nn.Module:
+    """A researcher's model for the app: factory, optional weights (safetensors or tensor-only .pt), labels."""
+    model = load_factory(spec)
+    if weights:
+        from pathlib import Path
+
+        path = Path(weights)
+        if not path.is_file():
+            raise SystemExit(f"--weights {weights}: no such file")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles objects
+            except Exception as e:
+                raise SystemExit(f"--weights {weights}: not a tensor-only checkpoint ({e}); use safetensors") from None
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise SystemExit(f"--weights {weights} does not fit {spec}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    card = dict(getattr(model, "card", None) or {})
+    if labels:
+        names = [ln.strip() for ln in open(labels, encoding="utf-8") if ln.strip()]
+        if not names:
+            raise SystemExit(f"--labels {labels} has no labels (one per line)")
+        card["class_names"] = names
+    if input_size:
+        card["input_size"] = [input_size, input_size]
+    card.setdefault("name", spec)
+    model.card = card  # type: ignore[assignment]
+    return model.eval()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Open the app on the user's model (and, unless --only, the zoo and ImageNet models)."""
+    import os
+
+    from .ui import build_demo
+
+    models = {}
+    if args.model:
+        model = load_user_model(args.model, args.weights, args.labels, args.input_size)
+        models[args.model.split(":", 1)[1]] = model
+    demo = build_demo(models=models, include_registry=not args.only)
+    demo.launch(server_name=args.host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=args.port, ssr_mode=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``attnviz`` argument parser."""
     p = argparse.ArgumentParser(prog="attnviz", description="Look inside CNN attention modules.")
@@ -64,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--size", type=int, default=224, help="input side in pixels")
     ins.add_argument("--generic", choices=["auto", "all", "off"], default="auto")
     ins.set_defaults(func=cmd_inspect)
+    sv = sub.add_parser("serve", help="open the web app, optionally on your own model")
+    sv.add_argument("--model", default=None, help="package.module:factory of your model")
+    sv.add_argument("--weights", default=None, help="FILE.safetensors (or a tensor-only .pt)")
+    sv.add_argument("--labels", default=None, help="text file with one class name per line")
+    sv.add_argument("--input-size", type=int, default=None, help="square input side (default: the model card's, else 224)")
+    sv.add_argument("--only", action="store_true", help="offer only --model, not the zoo and ImageNet models")
+    sv.add_argument("--host", default=None)
+    sv.add_argument("--port", type=int, default=7860)
+    sv.set_defaults(func=cmd_serve)
     from . import train as train_mod
 
     tr = sub.add_parser("train", help="train a zoo model on generated scenes")

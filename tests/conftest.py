@@ -26,3 +26,12 @@ def randomize_bn(module: torch.nn.Module) -> None:
             if m.affine:
                 m.weight.data.uniform_(0.5, 1.5)
                 m.bias.data.uniform_(-0.3, 0.3)
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (bind to port 0)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,11 +1,14 @@
 """Maps: capture records → per-pixel maps (CCNet reach, STN geometry, attributions) and their scores."""
 
-from .attribution import grad_cam
+from .attribution import grad_cam, integrated_gradients, occlusion
 from .geometry import normalized_to_pixels, sampled_quad, upsample_map
-from .metrics import box_mask, js_divergence, mass_ratio, nearest_centroid_accuracy, pointing, quad_iou
+from .metrics import box_mask, js_divergence, mass_ratio, nearest_centroid_accuracy, pointing, quad_iou, spearman, topk_iou
 from .reach import criss_cross_reach
+from .views import VIEWS, ClickLayer, ablate, bypassed, click_layers, click_map, feature_cell, module_for
 
 __all__ = [
-    "box_mask", "criss_cross_reach", "grad_cam", "js_divergence", "mass_ratio", "nearest_centroid_accuracy",
-    "normalized_to_pixels", "pointing", "quad_iou", "sampled_quad", "upsample_map",
+    "VIEWS", "ClickLayer", "ablate", "box_mask", "bypassed", "click_layers", "click_map", "criss_cross_reach",
+    "feature_cell", "grad_cam", "integrated_gradients", "js_divergence", "mass_ratio", "module_for",
+    "nearest_centroid_accuracy", "normalized_to_pixels", "occlusion", "pointing", "quad_iou", "sampled_quad",
+    "spearman", "topk_iou", "upsample_map",
 ]

@@ -69,3 +69,27 @@ def nearest_centroid_accuracy(features: torch.Tensor, labels: torch.Tensor, num_
     cents = torch.stack([f[:n][labels[:n] == c].mean(0) if (labels[:n] == c).any() else torch.zeros(f.shape[1]) for c in range(num_classes)])
     pred = torch.cdist(f[n:], cents).argmin(1)
     return float((pred == labels[n:]).float().mean())
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation between two maps of the same shape (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    if a.shape != b.shape:
+        raise ValueError(f"maps differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    av, bv = a.flatten().double().numpy(), b.flatten().double().numpy()
+    if av.std() == 0 or bv.std() == 0:
+        return float("nan")
+    return float(spearmanr(av, bv).statistic)
+
+
+def topk_iou(a: torch.Tensor, b: torch.Tensor, frac: float = 0.1) -> float:
+    """IoU of the top ``frac`` pixels of two maps of the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(f"maps differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    k = max(1, int(round(a.numel() * frac)))
+    ia = torch.zeros(a.numel(), dtype=torch.bool)
+    ib = torch.zeros(b.numel(), dtype=torch.bool)
+    ia[a.flatten().topk(k).indices] = True
+    ib[b.flatten().topk(k).indices] = True
+    return float((ia & ib).sum() / (ia | ib).sum())

@@ -1,0 +1,158 @@
+"""Records → the maps a user asks for: per-click rows and reach, layer listings, ablations.
+
+Everything here works at feature resolution; :func:`~attnviz.maps.geometry.upsample_map` (or the
+renderer) brings a map to image size. Image pixels map to feature cells by proportion, so a click at
+(x, y) on a W×H image selects cell ``(y·h/H, x·w/W)`` of an h×w feature map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..capture.records import Affinity, CrissCross, Record
+from .reach import criss_cross_reach
+
+VIEWS = ("row", "loop1", "loop2", "reach")
+
+
+def base_name(name: str) -> str:
+    """``"context.cca#2"`` → ``"context.cca"``."""
+    return name.split("#", 1)[0]
+
+
+@dataclass
+class ClickLayer:
+    """A layer whose maps depend on a query pixel.
+
+    Attributes:
+        name: Layer name (the module path; CCNet loops share one layer).
+        kind: ``"affinity"`` or ``"criss_cross"``.
+        records: The records: one for affinity, the loops in order for CCNet.
+        views: What can be shown: ``("row",)`` for affinity; loops and reach for CCNet.
+        heads: Number of heads (1 when the record has no separate heads).
+    """
+
+    name: str
+    kind: str
+    records: list[Record] = field(default_factory=list)
+    views: tuple[str, ...] = ("row",)
+    heads: int = 1
+
+    @property
+    def feature_hw(self) -> tuple[int, int]:
+        """Query grid (h, w)."""
+        rec = self.records[0]
+        return rec.query_hw if isinstance(rec, Affinity) else rec.hw  # type: ignore[union-attr]
+
+
+def click_layers(records: Mapping[str, Record]) -> dict[str, ClickLayer]:
+    """Every query-dependent layer of a capture, in forward order."""
+    out: dict[str, ClickLayer] = {}
+    for name, rec in records.items():
+        if isinstance(rec, Affinity):
+            out[name] = ClickLayer(name, "affinity", [rec], ("row",), rec.heads)
+        elif isinstance(rec, CrissCross):
+            base = base_name(name)
+            layer = out.setdefault(base, ClickLayer(base, "criss_cross", [], ("loop1",)))
+            layer.records.append(rec)
+            n = len(layer.records)
+            layer.views = ("loop1",) if n == 1 else ("loop1", "loop2", "reach")
+    return out
+
+
+def feature_cell(x: float, y: float, image_hw: tuple[int, int], feature_hw: tuple[int, int]) -> tuple[int, int]:
+    """Feature cell (fy, fx) under image pixel (x, y)."""
+    h, w = image_hw
+    fh, fw = feature_hw
+    if not (0 <= x < w and 0 <= y < h):
+        raise ValueError(f"pixel ({x}, {y}) lies outside the {w}×{h} image")
+    return min(fh - 1, int(y * fh / h)), min(fw - 1, int(x * fw / w))
+
+
+def click_map(layer: ClickLayer, x: float, y: float, image_hw: tuple[int, int], view: str = "row", head: int | None = None, batch: int = 0) -> torch.Tensor:
+    """The map of ``layer`` for the query under image pixel (x, y), at feature resolution ``(h, w)``.
+
+    Args:
+        layer: From :func:`click_layers`.
+        x: Query column in image pixels.
+        y: Query row in image pixels.
+        image_hw: Size of the image the pixel refers to.
+        view: ``"row"`` (affinity), or ``"loop1"``, ``"loop2"``, ``"reach"`` (CCNet).
+        head: Head index for multi-head affinity, None for the head average.
+        batch: Sample in the batch.
+    """
+    if view not in layer.views:
+        raise ValueError(f"{layer.name} shows {', '.join(layer.views)}, not {view!r}")
+    fy, fx = feature_cell(x, y, image_hw, layer.feature_hw)
+    if layer.kind == "affinity":
+        if head is not None and not 0 <= head < layer.heads:
+            raise ValueError(f"{layer.name} has {layer.heads} head(s); head {head} does not exist")
+        return layer.records[0].row(fy, fx, batch=batch, head=head)  # type: ignore[attr-defined]
+    loops = layer.records
+    if view == "loop1":
+        return loops[0].row(fy, fx, batch=batch)  # type: ignore[attr-defined]
+    if view == "loop2":
+        return loops[1].row(fy, fx, batch=batch)  # type: ignore[attr-defined]
+    return criss_cross_reach(loops[0], loops[1], fy, fx, batch=batch)  # type: ignore[arg-type]
+
+
+def module_for(model: nn.Module, record_name: str) -> tuple[str, nn.Module]:
+    """The module that produced a record (generic records name ``<module>.<kind>``)."""
+    path = base_name(record_name)
+    while path:
+        try:
+            return path, model.get_submodule(path)
+        except AttributeError:
+            path = path.rpartition(".")[0]
+    raise ValueError(f"no module of the model produced {record_name!r}")
+
+
+@contextmanager
+def bypassed(model: nn.Module, record_name: str) -> Iterator[str]:
+    """Make the module behind ``record_name`` return its input (gate = 1, or γ = 0) for that call.
+
+    For a gate (``out = x·g``) this sets ``g`` to 1; for a residual attention block
+    (``out = x + γ·f``) it sets γ to 0. Only the k-th call is changed for ``name#k``.
+
+    Yields:
+        A one-line description of what was changed.
+
+    Raises:
+        ValueError: When the module changes the shape of its input (no identity to fall back to).
+    """
+    path, module = module_for(model, record_name)
+    want = int(record_name.split("#", 1)[1]) if "#" in record_name else 1
+    calls = [0]
+    problem: list[str] = []
+
+    def hook(mod: nn.Module, args: tuple[object, ...], out: object) -> object:
+        calls[0] += 1
+        if calls[0] != want:
+            return None
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or x.shape != out.shape:
+            problem.append(f"{path} changes the shape of its input, so it cannot be bypassed")
+            return None
+        return x
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield f"{path} (call {want}) bypassed: output := input, i.e. gate = 1 / γ = 0"
+    finally:
+        handle.remove()
+    if problem:
+        raise ValueError(problem[0])
+
+
+def ablate(model: nn.Module, x: torch.Tensor, record_name: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Logits with and without the module behind ``record_name``: ``(before, after, description)``."""
+    with torch.no_grad():
+        before = model(x)
+        with bypassed(model, record_name) as what:
+            after = model(x)
+    return before, after, what

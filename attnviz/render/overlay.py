@@ -1,0 +1,123 @@
+"""Heatmap overlays and geometric marks on RGB images (numpy in, ``(H, W, 3) uint8`` out)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from matplotlib import colormaps
+
+CMAPS = ("inferno", "viridis", "magma", "plasma", "turbo", "jet", "gray")
+
+
+def map_range(maps: Sequence[np.ndarray]) -> tuple[float, float]:
+    """A shared (vmin, vmax) over several maps (finite values only)."""
+    vals = [np.asarray(m, dtype=np.float64) for m in maps]
+    lo = min(float(np.nanmin(v)) for v in vals)
+    hi = max(float(np.nanmax(v)) for v in vals)
+    return lo, hi
+
+
+def to_unit(m: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """Scale a map to [0, 1] with (vmin, vmax), defaulting to its own range; a flat map gives 0."""
+    m = np.asarray(m, dtype=np.float32)
+    lo = float(np.nanmin(m)) if vmin is None else float(vmin)
+    hi = float(np.nanmax(m)) if vmax is None else float(vmax)
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros_like(m)
+    return np.clip((m - lo) / (hi - lo), 0.0, 1.0)
+
+
+def colorize(m: np.ndarray, cmap: str = "inferno", vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """A 2-D map as an RGB image ``(h, w, 3) uint8`` through a matplotlib colormap."""
+    if cmap not in colormaps:
+        raise ValueError(f"unknown colormap {cmap!r}; try one of {', '.join(CMAPS)}")
+    rgba = colormaps[cmap](to_unit(m, vmin, vmax))  # (h, w, 4) float
+    return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
+def resize_map(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D map to (H, W) (pixel centres aligned, like ``align_corners=False``)."""
+    m = np.asarray(m, dtype=np.float32)
+    if m.shape == tuple(hw):
+        return m
+    return cv2.resize(m, (int(hw[1]), int(hw[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def overlay(
+    image: np.ndarray,
+    m: np.ndarray,
+    cmap: str = "inferno",
+    alpha: float = 0.55,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    point: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Blend a colour-mapped map (any resolution, resized bilinearly) over an RGB image.
+
+    Args:
+        image: ``(H, W, 3) uint8``.
+        m: ``(h, w)`` map.
+        cmap: Matplotlib colormap name.
+        alpha: Opacity of the map (0 = image only, 1 = map only).
+        vmin: Lower end of the colour scale (default: the map's minimum).
+        vmax: Upper end of the colour scale (default: the map's maximum).
+        point: Optional (x, y) in image pixels to mark with a crosshair.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3), got {image.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"opacity must lie in [0, 1], got {alpha}")
+    heat = colorize(resize_map(m, image.shape[:2]), cmap, vmin, vmax)
+    out = cv2.addWeighted(image.astype(np.uint8), 1.0 - alpha, heat, alpha, 0.0)
+    if point is not None:
+        out = draw_point(out, *point)
+    return out
+
+
+def draw_point(image: np.ndarray, x: float, y: float, radius: int | None = None) -> np.ndarray:
+    """A crosshair with a dark outline at (x, y) so it shows on any background."""
+    out = image.copy()
+    r = radius or max(4, min(image.shape[:2]) // 40)
+    c = (int(round(x)), int(round(y)))
+    t = max(1, r // 4)
+    for colour, thick in (((0, 0, 0), t + 2), ((0, 255, 255), t)):
+        cv2.circle(out, c, r, colour, thick, cv2.LINE_AA)
+        cv2.line(out, (c[0] - 2 * r, c[1]), (c[0] - r, c[1]), colour, thick, cv2.LINE_AA)
+        cv2.line(out, (c[0] + r, c[1]), (c[0] + 2 * r, c[1]), colour, thick, cv2.LINE_AA)
+        cv2.line(out, (c[0], c[1] - 2 * r), (c[0], c[1] - r), colour, thick, cv2.LINE_AA)
+        cv2.line(out, (c[0], c[1] + r), (c[0], c[1] + 2 * r), colour, thick, cv2.LINE_AA)
+    return out
+
+
+def draw_quad(image: np.ndarray, quad: np.ndarray, colour: tuple[int, int, int] = (255, 64, 64), thickness: int = 2) -> np.ndarray:
+    """The closed quadrilateral ``(4, 2)`` (x, y pixels) drawn on a copy of the image."""
+    out = image.copy()
+    pts = np.round(np.asarray(quad, dtype=np.float64) - 0.5).astype(np.int32).reshape(-1, 1, 2)
+    cv2.polylines(out, [pts], True, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+    cv2.polylines(out, [pts], True, colour, thickness, cv2.LINE_AA)
+    return out
+
+
+def draw_lattice(image: np.ndarray, grid_px: np.ndarray, every: int = 4, colour: tuple[int, int, int] = (80, 220, 255)) -> np.ndarray:
+    """Every ``every``-th row and column of a sampling grid ``(Ho, Wo, 2)`` (x, y pixels) as polylines."""
+    out = image.copy()
+    g = np.asarray(grid_px, dtype=np.float64) - 0.5
+    ho, wo = g.shape[:2]
+    lines = [g[i] for i in range(0, ho, every)] + [g[ho - 1]] + [g[:, j] for j in range(0, wo, every)] + [g[:, wo - 1]]
+    pts = [np.round(line).astype(np.int32).reshape(-1, 1, 2) for line in lines]
+    cv2.polylines(out, pts, False, colour, 1, cv2.LINE_AA)
+    return out
+
+
+def side_by_side(images: Sequence[np.ndarray], gap: int = 6, height: int | None = None) -> np.ndarray:
+    """Images resized to one height and placed left to right on a white strip."""
+    h = height or max(im.shape[0] for im in images)
+    parts = []
+    for im in images:
+        w = max(1, int(round(im.shape[1] * h / im.shape[0])))
+        interp = cv2.INTER_NEAREST if im.shape[0] < h / 2 else cv2.INTER_AREA
+        parts.append(cv2.resize(im, (w, h), interpolation=interp) if im.shape[0] != h else im)
+        parts.append(np.full((h, gap, 3), 255, np.uint8))
+    return np.concatenate(parts[:-1], axis=1)
