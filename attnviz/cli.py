@@ -1,4 +1,4 @@
-"""Command line: ``attnviz inspect | serve | train | evaluate | models``."""
+"""Command line: ``attnviz inspect | serve | video | train | evaluate | models``."""
 
 from __future__ import annotations
 
@@ -104,6 +104,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_video(args: argparse.Namespace) -> int:
+    """Render one attention map over every frame of a clip (MP4 + NPZ + CSV)."""
+    from tqdm import tqdm
+
+    from .video import VideoError, analyze_video
+
+    if ":" in args.model:
+        model = load_user_model(args.model)
+    else:
+        from .models import load_pretrained
+        from .ui.engine import pick_device
+
+        try:
+            model = load_pretrained(args.model, device=pick_device())
+        except Exception as e:
+            raise SystemExit(str(e)) from None
+    bar = tqdm(unit="frame", desc="video", dynamic_ncols=True)
+
+    def progress(done: int, total: int, stage: str) -> None:
+        bar.total = total or None
+        bar.set_description(stage)
+        bar.n = done
+        bar.refresh()
+
+    vrange = (args.vmin, args.vmax) if args.vmin is not None and args.vmax is not None else None
+    try:
+        res = analyze_video(args.input, model, kind=args.kind, layer=args.layer, query=tuple(args.query) if args.query else None,
+                            out=args.out, stride=args.stride, max_frames=args.max_frames, batch_size=args.batch_size,
+                            vrange=vrange, cmap=args.cmap, alpha=args.alpha, progress=progress)
+    except VideoError as e:
+        bar.close()
+        raise SystemExit(f"error: {e}") from None
+    bar.close()
+    print(f"{res.frames} frames, layer {res.layer}, colour scale {res.vrange}: {res.video}, {res.npz}, {res.csv}")
+    for n in res.notes:
+        print("note:", n)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``attnviz`` argument parser."""
     p = argparse.ArgumentParser(prog="attnviz", description="Look inside CNN attention modules.")
@@ -122,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default=None)
     sv.add_argument("--port", type=int, default=7860)
     sv.set_defaults(func=cmd_serve)
+    vd = sub.add_parser("video", help="attention over time: an overlay video, NPZ and CSV")
+    vd.add_argument("input", help="mp4 / webm / mov / gif")
+    vd.add_argument("--model", required=True, help="zoo or ImageNet model name, or package.module:factory")
+    vd.add_argument("--kind", default="spatial", choices=["spatial", "channel", "grid", "query"])
+    vd.add_argument("--layer", default=None, help="default: the deepest layer of that kind")
+    vd.add_argument("--query", type=float, nargs=2, metavar=("X", "Y"), help="query pixel for --kind query")
+    vd.add_argument("--out", default="attnviz_video.mp4")
+    vd.add_argument("--stride", type=int, default=1)
+    vd.add_argument("--max-frames", type=int, default=900)
+    vd.add_argument("--batch-size", type=int, default=None)
+    vd.add_argument("--vmin", type=float, default=None, help="fixed colour scale (with --vmax); default: over the clip")
+    vd.add_argument("--vmax", type=float, default=None)
+    vd.add_argument("--cmap", default="inferno")
+    vd.add_argument("--alpha", type=float, default=0.55)
+    vd.set_defaults(func=cmd_video)
     from . import train as train_mod
 
     tr = sub.add_parser("train", help="train a zoo model on generated scenes")

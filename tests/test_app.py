@@ -247,3 +247,27 @@ def test_client_zoo_example(client) -> None:  # type: ignore[no-untyped-def]
     scene = next(EXAMPLES.glob("scene_*.png"))
     label, summary = c.predict(handle_file(str(scene)), "ccnet_resnet", api_name="/analyze")
     assert label["label"] and summary["kinds"] == {"criss_cross": 2}
+
+
+def test_client_video(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import av
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    c, _ = client
+    clip = handle_file(str(EXAMPLES / "clip_moving_item.mp4"))
+    video, over, conf, npz, csv, info = c.predict(clip, "tiny", "spatial", None, None, None, 3, 300, api_name="/analyze_video")
+    path = video["video"] if isinstance(video, dict) else video
+    with av.open(path) as cont:
+        s = cont.streams.video[0]
+        assert s.codec_context.name == "h264" and s.codec_context.pix_fmt == "yuv420p"
+        assert sum(1 for _ in cont.decode(s)) == info["frames"] == 15
+    assert Path(npz).suffix == ".npz" and Path(csv).suffix == ".csv"
+    bad = {"empty.mp4": b"", "text.mp4": b"plain text", "cut.mp4": (EXAMPLES / "clip_moving_item.mp4").read_bytes()[:400]}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(AppError, match="empty|not a video|decod|no video stream") as err:
+            c.predict(handle_file(str(tmp_path / name)), "tiny", "spatial", api_name="/analyze_video")
+        assert "Traceback" not in str(err.value)
+    with pytest.raises(AppError, match="cap"):
+        c.predict(clip, "tiny", "spatial", None, None, None, 1, 10, api_name="/analyze_video")

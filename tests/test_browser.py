@@ -68,3 +68,30 @@ def test_upload_click_and_overlay(server) -> None:  # type: ignore[no-untyped-de
         page.screenshot(path=str(SCREENSHOT), full_page=False)
         assert not errors, errors
         browser.close()
+
+
+def test_video_tab_plays_the_returned_clip(server) -> None:  # type: ignore[no-untyped-def]
+    pw = pytest.importorskip("playwright.sync_api")
+    url, _ = server
+    clip = ROOT / "examples" / "clip_moving_item.mp4"
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, "--autoplay-policy=no-user-gesture-required"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(url)
+        page.get_by_role("tab", name="Video").click()
+        page.wait_for_selector("#video_upload input[type=file]", state="attached", timeout=60_000)
+        page.set_input_files("#video_upload input[type=file]", str(clip))
+        frame = page.locator("#video_frame img")
+        frame.wait_for(state="visible", timeout=60_000)  # the upload finished and a frame came back
+        box = frame.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # the query point; kind becomes "query"
+        page.wait_for_function("() => document.querySelector('#video_kind input').value === 'query'", timeout=30_000)
+        page.locator("#video_button").click()
+        video = page.locator("#video_out video")
+        video.wait_for(state="attached", timeout=180_000)
+        page.wait_for_function("() => { const v = document.querySelector('#video_out video'); return v && (v.readyState >= 2 || v.error); }", timeout=60_000)
+        state = page.evaluate("() => { const v = document.querySelector('#video_out video'); return [v.readyState, v.error && v.error.code, v.duration, v.videoWidth]; }")
+        assert state[0] >= 2 and state[1] is None, state
+        assert state[2] > 2.5 and state[3] == 256, state  # the whole 3 s clip at its own size
+        browser.close()

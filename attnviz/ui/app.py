@@ -94,6 +94,14 @@ def _examples(cat: Catalog) -> list[list[str]]:
     return rows
 
 
+def _video_dir() -> Path:
+    import tempfile
+
+    d = Path(tempfile.gettempdir()) / "attnviz_videos"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None = None, include_registry: bool = True, engine: Engine | None = None) -> gr.Blocks:
     """The attnviz app.
 
@@ -173,6 +181,65 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         a = get(image, model_name)
         click = (float(x), float(y)) if x is not None and y is not None else None
         return str(eng.export(a, click, layer or None, _style(cmap, alpha, scale)))
+
+    @_guard
+    def analyze_video(video: Any, model_name: str, kind: str = "spatial", layer: str | None = None, x: float | None = None, y: float | None = None, stride: int = 1, max_frames: int = 300, progress: gr.Progress = gr.Progress()) -> tuple[str, Any, Any, str, str, dict[str, Any]]:
+        """Render one attention map over every frame: H.264 MP4, plots over time, NPZ and CSV."""
+        from ..video import MAX_FRAMES, VideoError
+        from ..video import analyze_video as run_video
+
+        path = _path(video)
+        model = cat.get(model_name or cat.default())
+        cap_frames = int(min(max(1, int(max_frames or MAX_FRAMES)), MAX_FRAMES))
+        out = _video_dir() / f"attnviz_{model_name}_{kind}_{abs(hash((str(path), model_name, kind, layer, x, y, stride))) % 10**10}.mp4"
+        query = (float(x), float(y)) if x is not None and y is not None and kind == "query" else None
+
+        def report(done: int, total: int, stage: str) -> None:
+            progress((done, total or None), desc=stage, unit="frames")
+
+        lock = eng._model_locks.setdefault(model_name, __import__("threading").Lock())
+        try:
+            with lock:
+                res = gpu(run_video)(path, model, kind=kind or "spatial", layer=layer or None, query=query, out=out,
+                                     stride=int(stride or 1), max_frames=cap_frames, progress=report)
+        except VideoError as e:
+            raise UserError(str(e)) from None
+        maps = np.load(res.npz)["maps"]
+        times = np.array([r["time"] for r in res.rows])
+        conf = render.timeline(times, {"confidence": np.array([r["confidence"] for r in res.rows])}, "top-1 probability", "Prediction confidence")
+        if kind == "channel":
+            over = render.series_heatmap(maps.T, times, "channel", f"{res.layer}: gates over time")
+        elif kind == "grid":
+            over = render.timeline(times, {k: np.array([r[k] for r in res.rows]) for k in ("box_x0", "box_y0", "box_x1", "box_y1")}, "pixels", f"{res.layer}: STN box over time")
+        else:
+            over = render.timeline(times, {k: np.array([r[k] for r in res.rows]) for k in ("peak_x", "peak_y")}, "pixels", f"{res.layer}: peak of the map over time")
+        info = {"frames": res.frames, "fps": round(res.fps, 3), "layer": res.layer, "kind": kind, "colour_scale": res.vrange, "notes": res.notes,
+                "first_rows": res.rows[:3]}
+        return str(res.video), over, conf, str(res.npz), str(res.csv), info
+
+    @_guard
+    def video_frame(video: Any, index: int = 0) -> np.ndarray:
+        """One frame of a clip (to click the query point on)."""
+        from ..video import VideoError, iter_frames
+
+        try:
+            for i, (_, _, f) in enumerate(iter_frames(_path(video), 1, max_frames=10**6)):
+                if i >= int(index or 0):
+                    return f
+        except VideoError as e:
+            raise UserError(str(e)) from None
+        raise UserError(f"The clip has fewer than {int(index) + 1} frames.")
+
+    def video_info(video: Any) -> Any:
+        from ..video import VideoError, probe
+
+        if video is None:
+            return gr.update()
+        try:
+            _, n, _, _ = probe(_path(video))
+        except VideoError:
+            return gr.update()
+        return gr.update(maximum=max(1, n - 1) if n else 300, value=0)
 
     # ------------------------------------------------------------------ UI-only glue
     @_guard
@@ -290,6 +357,32 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
                     nat_img = gr.Image(label="Native attention", format="png", interactive=False)
                     att_img = gr.Image(label="Attribution", format="png", interactive=False)
                 cmp_info = gr.JSON(label="Agreement")
+            with gr.Tab("Video"):
+                gr.Markdown("Upload a clip (mp4, webm, mov, gif). One colour scale over the whole clip, so brightness means the same in every frame. For `query` maps, pick a frame and click the query point on it.")
+                with gr.Row():
+                    vid_in = gr.File(label="Clip", file_types=[".mp4", ".webm", ".mov", ".gif", ".mkv", ".avi"], type="filepath", elem_id="video_upload")
+                    with gr.Column():
+                        vid_kind = gr.Dropdown(["spatial", "channel", "grid", "query"], value="spatial", label="Kind (grid = STN)", elem_id="video_kind")
+                        vid_layer = gr.Dropdown([], label="Layer (empty: the deepest of that kind)", allow_custom_value=True)
+                        with gr.Row():
+                            vid_stride = gr.Number(1, precision=0, label="Frame stride", minimum=1)
+                            vid_max = gr.Number(300, precision=0, label="Frame cap", minimum=1, maximum=900)
+                with gr.Row():
+                    with gr.Column():
+                        vid_slider = gr.Slider(0, 300, value=0, step=1, label="Frame for the query point")
+                        vid_frame = gr.Image(label="Click the query point", interactive=False, type="numpy", format="png", elem_id="video_frame")
+                        with gr.Row():
+                            vx = gr.Number(None, label="query x")
+                            vy = gr.Number(None, label="query y")
+                    vid_out = gr.Video(label="Overlay", elem_id="video_out", autoplay=False)
+                vid_btn = gr.Button("Process video", variant="primary", elem_id="video_button")
+                with gr.Row():
+                    vid_over = gr.Plot(label="Over time")
+                    vid_conf = gr.Plot(label="Prediction confidence")
+                with gr.Row():
+                    vid_npz = gr.File(label="Per-frame maps (NPZ)")
+                    vid_csv = gr.File(label="Per-frame table (CSV)")
+                vid_info = gr.JSON(label="Run", elem_id="video_info")
             with gr.Tab("Export"):
                 gr.Markdown("One zip: PNG overlays, `maps.npz` with every raw map at feature resolution, and `metadata.json` (model, layers, kinds, image size, click).")
                 exp_btn = gr.Button("Export")
@@ -311,6 +404,10 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         abl_btn.click(ablation, [image, model, abl_layer], [abl_plot, abl_info], api_name="ablate")
         cmp_btn.click(compare, [image, model, method, native, *style_in], [nat_img, att_img, cmp_info], api_name="compare")
         exp_btn.click(export, [image, model, cx, cy, layer, *style_in], [exp_file], api_name="export")
+        vid_in.upload(video_info, [vid_in], [vid_slider], api_visibility="private").then(video_frame, [vid_in, vid_slider], [vid_frame], api_visibility="private")
+        vid_slider.release(video_frame, [vid_in, vid_slider], [vid_frame], api_name="video_frame")
+        vid_frame.select(to_xy, None, [vx, vy], api_visibility="private").success(lambda: "query", None, [vid_kind], api_visibility="private")
+        vid_btn.click(analyze_video, [vid_in, model, vid_kind, vid_layer, vx, vy, vid_stride, vid_max], [vid_out, vid_over, vid_conf, vid_npz, vid_csv, vid_info], api_name="analyze_video")
         # endpoints without a button of their own (the page fills these views after analyze)
         for fn, ins, outs, name in (
             (other_maps, [image, model], [others], "other_maps"),

@@ -29,13 +29,29 @@ from torch.nn import functional as F
 
 from .. import render
 from ..capture import capture
-from ..capture.records import BranchWeights, ChannelAffinity, ChannelGate, Record, SamplingGrid, SpatialMask
-from ..maps import ablate, click_layers, click_map, grad_cam, integrated_gradients, occlusion, sampled_quad, spearman, topk_iou
+from ..capture.records import (
+    BranchWeights,
+    ChannelAffinity,
+    ChannelGate,
+    Record,
+    SamplingGrid,
+    SpatialMask,
+)
+from ..maps import (
+    ablate,
+    click_layers,
+    click_map,
+    grad_cam,
+    integrated_gradients,
+    occlusion,
+    sampled_quad,
+    spearman,
+    topk_iou,
+)
 from ..maps.geometry import normalized_to_pixels
+from ..models.inputs import card_of, preprocess
 from .images import LoadedImage, load_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DISPLAY_MAX = 768  # longest side of the displayed image
 DISPLAY_MIN = 384  # small images (zoo scenes are 64×64) are enlarged, pixel-exact, to at least this
 NEAR_IDENTITY = 0.01  # contribution below which a block "barely changes its input"
@@ -143,15 +159,6 @@ class Catalog:
             return model
 
 
-def card_of(model: nn.Module) -> dict[str, Any]:
-    """The model card, or defaults for a user model without one (ImageNet preprocessing, 224²)."""
-    card = dict(getattr(model, "card", None) or {})
-    card.setdefault("input_size", [224, 224])
-    card.setdefault("mean", list(IMAGENET_MEAN))
-    card.setdefault("std", list(IMAGENET_STD))
-    return card
-
-
 def display_image(img: LoadedImage) -> np.ndarray:
     """The image as shown: enlarged pixel-exact when tiny, else as loaded (already ≤ DISPLAY_MAX)."""
     rgb = img.rgb
@@ -161,17 +168,6 @@ def display_image(img: LoadedImage) -> np.ndarray:
         rgb = np.repeat(np.repeat(rgb, k, axis=0), k, axis=1)
         img.notes.append(f"shown enlarged {k}× ({w}×{h} pixels)")
     return rgb
-
-
-def preprocess(rgb: np.ndarray, card: dict[str, Any], device: torch.device) -> torch.Tensor:
-    """RGB uint8 → normalised model input ``(1, 3, h, w)`` (resized to the card's input size)."""
-    h, w = (int(v) for v in card["input_size"])
-    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div(255)[None]  # (1, 3, H, W)
-    if x.shape[-2:] != (h, w):
-        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(card["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(card["std"]).view(1, 3, 1, 1)
-    return ((x - mean) / std).to(device)
 
 
 @dataclass

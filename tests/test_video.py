@@ -1,0 +1,158 @@
+"""Video pipeline: playable H.264 output, one colour scale per clip, odd sizes, gif, bad clips, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from attnviz.modules import CBAM, NonLocal2d, SpatialTransformer
+from attnviz.video import VideoError, analyze_video, iter_frames, probe, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stn = SpatialTransformer(3, bounded=True)
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.cbam = CBAM(8, rd_ratio=0.5)
+        self.nl = NonLocal2d(8)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+        self.card = {"input_size": [32, 32], "class_names": ["a", "b", "c"]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.nl(self.cbam(self.stem(self.stn(x)))))
+
+
+class Constant(nn.Module):
+    """A spatial gate that is the same constant in every frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.gate = nn.Conv2d(4, 1, 1)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, 0.3)
+        self.fc = nn.Linear(4, 2)
+        self.card = {"input_size": [16, 16]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.conv(x)
+        f = f * torch.sigmoid(self.gate(f))  # found by generic discovery as a spatial mask
+        return self.fc(f.mean((2, 3)))
+
+
+def write_clip(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
+    return write_video(path, frames, fps)
+
+
+def moving(n: int, h: int, w: int) -> list[np.ndarray]:
+    out = []
+    for t in range(n):
+        f = np.full((h, w, 3), 40, np.uint8)
+        x = int(t / max(1, n - 1) * (w - 12))
+        f[h // 3 : h // 3 + 12, x : x + 12] = (250, 220, 30)
+        out.append(f)
+    return out
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def decode_info(path: Path) -> tuple[str, str, int, int, int]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(s))
+        return s.codec_context.name, s.codec_context.pix_fmt, n, s.codec_context.width, s.codec_context.height
+
+
+@pytest.mark.parametrize("kind", ["spatial", "channel", "grid", "query"])
+def test_output_is_playable_h264_with_every_frame(net: nn.Module, tmp_path: Path, kind: str) -> None:
+    clip = write_clip(tmp_path / "in.mp4", moving(12, 48, 64))
+    res = analyze_video(clip, net, kind=kind, query=(10, 20) if kind == "query" else None, out=tmp_path / f"{kind}.mp4", batch_size=5)
+    assert decode_info(res.video) == ("h264", "yuv420p", 12, 64, 48)
+    data = res.video.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")  # +faststart: playable while downloading
+    npz = np.load(res.npz)
+    assert npz["maps"].shape[0] == 12 and len(res.rows) == 12 and res.csv.read_text().count("\n") == 13
+    assert res.fps == pytest.approx(10)
+
+
+def test_odd_size_gif_stride_and_cap(net: nn.Module, tmp_path: Path) -> None:
+    gif = tmp_path / "odd.gif"  # 71×51: odd sides, which H.264 cannot store as is
+    imgs = [Image.fromarray(np.pad(f, ((0, 1), (0, 1), (0, 0)))) for f in moving(9, 50, 70)]
+    imgs[0].save(gif, save_all=True, append_images=imgs[1:], duration=100, loop=0)
+    res = analyze_video(gif, net, kind="spatial", out=tmp_path / "gif.mp4", stride=2)
+    codec, pix, n, w, h = decode_info(res.video)
+    assert (codec, pix, n) == ("h264", "yuv420p", 5) and (w, h) == (70, 50)  # 71×51 → even
+    assert any("stride 2" in x for x in res.notes)
+    clip = write_clip(tmp_path / "long.mp4", moving(9, 32, 32))
+    with pytest.raises(VideoError, match="cap"):
+        analyze_video(clip, net, kind="spatial", out=tmp_path / "cap.mp4", max_frames=3)
+
+
+def test_one_colour_scale_for_the_clip(tmp_path: Path) -> None:
+    model = Constant().eval()
+    frames = [np.full((32, 32, 3), v, np.uint8) for v in (10, 120, 240, 60)]
+    clip = write_clip(tmp_path / "flat.mp4", frames)
+    res = analyze_video(clip, model, kind="spatial", out=tmp_path / "flat_out.mp4", vrange=(0.0, 1.0), alpha=1.0)
+    with av.open(str(res.video)) as c:
+        out = [f.to_ndarray(format="rgb24").astype(float) for f in c.decode(video=0)]
+    means = [o.mean((0, 1)) for o in out]
+    for m in means[1:]:  # constant map + fixed scale + full opacity → the same colour in every frame
+        np.testing.assert_allclose(m, means[0], atol=3)
+    # clip-wide scale: a map that is constant over time is rendered identically in all frames too
+    res2 = analyze_video(clip, model, kind="spatial", out=tmp_path / "flat2.mp4", alpha=1.0)
+    assert res2.vrange is not None
+    with av.open(str(res2.video)) as c:
+        out2 = [f.to_ndarray(format="rgb24").astype(float).mean((0, 1)) for f in c.decode(video=0)]
+    for m in out2[1:]:
+        np.testing.assert_allclose(m, out2[0], atol=3)
+
+
+@pytest.mark.parametrize("content,message", [(b"", "empty"), (b"this is text, not a video", "not a video"), ("truncated", "decod|not a video|no video stream")])
+def test_bad_clips(net: nn.Module, tmp_path: Path, content: object, message: str) -> None:
+    p = tmp_path / "bad.mp4"
+    if content == "truncated":
+        good = write_clip(tmp_path / "good.mp4", moving(10, 32, 32)).read_bytes()
+        p.write_bytes(good[:300])
+    else:
+        p.write_bytes(content)  # type: ignore[arg-type]
+    with pytest.raises(VideoError, match=message):
+        analyze_video(p, net, kind="spatial", out=tmp_path / "x.mp4")
+
+
+def test_errors_for_missing_layer_and_kind(net: nn.Module, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "in.mp4", moving(3, 32, 32))
+    with pytest.raises(VideoError, match="Unknown kind"):
+        analyze_video(clip, net, kind="nope", out=tmp_path / "a.mp4")
+    with pytest.raises(VideoError, match="not a spatial layer"):
+        analyze_video(clip, net, kind="spatial", layer="nl", out=tmp_path / "a.mp4")
+    assert probe(clip)[1:] == (3, 32, 32)
+    assert len(list(iter_frames(clip))) == 3
+
+
+def test_cli_writes_video_npz_csv(tmp_path: Path) -> None:
+    clip = ROOT / "examples" / "clip_moving_item.mp4"
+    if not (ROOT / "pretrained" / "cbam_resnet.safetensors").exists():
+        pytest.skip("no shipped cbam_resnet")
+    out = tmp_path / "o.mp4"
+    r = subprocess.run([sys.executable, "-m", "attnviz", "video", str(clip), "--model", "cbam_resnet", "--kind", "spatial",
+                        "--stride", "3", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and out.with_suffix(".npz").exists() and out.with_suffix(".csv").exists()
+    bad = subprocess.run([sys.executable, "-m", "attnviz", "video", str(clip), "--model", "cbam_resnet", "--max-frames", "2", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "cap" in bad.stderr and "Traceback" not in bad.stderr
