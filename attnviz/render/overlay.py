@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import cv2
@@ -29,12 +30,18 @@ def to_unit(m: np.ndarray, vmin: float | None = None, vmax: float | None = None)
     return np.clip((m - lo) / (hi - lo), 0.0, 1.0)
 
 
+@functools.lru_cache(maxsize=32)
+def _lut(cmap: str) -> np.ndarray:
+    """256-entry RGB lookup table of a matplotlib colormap, ``(256, 3) uint8``."""
+    return (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
 def colorize(m: np.ndarray, cmap: str = "inferno", vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """A 2-D map as an RGB image ``(h, w, 3) uint8`` through a matplotlib colormap."""
+    """A 2-D map as an RGB image ``(h, w, 3) uint8`` through a matplotlib colormap (8-bit lookup table)."""
     if cmap not in colormaps:
         raise ValueError(f"unknown colormap {cmap!r}; try one of {', '.join(CMAPS)}")
-    rgba = colormaps[cmap](to_unit(m, vmin, vmax))  # (h, w, 4) float
-    return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
+    idx = (to_unit(m, vmin, vmax) * 255 + 0.5).astype(np.uint8)  # (h, w)
+    return cv2.LUT(cv2.merge([idx, idx, idx]), _lut(cmap)[:, None, :])  # (h, w, 3)
 
 
 def resize_map(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -69,7 +76,10 @@ def overlay(
         raise ValueError(f"image must be (H, W, 3), got {image.shape}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"opacity must lie in [0, 1], got {alpha}")
-    heat = colorize(resize_map(m, image.shape[:2]), cmap, vmin, vmax)
+    m = np.asarray(m, dtype=np.float32)
+    lo = float(np.nanmin(m)) if vmin is None else vmin  # from the small map: bilinear stays within its range
+    hi = float(np.nanmax(m)) if vmax is None else vmax
+    heat = colorize(resize_map(m, image.shape[:2]), cmap, lo, hi)
     out = cv2.addWeighted(image.astype(np.uint8), 1.0 - alpha, heat, alpha, 0.0)
     if point is not None:
         out = draw_point(out, *point)

@@ -395,7 +395,14 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         fill_out = [status, click_img, layer, view, head, gallery, heat, block, bars, others, stn_img, stn_text, table, abl_layer, native, click_info, exp_file]
         ev = run_btn.click(analyze, [image, model], [label, summary], api_name="analyze")
         ev.success(fill, [image, model, *style_in], fill_out, api_visibility="private")
-        image.upload(analyze, [image, model], [label, summary], api_visibility="private").success(fill, [image, model, *style_in], fill_out, api_visibility="private")
+        def auto_analyze(img: Any, model_name: str) -> Any:
+            if img is None:  # cleared: keep the page as it is
+                raise gr.Error("No image yet: upload one or pick an example.", visible=False, print_exception=False)
+            return analyze(img, model_name)
+
+        # uploads and example picks analyse at once (the cache makes a repeat free)
+        gr.on([image.change, model.change], auto_analyze, [image, model], [label, summary], api_visibility="private").success(
+            fill, [image, model, *style_in], fill_out, api_visibility="private")
         click_img.select(to_xy, None, [cx, cy], api_visibility="private").then(
             attention_at, [image, cx, cy, layer, view, head, model, *style_in], [click_img, click_info], api_name="attention_at")
         layer.input(on_view_change, [layer, image, model], [view, head], api_visibility="private")
