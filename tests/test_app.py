@@ -271,3 +271,20 @@ def test_client_video(client, tmp_path: Path) -> None:  # type: ignore[no-untype
         assert "Traceback" not in str(err.value)
     with pytest.raises(AppError, match="cap"):
         c.predict(clip, "tiny", "spatial", None, None, None, 1, 10, api_name="/analyze_video")
+
+
+def test_serve_loads_a_user_model_safely(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from attnviz.cli import load_user_model
+
+    model = Tiny()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    (tmp_path / "labels.txt").write_text("w\nx\ny\nz\n")
+    m = load_user_model("test_app:Tiny", str(tmp_path / "w.safetensors"), str(tmp_path / "labels.txt"), 48)
+    assert m.card["class_names"] == ["w", "x", "y", "z"] and m.card["input_size"] == [48, 48] and not m.training
+    torch.save({"evil": object()}, tmp_path / "pickle.pt")  # arbitrary objects are never unpickled
+    with pytest.raises(SystemExit, match="tensor-only"):
+        load_user_model("test_app:Tiny", str(tmp_path / "pickle.pt"))
+    with pytest.raises(SystemExit, match="package.module:factory"):
+        load_user_model("no_colon_here")
