@@ -28,8 +28,8 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from attnviz.modules import NonLocal2d  # noqa: E402
-from attnviz.ui.engine import Catalog, Engine, Entry, Style  # noqa: E402
+from attnviz.modules import NonLocal2d
+from attnviz.ui.engine import Catalog, Engine, Entry, Style
 
 
 def nonlocal_r18() -> nn.Module:

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from attnviz import render  # noqa: E402
-from attnviz.capture import capture  # noqa: E402
-from attnviz.capture.records import SpatialMask  # noqa: E402
-from attnviz.maps import click_layers, click_map  # noqa: E402
-from attnviz.models.inputs import card_of, preprocess  # noqa: E402
-from attnviz.video import analyze_video, iter_frames, write_video  # noqa: E402
+from attnviz import render
+from attnviz.capture import capture
+from attnviz.capture.records import SpatialMask
+from attnviz.maps import click_layers, click_map
+from attnviz.models.inputs import card_of, preprocess
+from attnviz.video import analyze_video, iter_frames, write_video
 
 OUT = Path("bench/out")
 

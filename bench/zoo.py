@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from attnviz.models import ZOO, build  # noqa: E402
+from attnviz.models import ZOO, build
 
 
 def main() -> None:

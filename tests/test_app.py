@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
 import torch
+from conftest import free_port
 from PIL import Image
 from torch import nn
 

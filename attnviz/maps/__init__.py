@@ -2,9 +2,27 @@
 
 from .attribution import grad_cam, integrated_gradients, occlusion
 from .geometry import normalized_to_pixels, sampled_quad, upsample_map
-from .metrics import box_mask, js_divergence, mass_ratio, nearest_centroid_accuracy, pointing, quad_iou, spearman, topk_iou
+from .metrics import (
+    box_mask,
+    js_divergence,
+    mass_ratio,
+    nearest_centroid_accuracy,
+    pointing,
+    quad_iou,
+    spearman,
+    topk_iou,
+)
 from .reach import criss_cross_reach
-from .views import VIEWS, ClickLayer, ablate, bypassed, click_layers, click_map, feature_cell, module_for
+from .views import (
+    VIEWS,
+    ClickLayer,
+    ablate,
+    bypassed,
+    click_layers,
+    click_map,
+    feature_cell,
+    module_for,
+)
 
 __all__ = [
     "VIEWS", "ClickLayer", "ablate", "box_mask", "bypassed", "click_layers", "click_map", "criss_cross_reach",

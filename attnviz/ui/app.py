@@ -407,6 +407,14 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
             attention_at, [image, cx, cy, layer, view, head, model, *style_in], [click_img, click_info], api_name="attention_at")
         layer.input(on_view_change, [layer, image, model], [view, head], api_visibility="private")
         gr.on([cmap.change, alpha.release, scale.change], spatial_masks, [image, model, *style_in], [gallery], api_name="spatial_masks")
+
+        def restyle_click(img: Any, x: float | None, y: float | None, lay: str | None, vw: str | None, hd: Any, model_name: str, cm: str, al: float, sc: str) -> Any:
+            if img is None or x is None or y is None:  # nothing clicked yet: nothing to redraw
+                return gr.update(), gr.update()
+            return attention_at(img, x, y, lay, vw, hd, model_name, cm, al, sc)
+
+        gr.on([cmap.change, alpha.release, scale.change, view.input, head.input], restyle_click,
+              [image, cx, cy, layer, view, head, model, *style_in], [click_img, click_info], api_visibility="private")
         gr.on([block.input, sort.change, image2.upload], channel_gates, [image, model, block, sort, image2], [heat, bars], api_name="channel_gates")
         abl_btn.click(ablation, [image, model, abl_layer], [abl_plot, abl_info], api_name="ablate")
         cmp_btn.click(compare, [image, model, method, native, *style_in], [nat_img, att_img, cmp_info], api_name="compare")

@@ -101,7 +101,7 @@ class Catalog:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_registry(cls, device: torch.device, extra: Mapping[str, nn.Module | Callable[[], nn.Module]] | None = None, include_registry: bool = True) -> "Catalog":
+    def from_registry(cls, device: torch.device, extra: Mapping[str, nn.Module | Callable[[], nn.Module]] | None = None, include_registry: bool = True) -> Catalog:
         """The zoo and ImageNet models of :func:`attnviz.models.available`, plus ``extra`` user models."""
         entries: list[Entry] = []
         for name, obj in (extra or {}).items():
@@ -213,7 +213,7 @@ class Style:
     alpha: float = 0.55
     shared: bool = False
 
-    def check(self) -> "Style":
+    def check(self) -> Style:
         if self.cmap not in render.CMAPS:
             raise UserError(f"Unknown colormap {self.cmap!r}; choose one of {', '.join(render.CMAPS)}.")
         if not 0 <= self.alpha <= 1:
