@@ -114,7 +114,7 @@ def cmd_video(args: argparse.Namespace) -> int:
         model = load_user_model(args.model)
     else:
         from .models import load_pretrained
-        from .ui.engine import pick_device
+        from .models.inputs import pick_device
 
         try:
             model = load_pretrained(args.model, device=pick_device())

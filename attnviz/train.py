@@ -28,18 +28,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from .data import CLASSES, MEAN, STD, SceneConfig, SceneGenerator, normalize
+from .models.inputs import pick_device
 from .models.registry import sha256
 from .models.zoo import INPUT_SIZE, ZOO, ZooNet, build
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """``name``, else ``$ATTNVIZ_DEVICE``, else CUDA when present, else CPU."""
-    name = name or os.environ.get("ATTNVIZ_DEVICE")
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def box_targets(boxes: torch.Tensor, size: int, margin: float = 1.15) -> torch.Tensor:

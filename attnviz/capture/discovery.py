@@ -32,7 +32,17 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from .records import Affinity, BranchWeights, ChannelAffinity, ChannelGate, CrissCross, Record, SamplingGrid, SpatialMask, keep
+from .records import (
+    Affinity,
+    BranchWeights,
+    ChannelAffinity,
+    ChannelGate,
+    CrissCross,
+    Record,
+    SamplingGrid,
+    SpatialMask,
+    keep,
+)
 
 TRIGGER_NAMES = frozenset(
     {"sigmoid", "sigmoid_", "Sigmoid", "hardsigmoid", "Hardsigmoid", "expit", "softmax", "Softmax", "affine_grid", "grid_sample"}

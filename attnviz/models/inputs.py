@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,14 @@ from torch.nn import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name``, else ``$ATTNVIZ_DEVICE``, else CUDA when present, else CPU."""
+    name = name or os.environ.get("ATTNVIZ_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def card_of(model: nn.Module) -> dict[str, Any]:

@@ -20,7 +20,8 @@ import numpy as np
 from torch import nn
 
 from .. import render
-from .engine import Analysis, Catalog, Engine, Style, UserError, pick_device
+from ..models.inputs import pick_device
+from .engine import Analysis, Catalog, Engine, Style, UserError
 
 log = logging.getLogger("attnviz")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -197,7 +198,7 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         def report(done: int, total: int, stage: str) -> None:
             progress((done, total or None), desc=stage, unit="frames")
 
-        lock = eng._model_locks.setdefault(model_name, __import__("threading").Lock())
+        lock = eng.model_lock(model_name)
         try:
             with lock:
                 res = gpu(run_video)(path, model, kind=kind or "spatial", layer=layer or None, query=query, out=out,

@@ -57,14 +57,6 @@ DISPLAY_MIN = 384  # small images (zoo scenes are 64×64) are enlarged, pixel-ex
 NEAR_IDENTITY = 0.01  # contribution below which a block "barely changes its input"
 
 
-def pick_device() -> torch.device:
-    """``$ATTNVIZ_DEVICE``, else CUDA when present, else CPU."""
-    name = os.environ.get("ATTNVIZ_DEVICE")
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class UserError(ValueError):
     """A problem the user can fix; the message is shown as is."""
 
@@ -238,6 +230,11 @@ class Engine:
         self._lock = threading.Lock()
         self._model_locks: dict[str, threading.Lock] = {}
 
+    def model_lock(self, model_name: str) -> threading.Lock:
+        """The lock that serialises runs of one model (hooks and in-place state are per model)."""
+        with self._lock:
+            return self._model_locks.setdefault(model_name, threading.Lock())
+
     # ---------------------------------------------------------------- analysis and cache
     def _evict(self) -> None:
         now = time.monotonic()
@@ -268,7 +265,7 @@ class Engine:
         model = self.catalog.get(model_name)
         card = card_of(model)
         x = preprocess(img.rgb, card, self.catalog.device)
-        lock = self._model_locks.setdefault(model_name, threading.Lock())
+        lock = self.model_lock(model_name)
         try:
             with lock, torch.inference_mode(), capture(model) as cap:
                 logits = model(x)
@@ -444,7 +441,7 @@ class Engine:
         if record_name not in a.records:
             raise UserError(f"{record_name!r} is not a captured layer; choose one of: {', '.join(a.records)}.")
         model = self.catalog.get(a.model_name)
-        lock = self._model_locks.setdefault(a.model_name, threading.Lock())
+        lock = self.model_lock(a.model_name)
         try:
             with lock:
                 before, after, what = ablate(model, a.x, record_name)
@@ -485,7 +482,7 @@ class Engine:
         model = self.catalog.get(a.model_name)
         target = int(a.logits.argmax())
         x = a.x.clone()
-        lock = self._model_locks.setdefault(a.model_name, threading.Lock())
+        lock = self.model_lock(a.model_name)
         with lock, torch.enable_grad():
             if method == "Grad-CAM":
                 layer = getattr(model, "last_conv_stage", None) or _last_conv_stage(model, a.records)
