@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -244,6 +245,15 @@ def analyze_video(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    qx, qy = query if query is not None else (w0 / 2, h0 / 2)
+    if kind == "query" and not (0 <= qx < w0 and 0 <= qy < h0):
+        raise VideoError(f"The query point ({qx:g}, {qy:g}) lies outside the {w0}×{h0} frame.")
+
+    def peak(m: np.ndarray) -> dict[str, float]:
+        """Centre of a map's peak cell in source-frame pixels."""
+        py, px = np.unravel_index(int(m.argmax()), m.shape)
+        return {"peak_x": round(float((px + 0.5) / m.shape[1] * w0), 1), "peak_y": round(float((py + 0.5) / m.shape[0] * h0), 1)}
+
     maps: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
     extra: list[Any] = []  # per-frame geometry for grid (quad, lattice) in source pixels
@@ -258,14 +268,14 @@ def analyze_video(
         if not chosen:
             chosen.append(_pick(recs, kind, layer))
         name = chosen[0]
+        cl = click_layers(recs)[name] if kind == "query" else None
         probs = logits.float().softmax(1).cpu()
         for b, (i, t, frame) in enumerate(batch):
             p, c = float(probs[b].max()), int(probs[b].argmax())
             row: dict[str, Any] = {"frame": i, "time": round(t, 4), "prediction": names[c] if c < len(names) else c, "confidence": round(p, 4)}
             if kind == "spatial":
                 m = recs[name].mask[b].numpy()  # type: ignore[attr-defined]
-                py, px = np.unravel_index(int(m.argmax()), m.shape)
-                row.update(mean_mask=round(float(m.mean()), 4), peak_x=round(float((px + 0.5) / m.shape[1] * w0), 1), peak_y=round(float((py + 0.5) / m.shape[0] * h0), 1))
+                row.update(mean_mask=round(float(m.mean()), 4), **peak(m))
             elif kind == "channel":
                 m = recs[name].weights[b].numpy()  # type: ignore[attr-defined]
                 top = np.argsort(-m)[:3]
@@ -282,21 +292,14 @@ def analyze_video(
                 x1, y1 = quad.max(0)
                 row.update(box_x0=round(float(x0), 1), box_y0=round(float(y0), 1), box_x1=round(float(x1), 1), box_y1=round(float(y1), 1))
             else:
-                cl = click_layers(recs)[name]
-                qx, qy = query if query is not None else (w0 / 2, h0 / 2)
-                if not (0 <= qx < w0 and 0 <= qy < h0):
-                    raise VideoError(f"The query point ({qx:g}, {qy:g}) lies outside the {w0}×{h0} frame.")
-                view = "reach" if "reach" in cl.views else cl.views[0]
-                m = click_map(cl, qx, qy, (h0, w0), view=view, batch=b).numpy()
-                py, px = np.unravel_index(int(m.argmax()), m.shape)
-                row.update(query_x=qx, query_y=qy, peak_x=round(float((px + 0.5) / m.shape[1] * w0), 1), peak_y=round(float((py + 0.5) / m.shape[0] * h0), 1))
+                assert cl is not None
+                m = click_map(cl, qx, qy, (h0, w0), view=cl.default_view, batch=b).numpy()
+                row.update(query_x=qx, query_y=qy, **peak(m))
             maps.append(np.asarray(m, dtype=np.float32))
             rows.append(row)
 
     def render_frame(j: int, frame: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
         if frame.shape[1] != ow or frame.shape[0] != oh:
-            import cv2
-
             frame = cv2.resize(frame, (ow, oh), interpolation=cv2.INTER_AREA)
         sx, sy = ow / w0, oh / h0
         if kind == "grid":
@@ -304,9 +307,7 @@ def analyze_video(
             img = render.draw_lattice(frame, lattice * [sx, sy], every=1)
             return render.draw_quad(img, quad * [sx, sy])
         if kind == "channel":
-            strip = render.colorize(np.repeat(maps[j][None], 1, 0), cmap, lo, hi)  # (1, C, 3)
-            import cv2
-
+            strip = render.colorize(maps[j][None], cmap, lo, hi)  # (1, C, 3)
             bar = cv2.resize(strip, (ow, max(8, oh // 12)), interpolation=cv2.INTER_NEAREST)
             img = frame.copy()
             img[-bar.shape[0]:] = bar

@@ -44,6 +44,11 @@ class ClickLayer:
     heads: int = 1
 
     @property
+    def default_view(self) -> str:
+        """The view shown when none is chosen: CCNet's two-hop reach when both loops exist, else the first."""
+        return "reach" if "reach" in self.views else self.views[0]
+
+    @property
     def feature_hw(self) -> tuple[int, int]:
         """Query grid (h, w)."""
         rec = self.records[0]

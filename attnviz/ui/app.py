@@ -20,8 +20,9 @@ import numpy as np
 from torch import nn
 
 from .. import render
+from ..maps import ClickLayer, click_layers
 from ..models.inputs import pick_device
-from .engine import Analysis, Catalog, Engine, Style, UserError
+from .engine import Analysis, Catalog, Engine, Style, UserError, work_dir
 
 log = logging.getLogger("attnviz")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -95,12 +96,12 @@ def _examples(cat: Catalog) -> list[list[str]]:
     return rows
 
 
-def _video_dir() -> Path:
-    import tempfile
-
-    d = Path(tempfile.gettempdir()) / "attnviz_videos"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+def _view_head(cl: ClickLayer | None) -> tuple[Any, Any]:
+    """Dropdown updates for a click layer's views (default selected) and heads ("mean" + each head)."""
+    if cl is None:
+        return gr.update(choices=[], value=None), gr.update(choices=["mean"], value="mean")
+    heads = ["mean"] + ([str(i) for i in range(cl.heads)] if cl.heads > 1 else [])
+    return gr.update(choices=list(cl.views), value=cl.default_view), gr.update(choices=heads, value="mean")
 
 
 def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None = None, include_registry: bool = True, engine: Engine | None = None) -> gr.Blocks:
@@ -192,7 +193,7 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         path = _path(video)
         model = cat.get(model_name or cat.default())
         cap_frames = int(min(max(1, int(max_frames or MAX_FRAMES)), MAX_FRAMES))
-        out = _video_dir() / f"attnviz_{model_name}_{kind}_{abs(hash((str(path), model_name, kind, layer, x, y, stride))) % 10**10}.mp4"
+        out = work_dir("videos") / f"attnviz_{model_name}_{kind}_{abs(hash((str(path), model_name, kind, layer, x, y, stride))) % 10**10}.mp4"
         query = (float(x), float(y)) if x is not None and y is not None and kind == "query" else None
 
         def report(done: int, total: int, stage: str) -> None:
@@ -248,15 +249,8 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         a = get(image, model_name)
         layers = eng.click_choices(a)
         gates = [g.name for g in eng.gate_records(a)]
-        natives = list(eng.native_maps(a)) if a.records else []
-        heads = ["mean"]
-        views: list[str] = []
-        if layers:
-            from ..maps import click_layers
-
-            cl = click_layers(a.records)[layers[-1]]
-            heads += [str(i) for i in range(cl.heads)] if cl.heads > 1 else []
-            views = list(cl.views)
+        natives = eng.native_map_names(a)
+        view_update, head_update = _view_head(click_layers(a.records)[layers[-1]] if layers else None)
         notes = " · ".join(a.notes)
         kinds = ", ".join(f"{v} {k}" for k, v in eng.summary(a)["kinds"].items()) or "no attention layers"
         status = f"**{a.model_name}**: {kinds}." + (f"  \n_{notes}_" if notes else "")
@@ -267,8 +261,8 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
             status,
             click_hint,
             gr.update(choices=layers, value=layers[-1] if layers else None),
-            gr.update(choices=views, value=(("reach" if "reach" in views else views[0]) if views else None)),
-            gr.update(choices=heads, value="mean"),
+            view_update,
+            head_update,
             eng.spatial_gallery(a, _style(cmap, alpha, scale)),
             eng.gates_heatmap(a),
             gr.update(choices=gates, value=gates[-1] if gates else None),
@@ -286,17 +280,13 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         return float(x), float(y)
 
     def on_view_change(layer: str | None, image: Any, model_name: str) -> Any:
-        from ..maps import click_layers
-
         if not layer or image is None:
             return gr.update(), gr.update()
         try:
             cl = click_layers(get(image, model_name).records)[layer]
         except Exception:
             return gr.update(), gr.update()
-        views = list(cl.views)
-        heads = ["mean"] + ([str(i) for i in range(cl.heads)] if cl.heads > 1 else [])
-        return gr.update(choices=views, value="reach" if "reach" in views else views[0]), gr.update(choices=heads, value="mean")
+        return _view_head(cl)
 
     # ------------------------------------------------------------------ layout
     with gr.Blocks(title="attnviz", delete_cache=(1800, 3600)) as demo:

@@ -41,6 +41,7 @@ from ..maps import (
     ablate,
     click_layers,
     click_map,
+    feature_cell,
     grad_cam,
     integrated_gradients,
     occlusion,
@@ -337,7 +338,7 @@ class Engine:
         if name not in layers:
             raise UserError(f"{name!r} is not a clickable layer; choose one of: {', '.join(layers)}.")
         cl = layers[name]
-        view = view or ("reach" if "reach" in cl.views else cl.views[0])
+        view = view or cl.default_view
         h, w = a.hw
         if not (0 <= x < w and 0 <= y < h):
             raise UserError(f"Pixel ({x:g}, {y:g}) lies outside the {w}×{h} image.")
@@ -347,11 +348,11 @@ class Engine:
             raise UserError(str(e)) from None
         m_np = m.numpy()
         rgb = render.overlay(a.image, m_np, style.cmap, style.alpha, 0.0 if style.shared else None, 1.0 if style.shared else None, point=(x, y))
-        fy, fx = int(y * m.shape[0] / h), int(x * m.shape[1] / w)
+        fy, fx = feature_cell(x, y, a.hw, tuple(m.shape))
         peak = int(m.argmax())
         info = {
             "layer": name, "view": view, "head": "mean" if head is None else head, "x": x, "y": y,
-            "feature_cell": [min(fy, m.shape[0] - 1), min(fx, m.shape[1] - 1)], "feature_hw": list(m.shape),
+            "feature_cell": [fy, fx], "feature_hw": list(m.shape),
             "peak_cell": [peak // m.shape[1], peak % m.shape[1]], "max": float(m.max()), "sum": float(m.sum()),
         }
         return rgb, info, m_np
@@ -459,16 +460,20 @@ class Engine:
         }
         return fig, info
 
+    @staticmethod
+    def native_map_names(a: Analysis) -> list[str]:
+        """Names of the maps :meth:`native_maps` computes, without computing them."""
+        names = [r.name for r in a.of(SpatialMask)]
+        return names + [f"{name} (mean {cl.default_view} of 16 queries)" for name, cl in click_layers(a.records).items()]
+
     def native_maps(self, a: Analysis) -> dict[str, np.ndarray]:
         """Maps to compare with attributions: spatial masks, and for click layers the mean row over queries."""
-        out = {r.name: r.mask[0].numpy() for r in a.of(SpatialMask)}  # type: ignore[attr-defined]
-        for name, cl in click_layers(a.records).items():
-            h, w = cl.feature_hw
-            ys, xs = np.meshgrid(np.linspace(0, a.hw[0] - 1, 4), np.linspace(0, a.hw[1] - 1, 4), indexing="ij")
-            view = "reach" if "reach" in cl.views else cl.views[0]
-            rows = [click_map(cl, float(x), float(y), a.hw, view=view).numpy() for x, y in zip(xs.ravel(), ys.ravel())]
-            out[f"{name} (mean {view} of 16 queries)"] = np.mean(rows, axis=0)
-        return out
+        maps = [r.mask[0].numpy() for r in a.of(SpatialMask)]  # type: ignore[attr-defined]
+        ys, xs = np.meshgrid(np.linspace(0, a.hw[0] - 1, 4), np.linspace(0, a.hw[1] - 1, 4), indexing="ij")
+        for cl in click_layers(a.records).values():
+            rows = [click_map(cl, float(x), float(y), a.hw, view=cl.default_view).numpy() for x, y in zip(xs.ravel(), ys.ravel())]
+            maps.append(np.mean(rows, axis=0))
+        return dict(zip(self.native_map_names(a), maps))
 
     def compare(self, a: Analysis, method: str = "Grad-CAM", native: str | None = None, style: Style | None = None, topk: float = 0.1) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """An attribution (captum) beside a native map, with Spearman and top-k% IoU agreement."""
@@ -537,7 +542,7 @@ class Engine:
             stn, _ = self.stn_view(a)
             if stn is not None:
                 pngs["stn.png"] = stn
-        folder = Path(folder or _export_dir())
+        folder = Path(folder) if folder else work_dir("exports")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"attnviz_{a.model_name}_{a.key[:10]}.zip"
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
@@ -556,10 +561,13 @@ def _safe(s: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in s)[:80]
 
 
-def _export_dir() -> Path:
+def work_dir(name: str) -> Path:
+    """A folder for files the app hands to the user (exports, videos), under the system temp dir."""
     import tempfile
 
-    return Path(tempfile.gettempdir()) / "attnviz_exports"
+    d = Path(tempfile.gettempdir()) / f"attnviz_{name}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def _last_conv_stage(model: nn.Module, records: Mapping[str, Record]) -> nn.Module:
