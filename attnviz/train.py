@@ -1,17 +1,19 @@
-"""Train a zoo model on generated scenes: ``attnviz train --model NAME`` / ``python -m attnviz.train``.
+"""Train a zoo model on scenes v2: ``attnviz train --model NAME`` / ``python -m attnviz.train``.
 
-Scenes are generated on the fly (step i uses seed ``seed·10⁷ + i``), with a clutter curriculum: the
-probability that a batch has clutter ramps from 0 to 1 over the first ``--curriculum`` fraction of the
-steps. Attention variants start from a shared backbone (``--init``), trained once as
-``plain_resnet``; their attention modules start at or near the identity and are never supervised. The
-STN alone gets a lower learning rate for its localiser and an auxiliary loss that pulls its sampled
-square towards the item's box (scene ground truth), because without it the localiser learned one
-fixed zoom for every image (see the model card). Checkpoints in ``--workdir`` make a run resumable.
+Classification models (``*_resnet``, 64×64, one item) and segmentation models (``*_seg``, 128×128,
+1–6 items, per-pixel labels) use one loop. Scenes are generated on the fly (step i uses seed
+``seed·10⁷ + i``) from the training background families only (``--families``; the held-out ones are
+never seen). A curriculum mixes easy scenes (large items, no clutter, no photometric noise,
+brightness contrast only) with full v2 scenes, the share of full scenes ramping from 0 to 1 over the
+first ``--curriculum`` fraction of the steps. Attention variants start from a shared backbone
+(``--init``); their attention maps are never supervised. Only the STN's localiser gets an auxiliary
+box loss (see its model card). Checkpoints in ``--workdir`` make a run resumable.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -24,15 +26,46 @@ from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .data import CLASSES, MEAN, STD, SceneConfig, SceneGenerator, normalize
+from .data import (
+    CLASSES,
+    FAMILIES,
+    MEAN,
+    STD,
+    TRAIN_FAMILIES,
+    SceneConfig,
+    SceneGenerator,
+    normalize,
+)
 from .models.inputs import pick_device
 from .models.registry import sha256
+from .models.seg_zoo import SEG_CLASSES, SEG_INPUT_SIZE, SEG_ZOO, build_seg
 from .models.zoo import INPUT_SIZE, ZOO, ZooNet, build
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
+AUX_WEIGHT = 0.4  # weight of auxiliary segmentation losses (OCR's coarse head, DANet's branches)
+
+
+def task_of(name: str) -> str:
+    """``"classification"`` or ``"segmentation"`` for a zoo model name."""
+    if name in ZOO:
+        return "classification"
+    if name in SEG_ZOO:
+        return "segmentation"
+    raise ValueError(f"unknown zoo model {name!r}; valid names: {', '.join([*ZOO, *SEG_ZOO])}")
+
+
+def scene_configs(task: str, families: Sequence[str]) -> tuple[SceneConfig, SceneConfig]:
+    """The (easy, full) scene recipes of a task's training curriculum."""
+    if task == "classification":
+        full = SceneConfig(size=INPUT_SIZE, items=(1, 1), families=tuple(families))
+    else:
+        full = SceneConfig(size=SEG_INPUT_SIZE, items=(1, 6), families=tuple(families))
+    easy = dataclasses.replace(full, item_frac=(0.3, 0.5), clutter=(0, 1), occlusion=0.0, hue_contrast=0.0, photometric=False)
+    return easy, full
 
 
 def box_targets(boxes: torch.Tensor, size: int, margin: float = 1.15) -> torch.Tensor:
@@ -46,26 +79,47 @@ def box_targets(boxes: torch.Tensor, size: int, margin: float = 1.15) -> torch.T
 def stn_box_loss(model: ZooNet, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Smooth-L1 between the STN's (scale, tx, ty) and the box targets."""
     assert model.stn is not None
-    theta = model.stn.head(model.stn.localization(x))  # (B, 2, 3)
+    theta = model.stn.head(model.stn.localization(model.standardize(x)))  # (B, 2, 3)
     scale = torch.linalg.det(theta[:, :, :2]).clamp_min(1e-6).sqrt()
     pred = torch.stack([scale, theta[:, 0, 2], theta[:, 1, 2]], 1)
     return F.smooth_l1_loss(pred, box_targets(boxes, x.shape[-1]).to(x.device), beta=0.05)
 
 
+def seg_loss(out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the main logits plus ``AUX_WEIGHT`` × each auxiliary head's."""
+    loss = F.cross_entropy(out["out"], target)
+    for key, logits in out.items():
+        if key != "out":
+            loss = loss + AUX_WEIGHT * F.cross_entropy(logits, target)
+    return loss
+
+
+def build_any(name: str) -> nn.Module:
+    """A randomly initialised zoo model of either task."""
+    return build(name) if task_of(name) == "classification" else build_seg(name)
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) one training run and write the checkpoint and model card."""
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = task_of(args.model)
     device = pick_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model = build(args.model).to(device)
+    families = tuple(args.families.split(",")) if args.families else TRAIN_FAMILIES
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise SystemExit(f"--families: unknown {unknown}; valid: {', '.join(FAMILIES)}")
+    model = build_any(args.model).to(device)
     if args.init:
         state = load_file(args.init)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise SystemExit(f"--init {args.init} has keys this model lacks: {unexpected[:5]}")
-        print(f"initialised from {args.init}; {len(missing)} new tensors (attention modules)")
+        own = model.state_dict()
+        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(fitting, strict=False)
+        print(f"initialised {len(fitting)}/{len(own)} tensors from {args.init}; the rest (attention, new heads) start fresh")
     loc = [p for n, p in model.named_parameters() if n.startswith("stn.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("stn.")]
     if args.stn_only and not loc:
@@ -75,7 +129,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         groups.append({"params": loc, "lr": args.lr * args.stn_lr_mult})
     opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    gen = SceneGenerator("train", SceneConfig(size=INPUT_SIZE), device=device)
+    easy_cfg, full_cfg = scene_configs(task, families)
+    easy, full = SceneGenerator("train", easy_cfg, device=device), SceneGenerator("train", full_cfg, device=device)
     work = Path(args.workdir or f"runs/{args.model}")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "last.pt"
@@ -91,29 +146,30 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.rand(1, generator=rng)
     model.train()
     t0 = time.time() - elapsed
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.model, dynamic_ncols=True, mininterval=5)
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.model, dynamic_ncols=True, mininterval=10)
     ema = None
     for step in bar:
-        p_clutter = min(1.0, step / max(1, args.curriculum * args.steps))
-        clutter = bool(torch.rand(1, generator=rng) < p_clutter)
-        batch = gen.generate(args.batch, seed=args.seed * 10**7 + step, clutter=clutter)
+        p_full = min(1.0, step / max(1, args.curriculum * args.steps)) if args.curriculum > 0 else 1.0
+        gen = full if bool(torch.rand(1, generator=rng) < p_full) else easy
+        batch = gen.generate(args.batch, seed=args.seed * 10**7 + step)
         x = normalize(batch.images).to(device)
-        y = batch.labels.to(device)
         warm = min(1.0, (step + 1) / max(1, args.warmup))
         cos = 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * warm * (0.02 + 0.98 * cos)
-        if args.stn_only:  # localiser pre-training: the box loss alone, backbone untouched
-            loss = stn_box_loss(model, x, batch.boxes)
+        if task == "segmentation":
+            loss = seg_loss(model(x), batch.label_map.to(device))
+        elif args.stn_only:  # localiser pre-training: the box loss alone, backbone untouched
+            loss = stn_box_loss(model, x, batch.boxes)  # type: ignore[arg-type]
         else:
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-            if model.stn is not None and args.stn_box_weight > 0:
-                loss = loss + args.stn_box_weight * stn_box_loss(model, x, batch.boxes)
+            loss = F.cross_entropy(model(x), batch.labels.to(device), label_smoothing=0.1)
+            if getattr(model, "stn", None) is not None and args.stn_box_weight > 0:
+                loss = loss + args.stn_box_weight * stn_box_loss(model, x, batch.boxes)  # type: ignore[arg-type]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{ema:.3f}", clutter=f"{p_clutter:.2f}")
+        bar.set_postfix(loss=f"{ema:.3f}", full=f"{p_full:.2f}")
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             tmp = ckpt.with_suffix(".tmp")  # write then rename: a kill mid-save never corrupts last.pt
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "elapsed": time.time() - t0}, tmp)
@@ -123,57 +179,73 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / f"{args.model}.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights)
-    card = {
-        "name": args.model,
-        "architecture": f"attnviz.models.zoo.ZooNet({ZOO[args.model]!r})",
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "input_size": [INPUT_SIZE, INPUT_SIZE],
-        "mean": list(MEAN),
-        "std": list(STD),
-        "class_names": list(CLASSES),
-        "data": {
-            "recipe": "attnviz.data.SceneGenerator('train', SceneConfig(size=64)): Fashion-MNIST train items (20-45% of the side, ±30°, contrasting colour) on scikit-image photo crops, 2-4 clutter fragments",
-            "seed": args.seed,
-            "batches": f"step i: generate({args.batch}, seed={args.seed}·10^7 + i); clutter curriculum over the first {args.curriculum:.0%} of steps",
-            "images_seen": args.steps * args.batch,
-        },
-        "training": {
-            "command": "attnviz train " + " ".join(shlex.quote(a) for a in args.argv),
-            "steps": args.steps, "batch": args.batch, "lr": args.lr, "optimizer": "AdamW, cosine, label smoothing 0.1",
-            "init": args.init, "stn_lr_mult": args.stn_lr_mult if loc else None,
-            "stn_box_weight": args.stn_box_weight if loc else None, "stn_only": args.stn_only,
-            "attention_supervised": bool(loc and args.stn_box_weight > 0),
-            "seconds": round(seconds, 1),
-            "hardware": f"{device.type}: {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__,
-        },
-        "sha256": sha256(weights),
-    }
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    card = make_card(args, model, task, families, seconds, device, bool(loc))
+    card["sha256"] = sha256(weights)
     (out_dir / f"{args.model}.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {weights} ({seconds / 60:.1f} min)")
     return card
 
 
+def make_card(args: argparse.Namespace, model: nn.Module, task: str, families: tuple[str, ...], seconds: float, device: torch.device, has_stn: bool) -> dict[str, Any]:
+    """The model card of a finished run (evaluation is added by ``attnviz evaluate --write-card``)."""
+    seg = task == "segmentation"
+    size = SEG_INPUT_SIZE if seg else INPUT_SIZE
+    arch = f"attnviz.models.seg_zoo.build_seg({args.model!r})" if seg else f"attnviz.models.zoo.ZooNet({ZOO[args.model]!r})"
+    return {
+        "name": args.model,
+        "task": task,
+        "architecture": arch,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "input_size": [size, size],
+        "mean": list(MEAN),
+        "std": list(STD),
+        "class_names": list(SEG_CLASSES if seg else CLASSES),
+        "data": {
+            "recipe": f"attnviz.data.SceneGenerator('train', {scene_configs(task, families)[1]!r}) (scenes v2), "
+                      f"curriculum with easy scenes over the first {args.curriculum:.0%} of the steps",
+            "train_families": list(families),
+            "heldout_families": [f for f in FAMILIES if f not in families],
+            "seed": args.seed,
+            "images_seen": args.steps * args.batch,
+        },
+        "training": {
+            "command": "attnviz train " + " ".join(shlex.quote(a) for a in args.argv),
+            "steps": args.steps, "batch": args.batch, "lr": args.lr, "warmup": args.warmup,
+            "optimizer": "AdamW, linear warm-up then cosine to 2% of the peak" + ("" if seg else ", label smoothing 0.1"),
+            "loss": f"cross-entropy per pixel + {AUX_WEIGHT} × auxiliary heads" if seg else "cross-entropy",
+            "init": args.init, "stn_lr_mult": args.stn_lr_mult if has_stn else None,
+            "stn_box_weight": args.stn_box_weight if has_stn else None, "stn_only": args.stn_only,
+            "attention_supervised": bool(has_stn and args.stn_box_weight > 0),
+            "seconds": round(seconds, 1),
+            "hardware": f"{device.type}: {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}, "
+                        f"{torch.get_num_threads()} threads",
+            "torch": torch.__version__,
+        },
+    }
+
+
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Arguments of ``attnviz train``."""
     p = p or argparse.ArgumentParser(prog="attnviz train", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, choices=sorted(ZOO))
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--curriculum", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", default=None, help="safetensors of a shared backbone (e.g. pretrained/plain_resnet.safetensors)")
-    p.add_argument("--stn-lr-mult", type=float, default=0.1)
-    p.add_argument("--stn-box-weight", type=float, default=1.0)
+    p.add_argument("--model", required=True, choices=sorted([*ZOO, *SEG_ZOO]), help="zoo model to train")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    p.add_argument("--batch", type=int, default=128, help="scenes per step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay")
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    p.add_argument("--curriculum", type=float, default=0.3, help="fraction of the steps over which full scenes replace easy ones")
+    p.add_argument("--families", default=None, help="comma-separated background families to train on (default: all but the held-out ones)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scene stream and the initialisation")
+    p.add_argument("--init", default=None, help="safetensors to start from (matching tensors only), e.g. a shared backbone")
+    p.add_argument("--stn-lr-mult", type=float, default=0.1, help="learning-rate factor of the STN localiser")
+    p.add_argument("--stn-box-weight", type=float, default=1.0, help="weight of the STN's auxiliary box loss")
     p.add_argument("--stn-only", action="store_true", help="train only the STN localiser, with the box loss alone")
-    p.add_argument("--device", default=None)
-    p.add_argument("--workdir", default=None)
-    p.add_argument("--out", default=str(PRETRAINED))
-    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--workdir", default=None, help="folder for the resumable checkpoint (default runs/NAME)")
+    p.add_argument("--out", default=str(PRETRAINED), help="folder for NAME.safetensors and NAME.json")
+    p.add_argument("--ckpt-every", type=int, default=100, help="steps between resumable checkpoints")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     return p
 

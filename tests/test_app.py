@@ -1,8 +1,9 @@
-"""The web app: engine behaviour, bad input, and every endpoint through gradio_client on a live server."""
+"""The web app through its HTTP API (gradio_client on a live server): every endpoint, bad input, concurrency."""
 
 from __future__ import annotations
 
 import json
+import threading
 import zipfile
 from pathlib import Path
 
@@ -11,177 +12,40 @@ import pytest
 import torch
 from conftest import free_port
 from PIL import Image
-from torch import nn
-
-from attnviz.modules import CBAM, NonLocal2d, RecurrentCrissCross
-from attnviz.ui.engine import Catalog, Engine, Entry, Style, UserError
+from test_analysis import Tiny
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-class Tiny(nn.Module):
-    """A researcher's model: CBAM, then Non-Local, then CCNet; no registration anywhere."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU())
-        self.cbam = CBAM(16, rd_ratio=0.25)
-        self.nl = NonLocal2d(16)
-        self.cc = RecurrentCrissCross(16, recurrence=2)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
-        with torch.no_grad():  # non-zero γ / W so the blocks do something
-            self.nl.w[1].weight.fill_(0.5)
-            self.cc.cca.gamma.fill_(0.5)
-        self.card = {"input_size": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": ["a", "b", "c", "d"]}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.cc(self.nl(self.cbam(self.stem(x)))))
-
-
-class Plain(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    tiny, plain = Tiny().eval(), Plain().eval()
-    plain.card = {"input_size": [32, 32]}  # type: ignore[assignment]
-    cat = Catalog([Entry("tiny", True, loader=lambda: tiny), Entry("plain", True, loader=lambda: plain),
-                   Entry("gone", False, "weights not in the local cache; run X")], torch.device("cpu"))
-    return Engine(cat, max_entries=4)
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("imgs")
+    d = tmp_path_factory.mktemp("app_imgs")
     rng = np.random.default_rng(0)
-    rgb = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
     out = {}
-    Image.fromarray(rgb).save(out.setdefault("rgb", d / "rgb.png"))
+    Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(out.setdefault("rgb", d / "rgb.png"))
     Image.fromarray((rng.random((60, 80)) * 65535).astype(np.uint16)).save(out.setdefault("16bit", d / "16bit.png"))
     Image.fromarray((rng.random((60, 80, 4)) * 255).astype(np.uint8)).save(out.setdefault("rgba", d / "rgba.png"))
-    Image.fromarray(rgb[..., 0]).save(out.setdefault("grey", d / "grey.png"))
-    Image.fromarray(rgb).convert("P").save(out.setdefault("palette", d / "palette.png"))
-    im = Image.fromarray(rgb)
-    exif = im.getexif()
-    exif[0x0112] = 6  # rotate 90° on display
-    im.save(out.setdefault("exif", d / "exif.jpg"), exif=exif)
-    Image.fromarray(np.zeros((3000, 2400, 3), np.uint8)).save(out.setdefault("huge", d / "huge.png"))
-    (d / "notes.txt").write_text("not an image")
     out["text_as_png"] = d / "text.png"
-    out["text_as_png"].write_text("not an image either")
-    data = out["exif"].read_bytes()
-    out["corrupt"] = d / "corrupt.jpg"
-    out["corrupt"].write_bytes(data[: len(data) // 2])
+    out["text_as_png"].write_text("not an image")
     out["empty"] = d / "empty.png"
     out["empty"].write_bytes(b"")
+    out["pdf"] = d / "doc.pdf"
+    out["pdf"].write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n")
     return out
 
 
-# ---------------------------------------------------------------------------------------- engine
-def test_click_uses_the_cached_forward(engine: Engine, images: dict[str, Path]) -> None:
-    model = engine.catalog.get("tiny")
-    calls = []
-    h = model.register_forward_hook(lambda *a: calls.append(1))
-    try:
-        a = engine.analyze(images["rgb"], "tiny")
-        assert len(calls) == 1
-        layers = engine.click_choices(a)
-        assert layers == ["nl", "cc.cca"]
-        for view in ("loop1", "loop2", "reach"):
-            rgb, info, m = engine.attention_at(a, 10, 50, "cc.cca", view)
-            assert rgb.shape == (*a.hw, 3) and abs(m.sum() - 1) < 1e-4
-        rgb, info, m = engine.attention_at(a, 70, 5, "nl")
-        assert info["feature_cell"] == [int(5 * m.shape[0] / a.hw[0]), int(70 * m.shape[1] / a.hw[1])]
-        again = engine.analyze(images["rgb"], "tiny")
-        assert again is a and len(calls) == 1  # same image, same model: no new forward
-    finally:
-        h.remove()
-
-
-def test_click_row_changes_with_the_pixel(engine: Engine, images: dict[str, Path]) -> None:
-    a = engine.analyze(images["rgb"], "tiny")
-    _, _, m1 = engine.attention_at(a, 5, 5, "cc.cca", "loop1")
-    _, _, m2 = engine.attention_at(a, a.hw[1] - 5, a.hw[0] - 5, "cc.cca", "loop1")
-    assert not np.allclose(m1, m2)
-    with pytest.raises(UserError, match="outside"):
-        engine.attention_at(a, a.hw[1] + 3, 1, "nl")
-    with pytest.raises(UserError, match="not a clickable layer"):
-        engine.attention_at(a, 1, 1, "cbam.spatial")
-
-
-def test_views_summaries_ablation_compare_export(engine: Engine, images: dict[str, Path], tmp_path: Path) -> None:
-    a = engine.analyze(images["rgb"], "tiny")
-    assert len(engine.spatial_gallery(a, Style(shared=True))) == 1
-    assert engine.gates_heatmap(a) is not None and engine.gate_bars(a, "cbam.channel") is not None
-    table = engine.modules_table(a)
-    assert {row[0] for row in table} >= {"cbam.channel", "cbam.spatial", "nl", "cc.cca", "cc.cca#2"}
-    fig, info = engine.ablate(a, "nl")
-    assert info["max_abs_logit_change"] > 0
-    for method in ("Grad-CAM", "IntegratedGradients", "Occlusion"):
-        nat, att, scores = engine.compare(a, method, "cbam.spatial")
-        assert nat.shape == att.shape == (*a.hw, 3) and -1 <= scores["spearman"] <= 1 and 0 <= scores["top10%_iou"] <= 1
-    path = engine.export(a, click=(12, 30), layer="cc.cca", folder=tmp_path)
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-        meta = json.loads(z.read("metadata.json"))
-        npz = np.load(z.open("maps.npz"))
-        assert "cc.cca/contribution" not in npz.files or npz["cc.cca/contribution"].shape == ()
-        assert npz["cbam.spatial/mask"].shape == (16, 16)  # feature resolution (32² input, stride 2), not image size
-    assert any(n.startswith("overlays/click_cc.cca") for n in names) and "overlays/image.png" in names
-    assert meta["click"]["x"] == 12 and meta["image_size"] == [400, 300] and meta["source_size"] == [80, 60] and meta["layers"]["nl"] == "affinity"
-
-
-def test_model_without_attention_still_predicts(engine: Engine, images: dict[str, Path]) -> None:
-    a = engine.analyze(images["rgb"], "plain")
-    assert len(a.top(5)) == 3 and not a.records
-    assert any("no attention modules" in n for n in a.notes)
-    with pytest.raises(UserError, match="nothing to show"):
-        engine.attention_at(a, 1, 1)
-    with pytest.raises(UserError, match="not available here.*run X"):
-        engine.analyze(images["rgb"], "gone")
-
-
-@pytest.mark.parametrize("kind,note", [("16bit", "rescaled"), ("rgba", "flattened"), ("grey", "greyscale"),
-                                       ("palette", "palette"), ("exif", "EXIF"), ("huge", "downscaled")])
-def test_odd_images_are_converted_with_a_note(engine: Engine, images: dict[str, Path], kind: str, note: str) -> None:
-    a = engine.analyze(images[kind], "tiny")
-    assert a.image.dtype == np.uint8 and a.image.shape[2] == 3
-    assert any(note in n for n in a.notes), a.notes
-    if kind == "exif":
-        assert a.hw == (80 * 5, 60 * 5) or a.hw[0] > a.hw[1]  # portrait after rotation (enlarged when small)
-
-
-@pytest.mark.parametrize("kind,message", [("text_as_png", "not an image"), ("corrupt", "corrupt or truncated"), ("empty", "empty")])
-def test_bad_files_give_clear_errors(engine: Engine, images: dict[str, Path], kind: str, message: str) -> None:
-    with pytest.raises(UserError, match=message):
-        engine.analyze(images[kind], "tiny")
-
-
-def test_cache_is_bounded(engine: Engine) -> None:
-    for i in range(10):
-        engine.analyze(np.full((20, 20, 3), i * 20, np.uint8), "plain")
-    assert engine.cached() <= engine.max_entries
-
-
-def test_wrong_array_shape_is_refused(engine: Engine) -> None:
-    with pytest.raises(UserError, match="shape"):
-        engine.analyze(np.zeros((4, 5, 6, 7)), "tiny")
-
-
-# ---------------------------------------------------------------------------------------- live server
 @pytest.fixture(scope="module")
 def client():  # type: ignore[no-untyped-def]
     from gradio_client import Client
 
+    from attnviz.models import build_seg
     from attnviz.ui import build_demo
 
-    demo = build_demo(models={"tiny": Tiny().eval()}, include_registry=True)
+    seg = build_seg("ccnet_seg").eval()
+    with torch.no_grad():
+        seg.decode_head.cca.gamma.fill_(1.0)
+    seg.card = {"input_size": [64, 64], "class_names": ["background"] + [f"c{i}" for i in range(10)]}
+    demo = build_demo(models={"tiny": Tiny().eval(), "segm": seg}, include_registry=True)
     port = free_port()
     demo.launch(server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
@@ -197,23 +61,43 @@ def test_client_analyze_click_export(client, images: dict[str, Path]) -> None:  
     img = handle_file(str(images["rgb"]))
     label, summary = c.predict(img, "tiny", api_name="/analyze")
     assert summary["layers"]["nl"] == "affinity" and summary["click_layers"]["cc.cca"]["views"] == ["loop1", "loop2", "reach"]
-    assert len(label["confidences"]) == 4
+    assert summary["task"] == "classification" and summary["image_size"] == [80, 60] and len(label["confidences"]) == 4
     overlay, info = c.predict(img, 40, 20, "cc.cca", api_name="/attention_at")  # the default model is the user's
-    assert Path(overlay).suffix == ".png" and info["x"] == 40 and info["view"] == "reach"
-    shown = np.asarray(Image.open(overlay))
-    assert shown.shape[:2] == tuple(reversed(summary["image_size"]))
+    assert Path(overlay).suffix == ".png" and info["x"] == 40 and info["view"] == "reach" and "text" in info
     zpath = c.predict(img, "tiny", 40, 20, "cc.cca", api_name="/export")
     with zipfile.ZipFile(zpath) as z:
         assert {"maps.npz", "metadata.json"} <= set(z.namelist())
     for name in ("/spatial_masks", "/channel_gates", "/modules", "/stn", "/other_maps"):
         c.predict(img, "tiny", api_name=name)
+    tiles = c.predict(img, 40, 20, "tiny", api_name="/click_grid")
+    assert len(tiles) == 4
+    qd = c.predict(img, "tiny", "cc.cca", api_name="/query_dependence")
+    assert "verdict" in qd
     _, abl = c.predict(img, "tiny", "nl", api_name="/ablate")
     assert abl["layer"] == "nl"
     _, _, scores = c.predict(img, "tiny", "Grad-CAM", "cbam.spatial", api_name="/compare")
     assert "spearman" in scores
 
 
-@pytest.mark.parametrize("kind,message", [("text_as_png", "not an image"), ("corrupt", "corrupt"), ("empty", "empty")])
+def test_client_segmentation(client, images: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    from gradio_client import handle_file
+
+    c, _ = client
+    img = handle_file(str(images["rgb"]))
+    label, summary = c.predict(img, "segm", api_name="/analyze")
+    assert summary["task"] == "segmentation" and summary["classes_present"]
+    seg_png, legend = c.predict(img, "segm", 0.5, api_name="/segmentation")
+    assert Path(seg_png).exists() and {"name", "area", "colour"} <= set(legend[0])
+    _, info = c.predict(img, 30, 20, None, None, "mean", "segm", api_name="/attention_at")
+    assert info["view"] == "reach" and "same_class_mass_ratio" in info and "same_class_mass_ratio_uniform_geometry" in info
+    _, cam = c.predict(img, 30, 20, "segm", api_name="/segment_gradcam")
+    assert cam["class"] == info["class"]
+    zpath = c.predict(img, "segm", 30, 20, api_name="/export")
+    with zipfile.ZipFile(zpath) as z:
+        assert "segmentation.png" in z.namelist() and json.loads(z.read("metadata.json"))["segmentation"]["legend"]
+
+
+@pytest.mark.parametrize("kind,message", [("text_as_png", "not an image"), ("empty", "empty"), ("pdf", "not an image|Invalid file type")])
 def test_client_bad_input_is_a_message(client, images: dict[str, Path], kind: str, message: str) -> None:  # type: ignore[no-untyped-def]
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -224,29 +108,63 @@ def test_client_bad_input_is_a_message(client, images: dict[str, Path], kind: st
     assert "Traceback" not in str(err.value)
 
 
-def test_client_odd_images_and_unavailable_model(client, images: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("args,message", [
+    ((40, "abc"), "x and y must be numbers"),
+    (("nan", 3), "finite|x and y must be numbers"),
+    ((500, 3), "outside the 80×60 image"),
+])
+def test_client_arguments_are_named_in_errors(client, images: dict[str, Path], args: tuple, message: str) -> None:  # type: ignore[no-untyped-def]
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    c, _ = client
+    with pytest.raises(AppError, match=message):
+        c.predict(handle_file(str(images["rgb"])), *args, "nl", None, "mean", "tiny", api_name="/attention_at")
+
+
+def test_client_model_and_head_validation(client, images: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     c, demo = client
-    for kind in ("16bit", "rgba", "grey", "palette", "exif", "huge"):
+    img = handle_file(str(images["rgb"]))
+    with pytest.raises(AppError, match="model is missing: choose one of"):
+        c.predict(img, None, api_name="/analyze")
+    with pytest.raises(AppError, match="Unknown model 'nope'"):
+        c.predict(img, "nope", api_name="/analyze")
+    with pytest.raises(AppError, match="head must be 'mean'.*single head"):
+        c.predict(img, 3, 3, "cc.cca", "reach", "5", "tiny", api_name="/attention_at")
+    with pytest.raises(AppError, match="threshold"):
+        c.predict(img, 3, 3, "nl", None, "mean", "tiny", "inferno", 0.5, "per map", 2.0, api_name="/attention_at")
+    for kind in ("16bit", "rgba"):
         _, summary = c.predict(handle_file(str(images[kind])), "tiny", api_name="/analyze")
         assert summary["notes"], kind
     missing = [n for n, e in demo.engine.catalog.entries.items() if not e.available]
     if missing:
         with pytest.raises(AppError, match="not available here"):
-            c.predict(handle_file(str(images["rgb"])), missing[0], api_name="/analyze")
+            c.predict(img, missing[0], api_name="/analyze")
 
 
-def test_client_zoo_example(client) -> None:  # type: ignore[no-untyped-def]
+def test_client_concurrent_exports_are_byte_exact(client, images: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
     from gradio_client import handle_file
 
-    c, demo = client
-    if not demo.engine.catalog.entries["ccnet_resnet"].available:
-        pytest.skip("no shipped ccnet_resnet checkpoint")
-    scene = next(EXAMPLES.glob("scene_*.png"))
-    label, summary = c.predict(handle_file(str(scene)), "ccnet_resnet", api_name="/analyze")
-    assert label["label"] and summary["kinds"] == {"criss_cross": 2}
+    c, _ = client
+    img = handle_file(str(images["rgb"]))
+    results: dict[int, dict] = {}
+
+    def one(i: int) -> None:
+        z = c.predict(img, "tiny", 10 + i, 5, "nl", api_name="/export")
+        with zipfile.ZipFile(z) as zf:
+            assert zf.testzip() is None
+            results[i] = json.loads(zf.read("metadata.json"))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(12))
+    assert all(results[i]["click"]["x"] == 10 + i for i in range(12))  # each request got its own bundle
 
 
 def test_client_video(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -261,8 +179,8 @@ def test_client_video(client, tmp_path: Path) -> None:  # type: ignore[no-untype
     with av.open(path) as cont:
         s = cont.streams.video[0]
         assert s.codec_context.name == "h264" and s.codec_context.pix_fmt == "yuv420p"
-        assert sum(1 for _ in cont.decode(s)) == info["frames"] == 15
-    assert Path(npz).suffix == ".npz" and Path(csv).suffix == ".csv"
+        assert sum(1 for _ in cont.decode(s)) == 15
+    assert Path(npz).suffix == ".npz" and Path(csv).suffix == ".csv" and "15 frames" in info
     bad = {"empty.mp4": b"", "text.mp4": b"plain text", "cut.mp4": (EXAMPLES / "clip_moving_item.mp4").read_bytes()[:400]}
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
@@ -271,6 +189,12 @@ def test_client_video(client, tmp_path: Path) -> None:  # type: ignore[no-untype
         assert "Traceback" not in str(err.value)
     with pytest.raises(AppError, match="cap"):
         c.predict(clip, "tiny", "spatial", None, None, None, 1, 10, api_name="/analyze_video")
+    with pytest.raises(AppError, match="stride must be"):
+        c.predict(clip, "tiny", "spatial", None, None, None, 0, 10, api_name="/analyze_video")
+    with pytest.raises(AppError, match="x and y must be numbers"):
+        c.predict(clip, "tiny", "query", None, "abc", 3, 1, 10, api_name="/analyze_video")
+    frame = c.predict(clip, 2, api_name="/video_frame")
+    assert np.asarray(Image.open(frame)).shape == (256, 256, 3)
 
 
 def test_serve_loads_a_user_model_safely(tmp_path: Path) -> None:
@@ -281,10 +205,10 @@ def test_serve_loads_a_user_model_safely(tmp_path: Path) -> None:
     model = Tiny()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
     (tmp_path / "labels.txt").write_text("w\nx\ny\nz\n")
-    m = load_user_model("test_app:Tiny", str(tmp_path / "w.safetensors"), str(tmp_path / "labels.txt"), 48)
+    m = load_user_model("test_analysis:Tiny", str(tmp_path / "w.safetensors"), str(tmp_path / "labels.txt"), 48)
     assert m.card["class_names"] == ["w", "x", "y", "z"] and m.card["input_size"] == [48, 48] and not m.training
     torch.save({"evil": object()}, tmp_path / "pickle.pt")  # arbitrary objects are never unpickled
     with pytest.raises(SystemExit, match="tensor-only"):
-        load_user_model("test_app:Tiny", str(tmp_path / "pickle.pt"))
+        load_user_model("test_analysis:Tiny", str(tmp_path / "pickle.pt"))
     with pytest.raises(SystemExit, match="package.module:factory"):
         load_user_model("no_colon_here")

@@ -1,10 +1,12 @@
-"""A real browser (Playwright + Debian's chromium): upload, click a pixel, see that pixel's attention."""
+"""A real browser (Playwright + Debian's chromium) against the app, as a visitor meets it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from conftest import free_port
 
 CHROMIUM = os.environ.get("ATTNVIZ_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = ROOT / "docs" / "screenshot.png"
+SHOTS = ROOT / "docs"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists(), reason="chromium not installed (apt-get install chromium)")
@@ -21,77 +23,232 @@ pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM) and not Path(CHROMIUM
 @pytest.fixture(scope="module")
 def server():  # type: ignore[no-untyped-def]
     from attnviz.ui import build_demo
+    from attnviz.ui.examples import load_examples
 
     demo = build_demo()
-    if not demo.engine.catalog.entries["ccnet_resnet"].available:
-        pytest.skip("no shipped ccnet_resnet checkpoint")
+    examples = load_examples(demo.engine.catalog)
+    if len(examples) < 3:
+        pytest.skip("needs the shipped zoo and its examples")
     port = free_port()
-    demo.launch(server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    demo.launch(server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True, css=demo.attnviz_css)
     try:
-        yield f"http://127.0.0.1:{port}/", demo
+        yield f"http://127.0.0.1:{port}/", demo, examples
     finally:
         demo.close()
 
 
-def test_upload_click_and_overlay(server) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
     pw = pytest.importorskip("playwright.sync_api")
-    url, demo = server
-    scene = sorted((ROOT / "examples").glob("scene_*.png"))[1]
     with pw.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url)
-        page.wait_for_selector("#upload input[type=file]", state="attached", timeout=60_000)
-        page.set_input_files("#upload input[type=file]", str(scene))
-        img = page.locator("#click_image img")
-        img.wait_for(state="visible", timeout=120_000)
-        before = img.get_attribute("src")
-        nat_w, nat_h = page.evaluate("el => [el.naturalWidth, el.naturalHeight]", img.element_handle())
-        box = img.bounding_box()
-        assert box is not None and nat_w > 0
-        fx, fy = 0.3, 0.7
-        page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-        page.wait_for_function("([sel, old]) => { const i = document.querySelector(sel); return i && i.src !== old; }",
-                               arg=["#click_image img", before], timeout=60_000)
-        after = img.get_attribute("src")
-        assert after != before  # the overlay replaced the plain image
-        text = page.locator("#click_info").inner_text()
-        assert "context.cca" in text and "reach" in text
-        # the server received the clicked pixel (within 3 image pixels of where we clicked)
-        xs = re.findall(r'"?x"?\s*:?\s*\n?\s*([0-9.]+)', text)
-        ys = re.findall(r'"?y"?\s*:?\s*\n?\s*([0-9.]+)', text)
-        assert xs and ys, text
-        assert abs(float(xs[0]) - fx * nat_w) <= 3 and abs(float(ys[0]) - fy * nat_h) <= 3, (xs, ys, nat_w, nat_h)
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=False)
-        assert not errors, errors
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, "--autoplay-policy=no-user-gesture-required"])
+        yield b
+        b.close()
 
 
-def test_video_tab_plays_the_returned_clip(server) -> None:  # type: ignore[no-untyped-def]
-    pw = pytest.importorskip("playwright.sync_api")
-    url, _ = server
+def open_page(browser, url: str, width: int = 1400, height: int = 1000):  # type: ignore[no-untyped-def]
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_function("() => { const a = document.querySelector('#answer'); return a && a.innerText.includes('cell'); }", timeout=120_000)
+    return page, errors
+
+
+def select_tab(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Click a tab, through the "More tabs" menu when the layout is too narrow to show it."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if tab.count() and tab.is_visible():
+        tab.click()
+        return
+    page.locator("button[aria-label='More tabs']").click()
+    page.locator(".overflow-dropdown button", has_text=name).first.click()
+
+
+def settle(page, seconds: float = 1.5) -> None:  # type: ignore[no-untyped-def]
+    """Wait until no event is pending (Gradio shows a progress tracker while one runs)."""
+    deadline = time.time() + 60
+    quiet_since = None
+    while time.time() < deadline:
+        busy = page.evaluate("() => !!document.querySelector('.progress-text, .eta-bar, .generating')")
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.time()
+        elif time.time() - quiet_since > seconds:
+            return
+        time.sleep(0.1)
+
+
+def test_first_result_without_interaction(server, browser) -> None:  # type: ignore[no-untyped-def]
+    url, demo, examples = server
+    page, errors = open_page(browser, url)
+    first = examples[0]
+    status = page.locator("#status").inner_text()
+    assert first.model in status and "forward" in status
+    assert page.locator("#view_image img").is_visible()
+    text = page.locator("#answer").inner_text()
+    assert "peaks at" in text and "top 5%" in text
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / "first_result.png"))
+    assert not errors, errors
+    page.close()
+
+
+def test_two_examples_in_quick_succession_show_the_second_only(server, browser) -> None:  # type: ignore[no-untyped-def]
+    url, demo, examples = server
+    page, errors = open_page(browser, url)
+    cls = [e for e in examples if e.group.startswith("Zoo scenes (classification)")]
+    assert len(cls) >= 2
+    gallery = "#ex_zooscenesclassification button.example-btn"
+    a, b = cls[-1], cls[0]  # e.g. a Bag scene, then a Shirt scene (different images and models)
+    page.locator(gallery).nth(len(cls) - 1).click()
+    page.locator(gallery).nth(0).click()
+    settle(page)
+    expected = demo.engine.analyze(b.path, b.model)  # what the HTTP API answers for the second pick
+    top = max(expected.top(1), key=lambda k: expected.top(1)[k])
+    status = page.locator("#status").inner_text()
+    pred = page.locator("#prediction").inner_text()
+    assert b.model in status and (a.model == b.model or a.model not in status)
+    assert pred.split("\n")[1].strip() == top, (pred, top)
+    assert not errors, errors
+    page.close()
+
+
+def test_upload_click_reports_image_pixels(server, browser) -> None:  # type: ignore[no-untyped-def]
+    url, demo, examples = server
+    page, errors = open_page(browser, url)
+    scene = next(e for e in examples if e.group.startswith("Zoo scenes (classification)"))
+    page.set_input_files("#upload input[type=file]", str(scene.path))
+    page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('{page.locator('#model input').input_value().split(' ')[0]}')", timeout=60_000)
+    settle(page)
+    img = page.locator("#view_image img")
+    before = img.get_attribute("src")
+    box = img.bounding_box()
+    assert box is not None
+    # the view is original | overlay | colour bar; click the overlay at 30% / 70% of the image
+    nat_w, nat_h = page.evaluate("el => [el.naturalWidth, el.naturalHeight]", img.element_handle())
+    a = demo.engine.analyze(scene.path, demo.engine.catalog.default() if not page.locator("#model input").input_value() else scene.model)
+    k = a.display_scale
+    fx, fy = 0.3, 0.7
+    px = (a.hw[1] * k + 6 + fx * a.hw[1] * k) / nat_w * box["width"]
+    py = fy * a.hw[0] * k / nat_h * box["height"]
+    page.mouse.click(box["x"] + px, box["y"] + py)
+    page.wait_for_function("([sel, old]) => { const i = document.querySelector(sel); return i && i.src !== old; }", arg=["#view_image img", before], timeout=60_000)
+    settle(page)
+    text = page.locator("#answer").inner_text()
+    m = re.search(r"Pixel \(([0-9.]+), ([0-9.]+)\)", text)
+    assert m, text
+    assert abs(float(m.group(1)) - fx * a.hw[1]) <= 1.5 and abs(float(m.group(2)) - fy * a.hw[0]) <= 1.5  # the image's own pixels
+    page.screenshot(path=str(SHOTS / "screenshot.png"))
+    assert not errors, errors
+    page.close()
+
+
+def test_every_tab_has_content_or_an_explanation(server, browser) -> None:  # type: ignore[no-untyped-def]
+    url, demo, examples = server
+    page, errors = open_page(browser, url)
+    tabs = ["Pixel attention", "Segmentation", "Spatial masks", "Channel gates", "SK / DANet", "STN", "Modules", "Attributions"]
+    for group in ("Zoo scenes (classification)", "Zoo scenes (segmentation)"):
+        if not any(e.group == group for e in examples):
+            continue
+        gid = "#ex_" + "".join(c for c in group.lower() if c.isalnum())[:24]
+        page.locator(f"{gid} button.example-btn").first.click()
+        settle(page)
+        for name in tabs:
+            select_tab(page, name)
+            time.sleep(0.3)
+            panel = page.locator("[role=tabpanel]:visible").first
+            has_media = panel.locator("img, canvas, .js-plotly-plot, svg.main-svg, table").count() > 0
+            notes = " ".join(t for t in panel.locator(".note").all_inner_texts() if t.strip())
+            assert has_media or notes, f"{group} / {name}: empty"
+            if not has_media:
+                assert "try" in notes or "model" in notes, notes
+        select_tab(page, "Pixel attention")
+    assert not errors, errors
+    page.close()
+
+
+def test_segmentation_click_and_legend(server, browser) -> None:  # type: ignore[no-untyped-def]
+    url, demo, examples = server
+    if not any(e.group == "Zoo scenes (segmentation)" for e in examples):
+        pytest.skip("no segmentation example")
+    page, errors = open_page(browser, url)
+    page.locator("#ex_zooscenessegmentation button.example-btn").first.click()
+    settle(page)
+    text = page.locator("#answer").inner_text()
+    assert "predicted" in text and "area share" in text
+    select_tab(page, "Segmentation")
+    legend = page.locator("#seg_legend").inner_text()
+    assert "class" in legend and "%" in legend
+    page.screenshot(path=str(SHOTS / "segmentation.png"), full_page=False)
+    assert not errors, errors
+    page.close()
+
+
+def test_hover_redraws_in_the_browser(server, browser) -> None:  # type: ignore[no-untyped-def]
+    url, demo, examples = server
+    page, errors = open_page(browser, url)
+    page.get_by_text("Hover to explore").click()
+    canvas = page.locator("#hover canvas.av-main")
+    canvas.wait_for(state="visible", timeout=30_000)
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 5, box["y"] + 5)
+    time.sleep(0.3)
+    first = page.evaluate("() => document.querySelector('#hover canvas.av-main').toDataURL()")
+    for i in range(20):
+        page.mouse.move(box["x"] + box["width"] * (0.1 + 0.04 * i), box["y"] + box["height"] * 0.5)
+        page.wait_for_timeout(20)
+    time.sleep(0.3)
+    frames = int(page.evaluate("() => document.querySelector('#hover').dataset.frames || 0"))
+    last = page.evaluate("() => document.querySelector('#hover canvas.av-main').toDataURL()")
+    info = page.locator("#hover .av-info").inner_text()
+    assert frames >= 5 and last != first and "cell" in info
+    assert not errors, errors
+    page.close()
+
+
+def test_phone_width(server, browser) -> None:  # type: ignore[no-untyped-def]
+    url, demo, examples = server
+    page, errors = open_page(browser, url, 390, 844)
+    assert page.locator("#view_image img").is_visible()
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 2, overflow
+    page.screenshot(path=str(SHOTS / "phone.png"), full_page=False)
+    assert not errors, errors
+    page.close()
+
+
+def test_video_tab_plays_the_returned_clip(server, browser) -> None:  # type: ignore[no-untyped-def]
+    url, _, _ = server
     clip = ROOT / "examples" / "clip_moving_item.mp4"
-    with pw.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, "--autoplay-policy=no-user-gesture-required"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(url)
-        page.get_by_role("tab", name="Video").click()
-        page.wait_for_selector("#video_upload input[type=file]", state="attached", timeout=60_000)
-        page.set_input_files("#video_upload input[type=file]", str(clip))
-        frame = page.locator("#video_frame img")
-        frame.wait_for(state="visible", timeout=60_000)  # the upload finished and a frame came back
-        box = frame.bounding_box()
-        assert box is not None
-        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # the query point; kind becomes "query"
-        page.wait_for_function("() => document.querySelector('#video_kind input').value === 'query'", timeout=30_000)
-        page.locator("#video_button").click()
-        video = page.locator("#video_out video")
-        video.wait_for(state="attached", timeout=180_000)
-        page.wait_for_function("() => { const v = document.querySelector('#video_out video'); return v && (v.readyState >= 2 || v.error); }", timeout=60_000)
-        state = page.evaluate("() => { const v = document.querySelector('#video_out video'); return [v.readyState, v.error && v.error.code, v.duration, v.videoWidth]; }")
-        assert state[0] >= 2 and state[1] is None, state
-        assert state[2] > 2.5 and state[3] == 256, state  # the whole 3 s clip at its own size
-        browser.close()
+    page, errors = open_page(browser, url)
+    select_tab(page, "Video")
+    page.wait_for_selector("#video_upload input[type=file]", state="attached", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#video_note').innerText.includes('Maps this model has')", timeout=60_000)
+    page.set_input_files("#video_upload input[type=file]", str(clip))
+    frame = page.locator("#video_frame img")
+    frame.wait_for(state="visible", timeout=60_000)
+    x0 = page.locator("#video_x input").input_value()
+    assert x0 not in ("", "0")  # the query starts at the frame centre, never 0/0
+    page.locator("#video_button").click()
+    video = page.locator("#video_out video")
+    video.wait_for(state="attached", timeout=180_000)
+    page.wait_for_function("() => { const v = document.querySelector('#video_out video'); return v && (v.readyState >= 2 || v.error); }", timeout=60_000)
+    state = page.evaluate("() => { const v = document.querySelector('#video_out video'); return [v.readyState, v.error && v.error.code, v.duration, v.videoWidth]; }")
+    assert state[0] >= 2 and state[1] is None, state
+    assert state[2] > 2.5 and state[3] >= 256, state  # the whole 3 s clip (plus its colour bar)
+    assert "frames" in page.locator("#video_info").inner_text()
+    assert not errors, errors
+    page.close()
+
+
+def test_api_page_lists_endpoints(server, browser) -> None:  # type: ignore[no-untyped-def]
+    url, _, _ = server
+    import urllib.request
+
+    info = json.loads(urllib.request.urlopen(url + "gradio_api/info", timeout=30).read())
+    names = set(info["named_endpoints"])
+    assert {"/analyze", "/attention_at", "/segmentation", "/export", "/analyze_video", "/video_frame"} <= names

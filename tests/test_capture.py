@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 import attnviz
 from attnviz.modules import criss_cross_logits
-from tests.conftest import randomize_bn
+from conftest import randomize_bn
 
 ATOL = 1e-5
 

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 import attnviz
 from attnviz.modules import attn_names, create_attn
-from tests.conftest import randomize_bn
+from conftest import randomize_bn
 
 ATOL = 1e-5
 

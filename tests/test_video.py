@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from attnviz.modules import CBAM, NonLocal2d, SpatialTransformer
-from attnviz.video import VideoError, analyze_video, iter_frames, probe, write_video
+from attnviz.video import VideoCancelled, VideoError, analyze_video, iter_frames, probe, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,9 @@ def decode_info(path: Path) -> tuple[str, str, int, int, int]:
 def test_output_is_playable_h264_with_every_frame(net: nn.Module, tmp_path: Path, kind: str) -> None:
     clip = write_clip(tmp_path / "in.mp4", moving(12, 48, 64))
     res = analyze_video(clip, net, kind=kind, query=(10, 20) if kind == "query" else None, out=tmp_path / f"{kind}.mp4", batch_size=5)
-    assert decode_info(res.video) == ("h264", "yuv420p", 12, 64, 48)
+    codec, pix, n, w, h = decode_info(res.video)
+    assert (codec, pix, n, h) == ("h264", "yuv420p", 12, 48) and w % 2 == 0
+    assert w == 64 if kind == "grid" else w > 64 + 60  # heat maps carry a burned-in colour bar on the right
     data = res.video.read_bytes()
     assert data.index(b"moov") < data.index(b"mdat")  # +faststart: playable while downloading
     npz = np.load(res.npz)
@@ -96,7 +98,7 @@ def test_odd_size_gif_stride_and_cap(net: nn.Module, tmp_path: Path) -> None:
     imgs[0].save(gif, save_all=True, append_images=imgs[1:], duration=100, loop=0)
     res = analyze_video(gif, net, kind="spatial", out=tmp_path / "gif.mp4", stride=2)
     codec, pix, n, w, h = decode_info(res.video)
-    assert (codec, pix, n) == ("h264", "yuv420p", 5) and (w, h) == (70, 50)  # 71×51 → even
+    assert (codec, pix, n) == ("h264", "yuv420p", 5) and h == 50 and w % 2 == 0 and w > 70  # 71×51 → even, plus the colour bar
     assert any("stride 2" in x for x in res.notes)
     clip = write_clip(tmp_path / "long.mp4", moving(9, 32, 32))
     with pytest.raises(VideoError, match="cap"):
@@ -136,10 +138,14 @@ def test_bad_clips(net: nn.Module, tmp_path: Path, content: object, message: str
 
 def test_errors_for_missing_layer_and_kind(net: nn.Module, tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "in.mp4", moving(3, 32, 32))
-    with pytest.raises(VideoError, match="Unknown kind"):
+    with pytest.raises(VideoError, match="kind must be one of"):
         analyze_video(clip, net, kind="nope", out=tmp_path / "a.mp4")
-    with pytest.raises(VideoError, match="not a spatial layer"):
+    with pytest.raises(VideoError, match="layer must be one of.*cbam.spatial"):
         analyze_video(clip, net, kind="spatial", layer="nl", out=tmp_path / "a.mp4")
+    with pytest.raises(VideoError, match="segmentation model"):
+        analyze_video(clip, net, kind="segmentation", out=tmp_path / "a.mp4")
+    with pytest.raises(VideoError, match="stride must be"):
+        analyze_video(clip, net, stride=0, out=tmp_path / "a.mp4")
     assert probe(clip)[1:] == (3, 32, 32)
     assert len(list(iter_frames(clip))) == 3
 
@@ -156,3 +162,47 @@ def test_cli_writes_video_npz_csv(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "attnviz", "video", str(clip), "--model", "cbam_resnet", "--max-frames", "2", "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "cap" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_default_kind_is_one_the_model_has(net: nn.Module, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "in.mp4", moving(4, 32, 32))
+    res = analyze_video(clip, net, out=tmp_path / "auto.mp4")
+    assert res.kind == "query" and res.layer == "nl"  # the first kind this model has
+
+
+def test_segmentation_video_has_labels_and_the_query_map(tmp_path: Path) -> None:
+    from attnviz.models import build_seg
+
+    model = build_seg("ccnet_seg").eval()
+    model.card = {"input_size": [64, 64], "class_names": ["background"] + [f"c{i}" for i in range(10)]}
+    clip = write_clip(tmp_path / "in.mp4", moving(5, 48, 64))
+    res = analyze_video(clip, model, kind="segmentation", query=(20, 20), out=tmp_path / "seg.mp4")
+    codec, pix, n, w, h = decode_info(res.video)
+    assert (codec, n, h) == ("h264", 5, 48) and w > 2 * 64  # segmentation | attention with its colour bar
+    npz = np.load(res.npz)
+    assert npz["labels"].shape == (5, 48, 64) and npz["maps"].shape == (5, 8, 8) and res.task == "segmentation"
+    assert "query_class" in res.rows[0]
+
+
+def test_cancel_stops_between_frames_and_deletes_partial_output(net: nn.Module, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "in.mp4", moving(30, 32, 32))
+    seen: list[int] = []
+
+    def stop() -> bool:
+        seen.append(1)
+        return len(seen) > 6
+
+    out = tmp_path / "cancelled.mp4"
+    with pytest.raises(VideoCancelled):
+        analyze_video(clip, net, kind="spatial", out=out, batch_size=4, should_stop=stop)
+    assert not out.exists() and not out.with_suffix(".npz").exists() and not out.with_suffix(".csv").exists()
+    assert len(seen) == 7  # polled frame by frame, stopped at the first True
+
+
+def test_truncated_clip_says_how_many_frames_were_read(net: nn.Module, tmp_path: Path) -> None:
+    good = write_clip(tmp_path / "good.mp4", moving(60, 64, 64)).read_bytes()  # +faststart: the index comes first
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(good[: int(len(good) * 0.7)])  # the tail of the frame data is missing
+    res = analyze_video(cut, net, kind="spatial", out=tmp_path / "cut_out.mp4")
+    assert 0 < res.frames < 60
+    assert any("truncated" in n and f"{res.frames} of about 60" in n for n in res.notes), res.notes

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import attnviz
-from attnviz.models import ZOO, WeightsUnavailable, available, build, build_imagenet
+from attnviz.models import SEG_ZOO, ZOO, WeightsUnavailable, available, build, build_imagenet, build_seg
 from attnviz.models import registry
 
 EXPECTED_KINDS = {
@@ -35,12 +35,37 @@ def test_zoo_model_small_and_captured(name: str) -> None:
         assert len(recs) == 2 and recs[0].hw == (16, 16)  # R = 2 loops on a 16×16 map
 
 
+SEG_KINDS = {
+    "fcn_seg": {}, "nonlocal_seg": {"affinity": 1}, "ccnet_seg": {"criss_cross": 2}, "danet_seg": {"affinity": 1, "channel_affinity": 1},
+    "gc_seg": {"spatial": 1}, "ocr_seg": {"regions": 1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEG_ZOO))
+def test_segmentation_zoo_outputs_and_maps(name: str) -> None:
+    m = build_seg(name).eval()
+    assert sum(p.numel() for p in m.parameters()) <= 2_000_000
+    with torch.no_grad(), attnviz.capture(m) as cap:
+        out = m(torch.randn(2, 3, 128, 128))
+    assert out.shape == (2, 11, 128, 128)  # logits at the input size, 11 classes (0 = background)
+    counts: dict[str, int] = {}
+    for r in cap.records.values():
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    assert counts == SEG_KINDS[name]
+    for r in cap.records.values():  # output stride 8: maps of at least 16×16
+        if r.kind == "channel_affinity":
+            continue
+        hw = getattr(r, "query_hw", None) or getattr(r, "hw", None) or tuple(r.mask.shape[-2:])
+        assert min(hw) >= 16, (r.name, hw)
+
+
 def test_registry_lists_everything_and_imagenet_is_offline_safe() -> None:
     t = time.perf_counter()
     infos = {i.name: i for i in available()}
     assert time.perf_counter() - t < 30  # a listing, never a download or a hang
-    for name in list(ZOO) + list(registry.TIMM_MODELS) + list(registry.TORCHVISION_MODELS):
+    for name in list(ZOO) + list(SEG_ZOO) + list(registry.TIMM_MODELS) + list(registry.TORCHVISION_MODELS):
         assert name in infos
+    assert all(infos[n].task == "segmentation" for n in SEG_ZOO) and all(infos[n].task == "classification" for n in ZOO)
     for name in registry.TIMM_MODELS + registry.TORCHVISION_MODELS:
         info = infos[name]
         if not info.available:
@@ -101,15 +126,18 @@ def within(measured: float, card: float, abs_tol: float, rel_tol: float) -> bool
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_matches_its_card(name: str) -> None:
-    from attnviz.evaluate import evaluate
+    from attnviz.evaluate import CHECK_PER_FAMILY, evaluate
 
     model = attnviz.load_pretrained(name)  # verifies the sha256
     card = model.card
-    ref = card["evaluation_check"]  # the same 500 seeded test scenes, measured when the card was written
-    assert ref["n"] == 500 and card["evaluation"]["n"] >= 2000
-    res = evaluate(model, n=500, seed=ref["seed"])
-    assert abs(res["accuracy"] - ref["accuracy"]) <= 0.03, (res["accuracy"], ref["accuracy"])
-    for key, value in ref.items():
-        if key in ("n", "seed", "split", "accuracy", "accuracy_clean", "centre_baseline_pointing"):
-            continue
-        assert within(res[key], value, 0.05, 0.10), (key, res[key], value)
+    assert card["task"] in ("classification", "segmentation") and card["class_names"]
+    ref = card["evaluation_check"]  # the same seeded scenes (the first of each family), measured when the card was written
+    assert ref["per_family_scenes"] == CHECK_PER_FAMILY and card["evaluation"]["per_family_scenes"] > CHECK_PER_FAMILY
+    assert set(card["data"]["heldout_families"]) and not set(card["data"]["heldout_families"]) & set(card["data"]["train_families"])
+    res = evaluate(model, per_family=CHECK_PER_FAMILY, seed=ref["seed"])
+    main = "accuracy" if card["task"] == "classification" else "miou"
+    for group in ("in_family", "heldout", "photos"):
+        assert abs(res[group][main] - ref[group][main]) <= 0.03, (group, res[group][main], ref[group][main])
+        for key, value in ref[group].items():
+            if isinstance(value, float) and key not in (main, "centre_baseline_pointing", "n"):
+                assert within(res[group][key], value, 0.05, 0.10), (group, key, res[group][key], value)

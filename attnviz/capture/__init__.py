@@ -9,12 +9,13 @@ from .records import (
     ChannelGate,
     CrissCross,
     Record,
+    RegionAttention,
     SamplingGrid,
     SpatialMask,
 )
 
 __all__ = [
     "AdapterSpec", "Affinity", "BranchWeights", "Capture", "ChannelAffinity", "ChannelGate", "CrissCross",
-    "Record", "SamplingGrid", "SpatialMask", "capture", "contribution", "find_adapter", "known_classes",
+    "Record", "RegionAttention", "SamplingGrid", "SpatialMask", "capture", "contribution", "find_adapter", "known_classes",
     "register_adapter", "unwrap",
 ]

@@ -23,6 +23,7 @@ from .records import (
     ChannelGate,
     CrissCross,
     Record,
+    RegionAttention,
     SamplingGrid,
     SpatialMask,
     keep,
@@ -261,6 +262,20 @@ def _cca(m: nn.Module) -> AdapterSpec:
     return AdapterSpec(
         taps={"q": (m.query, None), "k": (m.key, None)},
         build=lambda mod, x, out, s: [("", CrissCross(queries=s["q"], keys=s["k"]))],
+    )
+
+
+# ---- pixel → region attention -------------------------------------------------------------------
+@register_adapter("attnviz.modules.ocr.ObjectContext")
+def _ocr(m: nn.Module) -> AdapterSpec:
+    def build(mod: nn.Module, x: torch.Tensor, out: object, s: Stash) -> Built:
+        b, _, h, w = x.shape
+        regions = s["regions"].reshape(b, -1, h, w)  # (B, K, H, W): softmax over positions per region
+        return [("", RegionAttention(region_maps=regions, pixel_weights=s["pixels"], query_hw=(h, w)))]
+
+    return AdapterSpec(
+        taps={"regions": (m.spatial_gather_module.softmax, None), "pixels": (m.object_context_block.softmax, None)},
+        build=build,
     )
 
 

@@ -266,6 +266,49 @@ class SamplingGrid(Record):
         return self.grid.shape[0]
 
 
+@dataclass(eq=False, kw_only=True)
+class RegionAttention(Record):
+    """Pixel → region attention (OCR object regions, EMA bases, ANN pyramid cells, A²-Nets).
+
+    The keys are not pixels but K regions, each a soft map over the image; a query pixel's
+    attention is a distribution over the K regions. A clicked pixel's map over the image is the
+    composition ``Σ_k p(k | pixel) · region_k`` (where its context comes from, exactly).
+
+    Attributes:
+        region_maps: ``(B, K, H, W)`` each region's weights over positions.
+        pixel_weights: ``(B, Hq·Wq, K)`` each query's distribution over the regions.
+        query_hw: Grid (Hq, Wq) of the queries.
+        region_names: Names of the K regions where they are classes (OCR), else None.
+    """
+
+    kind: ClassVar[str] = "regions"
+    region_maps: torch.Tensor
+    pixel_weights: torch.Tensor
+    query_hw: tuple[int, int]
+    region_names: list[str] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.region_maps.shape[0]
+
+    @property
+    def regions(self) -> int:
+        """Number of regions K."""
+        return int(self.region_maps.shape[1])
+
+    def distribution(self, y: int, x: int, batch: int = 0) -> torch.Tensor:
+        """Attention of query (y, x) over the K regions, ``(K,)``."""
+        h, w = self.query_hw
+        if not (0 <= y < h and 0 <= x < w):
+            raise IndexError(f"query ({y}, {x}) is outside the {h}×{w} query grid of {self.name}")
+        return self.pixel_weights[batch, y * w + x]
+
+    def pixel_map(self, y: int, x: int, batch: int = 0) -> torch.Tensor:
+        """The query's attention carried onto the image through the regions, ``(H, W)``."""
+        p = self.distribution(y, x, batch)  # (K,)
+        return torch.einsum("k,khw->hw", p, self.region_maps[batch])
+
+
 RECORD_TYPES: tuple[type[Record], ...] = (
-    ChannelGate, SpatialMask, BranchWeights, ChannelAffinity, Affinity, CrissCross, SamplingGrid,
+    ChannelGate, SpatialMask, BranchWeights, ChannelAffinity, Affinity, CrissCross, SamplingGrid, RegionAttention,
 )

@@ -9,10 +9,13 @@ from .metrics import (
     nearest_centroid_accuracy,
     pointing,
     quad_iou,
+    query_dependence,
+    same_class_mass,
     spearman,
+    top_share,
     topk_iou,
 )
-from .reach import criss_cross_reach
+from .reach import criss_cross_reach, uniform_criss_cross, uniform_reach
 from .views import (
     VIEWS,
     ClickLayer,
@@ -27,6 +30,6 @@ from .views import (
 __all__ = [
     "VIEWS", "ClickLayer", "ablate", "box_mask", "bypassed", "click_layers", "click_map", "criss_cross_reach",
     "feature_cell", "grad_cam", "integrated_gradients", "js_divergence", "mass_ratio", "module_for",
-    "nearest_centroid_accuracy", "normalized_to_pixels", "occlusion", "pointing", "quad_iou", "sampled_quad",
-    "spearman", "topk_iou", "upsample_map",
+    "nearest_centroid_accuracy", "normalized_to_pixels", "occlusion", "pointing", "quad_iou", "query_dependence",
+    "same_class_mass", "sampled_quad", "spearman", "top_share", "topk_iou", "uniform_criss_cross", "uniform_reach", "upsample_map",
 ]

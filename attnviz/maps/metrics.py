@@ -93,3 +93,44 @@ def topk_iou(a: torch.Tensor, b: torch.Tensor, frac: float = 0.1) -> float:
     ia[a.flatten().topk(k).indices] = True
     ib[b.flatten().topk(k).indices] = True
     return float((ia & ib).sum() / (ia | ib).sum())
+
+
+def same_class_mass(maps: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Share of each map's mass on pixels of a class, ÷ that class's share of the image; 1 = chance.
+
+    Args:
+        maps: ``(N, H, W)`` non-negative maps at label resolution.
+        labels: ``(N, H, W)`` label maps.
+        classes: ``(N,)`` the class of each map's query.
+
+    Returns:
+        ``(N,)`` ratios (NaN where the class has no pixel).
+    """
+    m = maps.clamp_min(0).flatten(1)
+    same = (labels.flatten(1) == classes[:, None]).float()
+    frac_mass = (m * same).sum(1) / m.sum(1).clamp_min(1e-12)
+    area = same.mean(1)
+    return torch.where(area > 0, frac_mass / area.clamp_min(1e-12), torch.full_like(area, float("nan")))
+
+
+def query_dependence(rows_a: torch.Tensor, rows_b: torch.Tensor) -> dict[str, float]:
+    """How much a layer's attention depends on the query (GCNet's question), from pairs of rows.
+
+    Args:
+        rows_a, rows_b: ``(N, K)`` rows of N random query pairs (same image per pair).
+
+    Returns:
+        ``{"js": mean Jensen–Shannon divergence (nats, 0 … ln 2), "same_peak": share of pairs whose rows
+        peak at the same key}``. Near 0 and near 1 mean one global context for every pixel.
+    """
+    js = js_divergence(rows_a, rows_b)
+    same = (rows_a.argmax(1) == rows_b.argmax(1)).float()
+    return {"js": float(js.mean()), "same_peak": float(same.mean())}
+
+
+def top_share(m: torch.Tensor, frac: float = 0.05) -> float:
+    """Share of a non-negative map's mass held by its top ``frac`` of positions (concentration)."""
+    v = m.clamp_min(0).flatten()
+    k = max(1, int(round(v.numel() * frac)))
+    total = float(v.sum())
+    return float(v.topk(k).values.sum()) / total if total > 0 else float("nan")

@@ -44,3 +44,19 @@ def criss_cross_reach(first: CrissCross, second: CrissCross, y: int, x: int, bat
     reach += (row2[:, None] * r_col).T  # column part of u = (y, w') lies on column w'
     reach[y, :] += row2 @ r_row  # row parts of the row positions all lie on row y
     return reach
+
+
+def uniform_criss_cross(hw: tuple[int, int]) -> CrissCross:
+    """A criss-cross loop whose every weight is equal (zero logits): the geometry without attention."""
+    h, w = hw
+    return CrissCross(queries=torch.zeros(1, 1, h, w), keys=torch.zeros(1, 1, h, w))
+
+
+def uniform_reach(hw: tuple[int, int], y: int, x: int) -> torch.Tensor:
+    """Two-hop reach of (y, x) with uniform weights on both loops, ``(H, W)``.
+
+    What CCNet's cross geometry alone gives: any mass ratio of a trained reach should be read against
+    this baseline (from a pixel inside an object, the cross already runs through the object).
+    """
+    u = uniform_criss_cross(hw)
+    return criss_cross_reach(u, u, y, x)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..capture.records import Affinity, CrissCross, Record
+from ..capture.records import Affinity, CrissCross, Record, RegionAttention
 from .reach import criss_cross_reach
 
-VIEWS = ("row", "loop1", "loop2", "reach")
+VIEWS = ("row", "loop1", "loop2", "reach", "regions")
 
 
 def base_name(name: str) -> str:
@@ -31,9 +31,10 @@ class ClickLayer:
 
     Attributes:
         name: Layer name (the module path; CCNet loops share one layer).
-        kind: ``"affinity"`` or ``"criss_cross"``.
-        records: The records: one for affinity, the loops in order for CCNet.
-        views: What can be shown: ``("row",)`` for affinity; loops and reach for CCNet.
+        kind: ``"affinity"``, ``"criss_cross"`` or ``"regions"``.
+        records: The records: one for affinity and regions, the loops in order for CCNet.
+        views: What can be shown: ``("row",)`` for affinity; loops and reach for CCNet; ``("regions",)``
+            (the query's attention carried onto the image through its regions) for pixel → region attention.
         heads: Number of heads (1 when the record has no separate heads).
     """
 
@@ -52,7 +53,7 @@ class ClickLayer:
     def feature_hw(self) -> tuple[int, int]:
         """Query grid (h, w)."""
         rec = self.records[0]
-        return rec.query_hw if isinstance(rec, Affinity) else rec.hw  # type: ignore[union-attr]
+        return rec.query_hw if isinstance(rec, (Affinity, RegionAttention)) else rec.hw  # type: ignore[union-attr]
 
 
 def click_layers(records: Mapping[str, Record]) -> dict[str, ClickLayer]:
@@ -61,6 +62,8 @@ def click_layers(records: Mapping[str, Record]) -> dict[str, ClickLayer]:
     for name, rec in records.items():
         if isinstance(rec, Affinity):
             out[name] = ClickLayer(name, "affinity", [rec], ("row",), rec.heads)
+        elif isinstance(rec, RegionAttention):
+            out[name] = ClickLayer(name, "regions", [rec], ("regions",))
         elif isinstance(rec, CrissCross):
             base = base_name(name)
             layer = out.setdefault(base, ClickLayer(base, "criss_cross", [], ("loop1",)))
@@ -87,13 +90,15 @@ def click_map(layer: ClickLayer, x: float, y: float, image_hw: tuple[int, int], 
         x: Query column in image pixels.
         y: Query row in image pixels.
         image_hw: Size of the image the pixel refers to.
-        view: ``"row"`` (affinity), or ``"loop1"``, ``"loop2"``, ``"reach"`` (CCNet).
+        view: ``"row"`` (affinity), ``"loop1"``, ``"loop2"``, ``"reach"`` (CCNet) or ``"regions"``.
         head: Head index for multi-head affinity, None for the head average.
         batch: Sample in the batch.
     """
     if view not in layer.views:
         raise ValueError(f"{layer.name} shows {', '.join(layer.views)}, not {view!r}")
     fy, fx = feature_cell(x, y, image_hw, layer.feature_hw)
+    if layer.kind == "regions":
+        return layer.records[0].pixel_map(fy, fx, batch=batch)  # type: ignore[attr-defined]
     if layer.kind == "affinity":
         if head is not None and not 0 <= head < layer.heads:
             raise ValueError(f"{layer.name} has {layer.heads} head(s); head {head} does not exist")

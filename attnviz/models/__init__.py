@@ -9,9 +9,11 @@ from .registry import (
     imagenet_classes,
     load_pretrained,
 )
+from .seg_zoo import SEG_CLASSES, SEG_ZOO, build_seg
 from .zoo import ZOO, ZooNet, build
 
 __all__ = [
-    "ChecksumMismatch", "ModelInfo", "WeightsUnavailable", "ZOO", "ZooNet", "available", "build", "build_imagenet",
+    "ChecksumMismatch", "ModelInfo", "SEG_CLASSES", "SEG_ZOO", "WeightsUnavailable", "ZOO", "ZooNet", "available", "build",
+    "build_imagenet", "build_seg",
     "imagenet_classes", "load_pretrained",
 ]

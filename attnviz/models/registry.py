@@ -18,7 +18,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .zoo import ZOO, build
+from .seg_zoo import SEG_INPUT_SIZE, SEG_ZOO, build_seg
+from .zoo import INPUT_SIZE, ZOO, build
+
+ZOO_TRAINED_ON = "64×64 synthetic scenes of one Fashion-MNIST item (10 clothing classes); not natural photos"
+SEG_TRAINED_ON = "128×128 synthetic scenes of 1–6 Fashion-MNIST items (background + 10 clothing classes); not natural photos"
 
 PRETRAINED_DIR = Path(os.environ.get("ATTNVIZ_PRETRAINED", Path(__file__).resolve().parents[2] / "pretrained"))
 
@@ -39,10 +43,13 @@ class ModelInfo:
     """One entry of :func:`available`."""
 
     name: str
-    source: str  # "attnviz" | "timm" | "torchvision"
+    source: str  # "attnviz" | "timm" | "torchvision" | "mmsegmentation"
     available: bool
     reason: str = ""
     input_size: int = 224
+    task: str = "classification"
+    trained_on: str = ""
+    downloadable: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -64,9 +71,11 @@ def card_path(name: str) -> Path:
 
 def _zoo_status(name: str) -> ModelInfo:
     w, c = PRETRAINED_DIR / f"{name}.safetensors", card_path(name)
+    seg = name in SEG_ZOO
+    size, task, trained = (SEG_INPUT_SIZE, "segmentation", SEG_TRAINED_ON) if seg else (INPUT_SIZE, "classification", ZOO_TRAINED_ON)
     if w.exists() and c.exists():
-        return ModelInfo(name, "attnviz", True, input_size=64)
-    return ModelInfo(name, "attnviz", False, f"no checkpoint in {PRETRAINED_DIR}; train it with `attnviz train --model {name}`", 64)
+        return ModelInfo(name, "attnviz", True, input_size=size, task=task, trained_on=trained)
+    return ModelInfo(name, "attnviz", False, f"no checkpoint in {PRETRAINED_DIR}; train it with `attnviz train --model {name}`", size, task, trained)
 
 
 def _timm_cache_file(name: str) -> Path | None:
@@ -99,7 +108,7 @@ def _imagenet_status(name: str, source: str) -> ModelInfo:
     except Exception as e:  # a broken cache or library must not break the listing
         return ModelInfo(name, source, False, f"cannot look up cached weights: {e}", size)
     if hit is not None:
-        return ModelInfo(name, source, True, input_size=size)
+        return ModelInfo(name, source, True, input_size=size, trained_on="ImageNet-1k photos (1000 classes)")
     how = (f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`" if source == "timm"
            else f"`python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\"`")
     return ModelInfo(name, source, False, f"ImageNet weights not in the local cache; on a machine with internet run {how}, or pass weights=FILE", size)
@@ -107,7 +116,7 @@ def _imagenet_status(name: str, source: str) -> ModelInfo:
 
 def available() -> list[ModelInfo]:
     """Every model the app offers, with whether it can be loaded here and why not."""
-    out = [_zoo_status(n) for n in ZOO]
+    out = [_zoo_status(n) for n in ZOO] + [_zoo_status(n) for n in SEG_ZOO]
     out += [_imagenet_status(n, "timm") for n in TIMM_MODELS]
     out += [_imagenet_status(n, "torchvision") for n in TORCHVISION_MODELS]
     return out
@@ -150,7 +159,7 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
         ChecksumMismatch: the zoo checkpoint does not match its card.
         ValueError: unknown name.
     """
-    if name in ZOO:
+    if name in ZOO or name in SEG_ZOO:
         info = _zoo_status(name)
         if not info.available and weights is None:
             raise WeightsUnavailable(f"{name}: {info.reason}")
@@ -160,8 +169,10 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
             digest = sha256(path)
             if digest != card.get("sha256"):
                 raise ChecksumMismatch(f"{path} has sha256 {digest}, its card says {card.get('sha256')}")
-        model = build(name)
+        model = build_seg(name) if name in SEG_ZOO else build(name)
         model.load_state_dict(load_file(str(path)))
+        card.setdefault("task", "segmentation" if name in SEG_ZOO else "classification")
+        card.setdefault("trained_on", SEG_TRAINED_ON if name in SEG_ZOO else ZOO_TRAINED_ON)
     elif name in TIMM_MODELS or name in TORCHVISION_MODELS:
         source = "timm" if name in TIMM_MODELS else "torchvision"
         if weights is None:
@@ -175,10 +186,10 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
         model = build_imagenet(name)
         model.load_state_dict(_read_state(path))
         size = 256 if name == "botnet26t_256" else 224
-        card = {"name": name, "source": source, "input_size": [size, size], "mean": [0.485, 0.456, 0.406],
+        card = {"name": name, "source": source, "task": "classification", "trained_on": "ImageNet-1k photos (1000 classes)", "input_size": [size, size], "mean": [0.485, 0.456, 0.406],
                 "std": [0.229, 0.224, 0.225], "class_names": imagenet_classes(), "weights": str(path)}
     else:
-        valid = list(ZOO) + list(TIMM_MODELS) + list(TORCHVISION_MODELS)
+        valid = list(ZOO) + list(SEG_ZOO) + list(TIMM_MODELS) + list(TORCHVISION_MODELS)
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(valid)}")
     model.card = card  # type: ignore[assignment]
     if device is not None:

@@ -1,6 +1,6 @@
 """The attnviz zoo: small ResNet-style classifiers for 64×64 scenes, one per attention family.
 
-Layout (64×64 input): stem 3×3 stride 2 (32 ch, 32×32) → stage 1 (32 ch, 32×32) → stage 2 (64 ch,
+Layout (64×64 input): per-image standardisation → stem 3×3 stride 2 (32 ch, 32×32) → stage 1 (32 ch, 32×32) → stage 2 (64 ch,
 16×16) → stage 3 (128 ch, 8×8) → global average pool → linear. Sized for interactive CPU use and for
 training on 2 CPU cores. Channel/spatial attention (SE, ECA, CBAM,
 scSE, GC, SK) sits in every residual block, before the residual sum; Non-Local, CCNet (R = 2) and
@@ -44,6 +44,19 @@ ZOO: dict[str, ZooSpec] = {
 }
 
 
+class ImageStandardize(nn.Module):
+    """Per-image standardisation of the input (zero mean, unit variance over C, H, W).
+
+    Makes the zoo indifferent to global brightness, contrast and colour casts, which scenes v2
+    randomise and which a visitor's photo never matches; it has no parameters.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W)
+        mean = x.mean((1, 2, 3), keepdim=True)
+        std = x.std((1, 2, 3), keepdim=True).clamp_min(1e-3)
+        return (x - mean) / std
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block with optional attention on the residual branch (as in SE-ResNet)."""
 
@@ -80,6 +93,7 @@ class ZooNet(nn.Module):
         super().__init__()
         self.spec = spec
         kw = dict(spec.kwargs)
+        self.standardize = ImageStandardize()
         self.stn = create_attn("stn", 3, **kw) if spec.where == "input" else None
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         stages = []
@@ -96,6 +110,7 @@ class ZooNet(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[2], num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 3, 64, 64)
+        x = self.standardize(x)
         if self.stn is not None:
             x = self.stn(x)
         x = self.stage1(self.stem(x))  # (B, 32, 32, 32)

@@ -8,10 +8,12 @@ from torch import nn
 
 from .cbam import CBAM, ChannelGate, SpatialGate
 from .ccnet import CrissCrossAttention, RecurrentCrissCross, criss_cross_logits
+from .conv import ConvBNAct
 from .danet import ChannelAttention, DualAttention, PositionAttention
 from .eca import EfficientChannelAttn
 from .gc import GlobalContext
 from .non_local import NonLocal2d
+from .ocr import ObjectAttention, ObjectContext, SpatialGather
 from .scse import SCSE, SpatialSE
 from .se import SqueezeExcite
 from .sk import SelectiveKernel
@@ -56,8 +58,8 @@ def create_attn(name: str, channels: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "AffineHead", "CBAM", "ChannelAttention", "ChannelGate", "CrissCrossAttention", "DualAttention",
-    "EfficientChannelAttn", "GlobalContext", "NonLocal2d", "PositionAttention", "RecurrentCrissCross",
-    "SCSE", "SelectiveKernel", "SpatialGate", "SpatialSE", "SpatialTransformer", "SqueezeExcite",
+    "AffineHead", "CBAM", "ChannelAttention", "ChannelGate", "ConvBNAct", "CrissCrossAttention", "DualAttention",
+    "EfficientChannelAttn", "GlobalContext", "NonLocal2d", "ObjectAttention", "ObjectContext", "PositionAttention", "RecurrentCrissCross",
+    "SCSE", "SelectiveKernel", "SpatialGate", "SpatialGather", "SpatialSE", "SpatialTransformer", "SqueezeExcite",
     "attn_names", "create_attn", "criss_cross_logits",
 ]

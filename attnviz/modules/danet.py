@@ -14,11 +14,12 @@ class PositionAttention(nn.Module):
     Args:
         channels: Input channels C.
         rd_ratio: Width of queries and keys (1/8 in the paper).
+        key_channels: Width of queries and keys; overrides ``rd_ratio`` (mmsegmentation uses 64).
     """
 
-    def __init__(self, channels: int, rd_ratio: float = 1.0 / 8) -> None:
+    def __init__(self, channels: int, rd_ratio: float = 1.0 / 8, key_channels: int | None = None) -> None:
         super().__init__()
-        ck = max(1, int(channels * rd_ratio))
+        ck = key_channels or max(1, int(channels * rd_ratio))
         self.query = nn.Conv2d(channels, ck, 1)
         self.key = nn.Conv2d(channels, ck, 1)
         self.value = nn.Conv2d(channels, channels, 1)

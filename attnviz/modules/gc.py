@@ -20,14 +20,15 @@ class GlobalContext(nn.Module):
     Args:
         channels: Input channels C.
         rd_ratio: Bottleneck width of the transform.
+        rd_channels: Bottleneck width; overrides ``rd_ratio``.
         fusion: ``"add"`` (the paper's default) or ``"scale"`` (multiplicative channel gate).
     """
 
-    def __init__(self, channels: int, rd_ratio: float = 1.0 / 8, fusion: str = "add") -> None:
+    def __init__(self, channels: int, rd_ratio: float = 1.0 / 8, fusion: str = "add", rd_channels: int | None = None) -> None:
         super().__init__()
         if fusion not in ("add", "scale"):
             raise ValueError(f"fusion must be 'add' or 'scale', got {fusion!r}")
-        rd = reduced_channels(channels, rd_ratio)
+        rd = reduced_channels(channels, rd_ratio, rd_channels)
         self.fusion = fusion
         self.conv_mask = nn.Conv2d(channels, 1, 1)
         self.softmax = nn.Softmax(dim=2)

@@ -2,15 +2,20 @@
 
 from .overlay import (
     CMAPS,
+    caption,
+    colorbar,
     colorize,
     draw_lattice,
+    draw_peak,
     draw_point,
     draw_quad,
+    lut,
     map_range,
     overlay,
     resize_map,
     side_by_side,
     to_unit,
+    with_colorbar,
 )
 from .plots import (
     affinity_matrix,
@@ -22,9 +27,19 @@ from .plots import (
     series_heatmap,
     timeline,
 )
+from .segmentation import colorize_labels, default_palette, label_overlay, legend
 
 __all__ = [
     "CMAPS",
+    "caption",
+    "colorbar",
+    "colorize_labels",
+    "default_palette",
+    "draw_peak",
+    "label_overlay",
+    "legend",
+    "lut",
+    "with_colorbar",
     "affinity_matrix",
     "branch_bars",
     "colorize",

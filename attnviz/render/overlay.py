@@ -31,7 +31,7 @@ def to_unit(m: np.ndarray, vmin: float | None = None, vmax: float | None = None)
 
 
 @functools.lru_cache(maxsize=32)
-def _lut(cmap: str) -> np.ndarray:
+def lut(cmap: str) -> np.ndarray:
     """256-entry RGB lookup table of a matplotlib colormap, ``(256, 3) uint8``."""
     return (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
@@ -41,7 +41,7 @@ def colorize(m: np.ndarray, cmap: str = "inferno", vmin: float | None = None, vm
     if cmap not in colormaps:
         raise ValueError(f"unknown colormap {cmap!r}; try one of {', '.join(CMAPS)}")
     idx = (to_unit(m, vmin, vmax) * 255 + 0.5).astype(np.uint8)  # (h, w)
-    return cv2.LUT(cv2.merge([idx, idx, idx]), _lut(cmap)[:, None, :])  # (h, w, 3)
+    return cv2.LUT(cv2.merge([idx, idx, idx]), lut(cmap)[:, None, :])  # (h, w, 3)
 
 
 def resize_map(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -131,3 +131,71 @@ def side_by_side(images: Sequence[np.ndarray], gap: int = 6, height: int | None 
         parts.append(cv2.resize(im, (w, h), interpolation=interp) if im.shape[0] != h else im)
         parts.append(np.full((h, gap, 3), 255, np.uint8))
     return np.concatenate(parts[:-1], axis=1)
+
+
+def draw_peak(image: np.ndarray, x: float, y: float, radius: int | None = None) -> np.ndarray:
+    """A diamond with a dark outline at (x, y): the peak of a map (the crosshair marks the query)."""
+    out = image.copy()
+    r = radius or max(5, min(image.shape[:2]) // 32)
+    cx, cy = int(round(x)), int(round(y))
+    pts = np.array([[cx, cy - r], [cx + r, cy], [cx, cy + r], [cx - r, cy]], np.int32).reshape(-1, 1, 2)
+    t = max(1, r // 4)
+    cv2.polylines(out, [pts], True, (0, 0, 0), t + 2, cv2.LINE_AA)
+    cv2.polylines(out, [pts], True, (80, 255, 120), t, cv2.LINE_AA)
+    return out
+
+
+def _text(img: np.ndarray, s: str, org: tuple[int, int], scale: float, colour: tuple[int, int, int] = (20, 20, 20), thick: int = 1) -> None:
+    cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+
+
+def fmt_value(v: float, span: float | None = None) -> str:
+    """A short tick label, with enough significant digits to tell ticks ``span`` apart."""
+    if v == 0:
+        return "0"
+    digits = 3
+    if span is not None and span > 0 and abs(v) > 0:
+        digits = int(min(8, max(3, np.ceil(np.log10(abs(v) / span)) + 2)))
+    a = abs(v)
+    if a >= 1e4 or a < 1e-3:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}"
+
+
+def colorbar(cmap: str, vmin: float, vmax: float, height: int, label: str = "", width: int = 96) -> np.ndarray:
+    """A vertical colour bar ``(height, width, 3)``: min / mid / max ticks, the caption written upwards beside it."""
+    height = max(60, int(height))
+    bar = np.full((height, width, 3), 255, np.uint8)
+    top, bottom = 10, height - 10
+    ramp = np.linspace(1.0, 0.0, max(2, bottom - top))[:, None]
+    strip = colorize(ramp, cmap, 0.0, 1.0)  # (n, 1, 3)
+    x0 = 18 if label else 4
+    bar[top:bottom, x0 : x0 + 14] = cv2.resize(strip, (14, bottom - top), interpolation=cv2.INTER_NEAREST)
+    cv2.rectangle(bar, (x0, top), (x0 + 13, bottom - 1), (60, 60, 60), 1)
+    for frac in (0.0, 0.5, 1.0):
+        y = int(round(bottom - 1 - frac * (bottom - top - 1)))
+        cv2.line(bar, (x0 + 14, y), (x0 + 18, y), (60, 60, 60), 1)
+        _text(bar, fmt_value(vmin + frac * (vmax - vmin), (vmax - vmin) / 2), (x0 + 20, min(height - 2, max(9, y + 4))), 0.36)
+    if label:  # written along the bar, bottom to top
+        side = np.full((16, height, 3), 255, np.uint8)
+        scale = 0.36
+        while scale > 0.2 and cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > height - 8:
+            scale -= 0.02
+        _text(side, label, (4, 11), scale, (80, 80, 80))
+        bar[:, :16] = np.rot90(side)[:height, :16]
+    return bar
+
+
+def with_colorbar(image: np.ndarray, cmap: str, vmin: float, vmax: float, label: str = "") -> np.ndarray:
+    """The image with a colour bar (its value range and meaning) attached on the right."""
+    bar = colorbar(cmap, vmin, vmax, image.shape[0], label)
+    if bar.shape[0] != image.shape[0]:  # tiny images: the bar is drawn at its minimum height, then shrunk
+        bar = cv2.resize(bar, (bar.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA)
+    return np.concatenate([image, np.full((image.shape[0], 4, 3), 255, np.uint8), bar], axis=1)
+
+
+def caption(image: np.ndarray, text: str, height: int = 18) -> np.ndarray:
+    """The image with a one-line caption strip above it (e.g. a threshold that was applied)."""
+    strip = np.full((height, image.shape[1], 3), 255, np.uint8)
+    _text(strip, text, (4, height - 5), 0.4)
+    return np.concatenate([strip, image], axis=0)

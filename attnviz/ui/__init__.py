@@ -1,9 +1,6 @@
-"""The web app (Gradio) and its Gradio-free engine."""
+"""The web app (Gradio); everything it shows comes from :mod:`attnviz.analysis`."""
 
-from .engine import Catalog, Engine, Entry, Style, UserError
-from .images import ImageError, LoadedImage, load_image
-
-__all__ = ["Catalog", "Engine", "Entry", "ImageError", "LoadedImage", "Style", "UserError", "build_demo", "load_image"]
+__all__ = ["build_demo"]
 
 
 def build_demo(*args, **kwargs):  # type: ignore[no-untyped-def]

@@ -1,0 +1,100 @@
+"""Batches of frames through a model with capture on, and the one per-frame map of a chosen kind.
+
+The video pipeline calls these instead of re-implementing capture and map selection; the engine uses
+:func:`forward_batch` for single images too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..capture import capture
+from ..capture.records import ChannelGate, Record, SamplingGrid, SpatialMask
+from ..maps import click_layers, click_map
+from ..models.inputs import preprocess
+from .errors import UserError
+from .outputs import ModelOutput, Postprocess, interpret_output, resized_labels
+
+KINDS = ("spatial", "channel", "grid", "query", "segmentation")
+KIND_HELP = {
+    "spatial": "spatial masks (CBAM, scSE, GC)",
+    "channel": "channel gates (SE, ECA, CBAM)",
+    "grid": "STN sampling grid",
+    "query": "attention of a fixed query pixel (Non-Local, DANet, BotNet, CCNet reach, OCR)",
+    "segmentation": "predicted segmentation beside the tracked query's attention",
+}
+
+
+@dataclass
+class BatchResult:
+    """One captured forward of a batch."""
+
+    output: ModelOutput
+    records: dict[str, Record]
+
+
+def forward_batch(model: nn.Module, frames: Sequence[np.ndarray], card: dict, device: torch.device, postprocess: Postprocess | None = None,
+                  autocast: bool = True) -> BatchResult:
+    """RGB uint8 frames → one captured forward (autocast fp16 on CUDA) → logits and records."""
+    x = preprocess(list(frames), card, device)
+    ctx = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" and autocast else torch.autocast("cpu", enabled=False)
+    with torch.inference_mode(), ctx, capture(model) as cap:
+        raw = model(x)
+    return BatchResult(interpret_output(raw, postprocess), dict(cap.records))
+
+
+def kinds_of(records: dict[str, Record], task: str) -> list[str]:
+    """The map kinds a model's records support, in the order the UI offers them."""
+    have = []
+    if click_layers(records):
+        have.append("query")
+    if task == "segmentation":
+        have.insert(0, "segmentation")
+    if any(isinstance(r, SpatialMask) for r in records.values()):
+        have.append("spatial")
+    if any(isinstance(r, ChannelGate) for r in records.values()):
+        have.append("channel")
+    if any(isinstance(r, SamplingGrid) for r in records.values()):
+        have.append("grid")
+    return have
+
+
+def pick_layer(records: dict[str, Record], kind: str, layer: str | None) -> str:
+    """The layer of ``kind`` to show: ``layer`` if valid, else the deepest (a clear error when none)."""
+    if kind not in KINDS:
+        raise UserError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}.")
+    if kind in ("query", "segmentation"):
+        names = list(click_layers(records))
+    else:
+        cls = {"spatial": SpatialMask, "channel": ChannelGate, "grid": SamplingGrid}[kind]
+        names = [n for n, r in records.items() if isinstance(r, cls)]
+    if not names:
+        if kind == "segmentation":
+            return ""
+        raise UserError(f"The model has no {KIND_HELP[kind]}. Kinds it has: {', '.join(kinds_of(records, 'classification')) or 'none'}.")
+    if layer is None:
+        return names[-1]
+    if layer not in names:
+        raise UserError(f"layer must be one of: {', '.join(names)} (for kind {kind}); got {layer!r}.")
+    return layer
+
+
+def frame_map(records: dict[str, Record], kind: str, layer: str, b: int, query: tuple[float, float], frame_hw: tuple[int, int]) -> np.ndarray:
+    """The map of sample ``b``: spatial mask, gate vector, or the query's row / reach (feature resolution)."""
+    rec = records.get(layer)
+    if kind == "spatial":
+        return rec.mask[b].numpy()  # type: ignore[union-attr]
+    if kind == "channel":
+        return rec.weights[b].numpy()  # type: ignore[union-attr]
+    cl = click_layers(records)[layer]
+    return click_map(cl, query[0], query[1], frame_hw, view=cl.default_view, batch=b).numpy()
+
+
+def labels_of(output: ModelOutput, b: int, hw: tuple[int, int]) -> np.ndarray:
+    """Segmentation: predicted class per pixel of sample ``b`` at ``hw``."""
+    return resized_labels(output.logits[b].float().cpu(), hw).numpy()

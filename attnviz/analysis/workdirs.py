@@ -1,0 +1,96 @@
+"""Folders for files handed to users (exports, videos): unique names, atomic writes, TTL and size cap.
+
+Every file gets a fresh name (``prefix_<random>.ext``) and is written to a temporary name in the same
+folder, then renamed, so concurrent requests never share or see a half-written file. :func:`cleanup`
+deletes files older than the TTL and, oldest first, whatever exceeds the size cap; it runs at start-up,
+then at most once a minute when new files are made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+TTL_S = float(os.environ.get("ATTNVIZ_WORK_TTL_S", "3600"))
+CAP_BYTES = int(float(os.environ.get("ATTNVIZ_WORK_CAP_MB", "2048")) * 2**20)
+ROOT = Path(os.environ.get("ATTNVIZ_WORK_DIR", Path(tempfile.gettempdir()) / "attnviz_work"))
+_lock = threading.Lock()
+_last_cleanup: dict[str, float] = {}
+
+
+def work_dir(name: str, root: Path | None = None) -> Path:
+    """The folder ``root/name`` (created when missing)."""
+    d = (root or ROOT) / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def unique_path(folder: Path, prefix: str, suffix: str) -> Path:
+    """A path in ``folder`` that no other request gets: ``prefix_<16 random hex>suffix``."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in prefix)[:60]
+    return folder / f"{safe}_{secrets.token_hex(8)}{suffix}"
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it to ``final`` on success, delete it on error."""
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    maybe_cleanup(final.parent)
+
+
+def cleanup(folder: Path, ttl_s: float = TTL_S, cap_bytes: int = CAP_BYTES, now: float | None = None) -> dict[str, int]:
+    """Delete files older than ``ttl_s`` and then the oldest until the folder fits ``cap_bytes``.
+
+    Returns:
+        ``{"deleted": n, "bytes": size left}``.
+    """
+    now = time.time() if now is None else now
+    files = []
+    for p in folder.rglob("*"):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        if p.is_file():
+            files.append((st.st_mtime, st.st_size, p))
+    deleted = 0
+    kept = []
+    for mtime, size, p in files:
+        stale_part = p.name.endswith(".part") and now - mtime > 60
+        if now - mtime > ttl_s or stale_part:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                deleted += 1
+        else:
+            kept.append((mtime, size, p))
+    total = sum(s for _, s, _ in kept)
+    for mtime, size, p in sorted(kept):
+        if total <= cap_bytes:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            deleted += 1
+            total -= size
+    return {"deleted": deleted, "bytes": total}
+
+
+def maybe_cleanup(folder: Path, every_s: float = 60.0) -> None:
+    """Run :func:`cleanup` on ``folder`` unless it ran less than ``every_s`` ago."""
+    key = str(folder)
+    with _lock:
+        if time.time() - _last_cleanup.get(key, 0.0) < every_s:
+            return
+        _last_cleanup[key] = time.time()
+    cleanup(folder)
