@@ -18,8 +18,10 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .adapters import AdapterSpec, find_adapter
-from .discovery import WATCHED, Frame, GateMode, class_uses_gates, classify, grid_record
+from .discovery import WATCHED, GateMode, class_uses_gates, grid_record
+from .provenance import Seen
 from .records import Record, SamplingGrid, keep
+from .tracker import Frame, Tracker
 
 Generic = Literal["auto", "all", "off"]
 
@@ -85,6 +87,9 @@ class Capture:
 
     Attributes:
         records: ``name -> Record`` in forward order; the k-th call of a module is ``name#k``.
+        seen: Watched ops of generic discovery that produced no record, each with the reason
+            (:class:`~attnviz.capture.provenance.Seen`): what was seen and not drawn.
+        looked_at: How many modules were examined, adapted and watched (for "found nothing" messages).
     """
 
     def __init__(self, model: nn.Module, generic: Generic = "auto") -> None:
@@ -93,6 +98,9 @@ class Capture:
         self.model = model
         self.generic = generic
         self.records: OrderedDict[str, Record] = OrderedDict()
+        self.seen: list[Seen] = []
+        self.looked_at: dict[str, int] = {}
+        self._tracker: Tracker | None = None
         self._handles: list[RemovableHandle] = []
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
@@ -102,6 +110,7 @@ class Capture:
         self._grids: dict[int, tuple[torch.Tensor, SamplingGrid]] = {}
         self._call_stacks: list[list[Any]] = []
         self._restore: list[Callable[[], None]] = []
+        self._modules: dict[str, nn.Module] = {}
         self._active = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -113,6 +122,7 @@ class Capture:
         self._active = True
         try:
             adapted, free = self._walk(target)
+            self.looked_at = {"modules": len(adapted) + len(free), "adapted": len(adapted), "watched": 0}
             for name, module, factory in adapted:
                 self._attach_one(name, module, factory(module))
             if self.generic != "off":
@@ -131,6 +141,7 @@ class Capture:
                 self._mode.__exit__(None, None, None)
         finally:
             self._mode = None
+            self._tracker = None
             for h in self._handles:
                 h.remove()
             self._handles.clear()
@@ -140,6 +151,7 @@ class Capture:
             self._stack.clear()
             self._grids.clear()
             self._call_stacks.clear()
+            self._modules.clear()
             self._active = False
 
     def _prepare(self, model: nn.Module) -> nn.Module:
@@ -162,6 +174,7 @@ class Capture:
         """Forget the records so far (e.g. between two forwards in one context)."""
         with self._lock:
             self.records.clear()
+            self.seen.clear()
             self._counts.clear()
 
     # ---- recording -------------------------------------------------------------------------------
@@ -249,21 +262,40 @@ class Capture:
         for n in candidates:
             parts = n.split(".") if n else []
             hooked.update(".".join(parts[:i]) for i in range(len(parts) + 1))
+        self.looked_at["watched"] = len(candidates)
         for name, module in free:
             if name in hooked:
                 self._attach_frame(name, module, False)
         for name, module, _ in adapted:  # frames that tell discovery "an adapter records this"
             self._attach_frame(name, module, True)
+        self._tracker = Tracker(self._emit_generic, self._seen)
         self._mode = GateMode(self._on_op)
         self._mode.__enter__()
 
+    def _seen(self, item: Seen) -> None:
+        with self._lock:
+            self.seen.append(item)
+
+    def _emit_generic(self, frame: Frame, suffix: str, rec: Record) -> None:
+        if any(f is frame for f in self._stack):
+            frame.pending.append((suffix, rec))  # emitted when the module returns (with its contribution)
+        else:
+            module = self._modules.get(frame.name)
+            self._emit(f"{frame.name}.{suffix}" if frame.name else suffix, rec, module if module is not None else nn.Identity(), "generic", None)
+
     def _attach_frame(self, name: str, module: nn.Module, adapted: bool) -> None:
+        self._modules[name] = module
+
         def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if not self._mine():
                 return
             if name == "":
                 self._stack.clear()  # a new top-level forward: drop frames left by an earlier exception
             x = _first_tensor(args, kwargs)
+            if self._tracker is not None:
+                for t in (*args, *kwargs.values()):
+                    if isinstance(t, torch.Tensor):
+                        self._tracker.label_input(t, top=name == "")
             x4 = x if x is not None and x.ndim == 4 else None
             self._stack.append(Frame(name=name, x=x4, adapted=adapted, version=_version(x4)))
 
@@ -271,6 +303,10 @@ class Capture:
             if not self._mine() or not self._stack or self._stack[-1].name != name:
                 return
             frame = self._stack.pop()
+            if self._tracker is not None:
+                self._tracker.label_output(frame.x, out)
+                if name == "" or not self._stack:
+                    self._tracker.finish()
             if not frame.pending:
                 return
             contrib = contribution(frame.x, out, frame.version)
@@ -280,12 +316,21 @@ class Capture:
         self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         self._handles.append(module.register_forward_hook(post, with_kwargs=True))
 
+    def _frame_for(self, args: tuple[Any, ...]) -> Frame | None:
+        """The module an op belongs to: the innermost call with a 4-D input that is not just a wrapper of the op."""
+        arg = args[0] if args else None
+        for f in reversed(self._stack):
+            if f.x is not None and f.x is not arg:
+                return f
+        return self._stack[-1] if self._stack else None
+
     def _on_op(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-        if not self._mine() or not self._stack or not isinstance(out, torch.Tensor):
+        if not self._mine() or not self._stack:
             return
-        if any(f.adapted for f in self._stack):
-            return  # an adapter already records this module exactly
-        if func in (torch.nn.functional.affine_grid, torch.nn.functional.grid_sample):
+        in_adapted = any(f.adapted for f in self._stack)
+        if func in WATCHED and isinstance(out, torch.Tensor):
+            if in_adapted:
+                return
             kind, rec = grid_record(func, args, kwargs, out)
             if kind == "affine_grid":
                 self._grids[id(out)] = (out, rec)
@@ -298,14 +343,8 @@ class Capture:
             elif rec is not None:
                 self._stack[-1].pending.append(("grid", rec))
             return
-        # the enclosing module: innermost 4-D call that is not just a wrapper of this op (nn.Sigmoid, ...)
-        arg = args[0] if args else None
-        frame = next((f for f in reversed(self._stack) if f.x is not None and f.x is not arg), None)
-        if frame is None:
-            return
-        rec = classify(func, out, frame.x)
-        if rec is not None:
-            frame.pending.append((rec.kind, rec))
+        if self._tracker is not None:
+            self._tracker.on_op(func, args, kwargs, out, self._frame_for(args), in_adapted)
 
 
 def capture(model: nn.Module, generic: Generic = "auto") -> Capture:
@@ -324,4 +363,4 @@ def capture(model: nn.Module, generic: Generic = "auto") -> Capture:
     return Capture(model, generic=generic)
 
 
-__all__ = ["Capture", "capture", "contribution", "unwrap", "WATCHED", "classify"]
+__all__ = ["Capture", "capture", "contribution", "unwrap", "WATCHED"]

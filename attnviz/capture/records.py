@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch.nn import functional as F
@@ -37,6 +37,7 @@ class Record(abc.ABC):
     module_type: str = ""
     source: str = "adapter"
     contribution: torch.Tensor | None = None
+    note: str = ""  # how the record was identified, or what it summarises
 
     @property
     @abc.abstractmethod
@@ -113,6 +114,9 @@ class Affinity(Record):
         rel_h, rel_w: Relative position tables ``(2H-1, d)`` and ``(2W-1, d)`` (BotNet) or None.
         scale_pos: Whether the relative logits are added before (True) or after (False) the scale.
         matrix: ``(B, heads, N, M)`` when captured whole.
+        mask: Additive float or boolean (True = keep) mask broadcastable to ``(B, heads, N, M)``
+            (``F.scaled_dot_product_attention``'s ``attn_mask``), or None.
+        causal: Key m is masked out for query n when m > n (``is_causal``).
     """
 
     kind: ClassVar[str] = "affinity"
@@ -126,6 +130,8 @@ class Affinity(Record):
     rel_w: torch.Tensor | None = None
     scale_pos: bool = False
     matrix: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    causal: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -164,6 +170,13 @@ class Affinity(Record):
                 logits = (logits + rel) * self.scale if self.scale_pos else logits * self.scale + rel
             else:
                 logits = logits * self.scale
+            if self.mask is not None:
+                m = self.mask
+                m = m.reshape((1,) * (4 - m.ndim) + tuple(m.shape))  # (B|1, heads|1, N|1, M)
+                mrow = m[min(batch, m.shape[0] - 1), :, min(n, m.shape[2] - 1)]  # (heads|1, M)
+                logits = logits.masked_fill(~mrow, float("-inf")) if mrow.dtype == torch.bool else logits + mrow
+            if self.causal:
+                logits[:, n + 1 :] = float("-inf")
             rows = F.softmax(logits, dim=-1) if self.normalize == "softmax" else logits / logits.shape[-1]
         out = rows.mean(0) if head is None else rows[head]
         return out.reshape(self.key_hw)
@@ -309,6 +322,129 @@ class RegionAttention(Record):
         return torch.einsum("k,khw->hw", p, self.region_maps[batch])
 
 
+@dataclass(eq=False, kw_only=True)
+class AxisGate(Record):
+    """A gate over channels × one image axis (coordinate attention's H and W factors, Triplet's branches).
+
+    Attributes:
+        weights: ``(B, C, L)``: the gate of channel c at row (``axes[1] == "h"``) or column ``l``.
+        axes: ``("c", "h")`` or ``("c", "w")``.
+    """
+
+    kind: ClassVar[str] = "axis_gate"
+    weights: torch.Tensor
+    axes: tuple[str, str] = ("c", "h")
+
+    @property
+    def batch_size(self) -> int:
+        return self.weights.shape[0]
+
+
+@dataclass(eq=False, kw_only=True)
+class WindowAffinity(Record):
+    """Window-local attention (windows or dilated grids folded into the batch), placed back on the image.
+
+    The weights are kept with the atoms of their axes (see :mod:`attnviz.capture.provenance`): the batch
+    axis holds ``b`` and the window index atoms, the query and key axes the within-window atoms; together
+    they give every query's and key's row and column exactly.
+
+    Attributes:
+        weights: ``(*lead, Nq, Nk)`` with ``lead`` the sizes of ``lead_atoms``.
+        lead_atoms, query_atoms, key_atoms: ``(name, size)`` of each atom, row-major.
+    """
+
+    kind: ClassVar[str] = "window"
+    weights: torch.Tensor
+    lead_atoms: list[tuple[str, int]]
+    query_atoms: list[tuple[str, int]]
+    key_atoms: list[tuple[str, int]]
+
+    @property
+    def batch_size(self) -> int:
+        return self.weights.shape[0]
+
+    def _radix(self, base: str) -> list[tuple[str, int, str]]:
+        """Every atom of ``base`` (h or w) with its place: ``(name, size, where)``, outermost first."""
+        from .provenance import _SPLIT  # noqa: PLC0415
+
+        def key(name: str) -> tuple[int, ...]:
+            return tuple(0 if p.endswith("o]") else 1 for p in name.split("[")[1:])
+
+        found = [(n, s, "lead") for n, s in self.lead_atoms if n.split("[")[0] == base]
+        found += [(n, s, "q") for n, s in self.query_atoms if n.split("[")[0] == base]
+        _ = _SPLIT
+        return sorted(found, key=lambda t: key(t[0]))
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """The grid (H, W) the windows tile."""
+        return (int(torch.tensor([s for _, s, _ in self._radix("h")]).prod()), int(torch.tensor([s for _, s, _ in self._radix("w")]).prod()))
+
+    def validate(self) -> None:
+        """Raise ValueError unless queries and keys tile the same grid window by window."""
+        qn = sorted(n for n, _ in self.query_atoms)
+        kn = sorted(n for n, _ in self.key_atoms)
+        if qn != kn:
+            raise ValueError("keys and queries come from different windows (e.g. halo windows)")
+        if any(n.split("[")[0] not in ("h", "w", "b") and n.split("[")[0] != "c" for n, _ in self.lead_atoms):
+            raise ValueError("an unknown axis is folded into the batch")
+
+    def _index(self, atoms: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        """For every flat index of an axis made of ``atoms``: the digit of each atom."""
+        sizes = [s for _, s in atoms]
+        n = int(torch.tensor(sizes).prod()) if sizes else 1
+        flat = torch.arange(n)
+        out = {}
+        for i, (name, s) in enumerate(atoms):
+            inner = int(torch.tensor(sizes[i + 1 :]).prod()) if i + 1 < len(sizes) else 1
+            out[name] = (flat // inner) % s
+        return out
+
+    def row(self, y: int, x: int, batch: int = 0, head: int | None = None) -> torch.Tensor:
+        """The query (y, x)'s attention over the image ``(H, W)``: its window's keys at their own pixels, 0 elsewhere."""
+        H, W = self.hw
+        if not (0 <= y < H and 0 <= x < W):
+            raise IndexError(f"query ({y}, {x}) is outside the {H}×{W} grid of {self.name}")
+        digits: dict[str, int] = {}
+        for base, coord in (("h", y), ("w", x)):
+            rem = coord
+            radix = self._radix(base)
+            for j, (name, s, _) in enumerate(radix):
+                inner = int(torch.tensor([t[1] for t in radix[j + 1 :]]).prod()) if j + 1 < len(radix) else 1
+                digits[name] = (rem // inner) % s
+        lead_idx: list[Any] = []
+        head_dims = []
+        for d, (name, s) in enumerate(self.lead_atoms):
+            if name == "b":
+                lead_idx.append(batch)
+            elif name in digits:
+                lead_idx.append(digits[name])
+            else:
+                lead_idx.append(slice(None))
+                head_dims.append(d)
+        qi = self._index(self.query_atoms)
+        qflat = torch.ones(len(next(iter(qi.values()))) if qi else 1, dtype=torch.bool)
+        for name, vals in qi.items():
+            qflat &= vals == digits[name]
+        q = int(qflat.nonzero()[0])
+        w = self.weights[tuple(lead_idx)]  # (*heads, Nq, Nk)
+        w = w[..., q, :]
+        w = w.reshape(-1, w.shape[-1])
+        w = w.mean(0) if head is None else w[head]
+        ki = self._index(self.key_atoms)
+        ys = torch.zeros(w.shape[0], dtype=torch.long)
+        xs = torch.zeros(w.shape[0], dtype=torch.long)
+        for base, target in (("h", ys), ("w", xs)):
+            radix = self._radix(base)
+            for j, (name, s, _) in enumerate(radix):
+                inner = int(torch.tensor([t[1] for t in radix[j + 1 :]]).prod()) if j + 1 < len(radix) else 1
+                digit = ki[name] if name in ki else torch.full((w.shape[0],), digits[name])
+                target += digit * inner
+        out = torch.zeros(H, W)
+        out[ys, xs] = w
+        return out
+
+
 RECORD_TYPES: tuple[type[Record], ...] = (
-    ChannelGate, SpatialMask, BranchWeights, ChannelAffinity, Affinity, CrissCross, SamplingGrid, RegionAttention,
+    ChannelGate, SpatialMask, BranchWeights, ChannelAffinity, Affinity, CrissCross, SamplingGrid, RegionAttention, AxisGate, WindowAffinity,
 )

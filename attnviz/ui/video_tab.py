@@ -23,7 +23,7 @@ from ..analysis.frames import KIND_HELP, kinds_of
 from ..analysis.workdirs import unique_path, work_dir
 from .examples import EXAMPLES, Example
 
-STALE_S = 10.0  # the worker stops when nobody pulled progress for this long (client gone)
+STALE_S = 3.0  # the worker stops when nobody pulled progress for this long (cancelled, or the client is gone)
 
 
 @dataclass

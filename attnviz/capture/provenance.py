@@ -1,0 +1,448 @@
+"""Provenance: what each axis of a tensor *is*, followed through the ops of a forward pass.
+
+Generic discovery decides what a gate or an attention matrix is from where its output goes and where its
+axes come from, never from a shape coincidence. Every tensor derived from the model input carries axis
+labels; an axis label is a tuple of *atoms* ``(grid, name, size)`` in row-major order: ``name`` is
+``"b"`` (the batch; grid 0 for every tensor), ``"c"`` (channels of a grid), ``"h"`` / ``"w"`` (rows and
+columns of a grid of image positions), or a split part of one of them (``"h[4o]"`` is the outer factor
+of size 4 of ``h``, ``"h[8i]"`` the inner one). Labels follow views, reshapes, permutes, flattens,
+splits, matmuls, einsums, elementwise ops and reductions; 4-D feature maps entering or leaving a module
+without labels get fresh NCHW labels (a new grid), so convolutional stages stay labelled.
+
+With labels, the questions of generic discovery have exact answers: a sigmoid that multiplies a feature
+map is a channel gate if it varies along ``c`` only, a spatial mask if along ``h, w`` only; a softmax
+contracted by a matmul against values is attention whose key axis is positions of a grid (or a window
+of one, or regions); heads, groups and windows folded into the batch are atoms next to ``b``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+Atom = tuple[int, str, int]  # (grid, name, size)
+Axis = tuple[Atom, ...] | None  # None: unknown
+Labels = tuple[Axis, ...]
+
+BATCH_GRID = 0
+_grid_ids = itertools.count(1)
+_SPLIT = re.compile(r"^(?P<base>.+)\[(?P<size>\d+)(?P<part>[oi])\]$")
+
+
+def new_grid() -> int:
+    """A fresh grid id."""
+    return next(_grid_ids)
+
+
+def nchw(shape: Sequence[int], grid: int | None = None, batch: bool = True) -> Labels:
+    """Labels of an NCHW feature map on ``grid`` (a new one by default)."""
+    b, c, h, w = (int(s) for s in shape)
+    g = grid if grid is not None else new_grid()
+    return (((BATCH_GRID, "b", b),) if batch else None, ((g, "c", c),), ((g, "h", h),) if h > 1 else None, ((g, "w", w),) if w > 1 else None)
+
+
+def size_of(axis: Axis) -> int:
+    """Product of an axis' atom sizes (1 for an empty axis)."""
+    n = 1
+    for a in axis or ():
+        n *= a[2]
+    return n
+
+
+def merge_atoms(atoms: Sequence[Atom]) -> tuple[Atom, ...]:
+    """Re-join adjacent split parts ``x[ao], x[bi]`` into ``x`` (repeatedly)."""
+    out: list[Atom] = []
+    for a in atoms:
+        out.append(a)
+        while len(out) >= 2:
+            (g1, n1, s1), (g2, n2, s2) = out[-2], out[-1]
+            m1, m2 = _SPLIT.match(n1), _SPLIT.match(n2)
+            if g1 == g2 and m1 and m2 and m1["part"] == "o" and m2["part"] == "i" and m1["base"] == m2["base"] \
+                    and int(m1["size"]) == s1 and int(m2["size"]) == s2:
+                out[-2:] = [(g1, m1["base"], s1 * s2)]
+            else:
+                break
+    return tuple(a for a in out if a[2] != 1)
+
+
+def _split(atom: Atom, outer: int) -> tuple[Atom, Atom]:
+    g, n, s = atom
+    return (g, f"{n}[{outer}o]", outer), (g, f"{n}[{s // outer}i]", s // outer)
+
+
+def reshape_labels(labels: Labels | None, old: Sequence[int], new: Sequence[int]) -> Labels | None:
+    """Labels after ``reshape(new)`` of a tensor of shape ``old``; None when atoms cannot be followed."""
+    if labels is None:
+        return None
+    atoms: list[Atom | None] = []
+    for ax, s in zip(labels, old):
+        if s == 1:
+            continue
+        if ax is None:
+            atoms.append((-1, f"?{id(ax)}:{len(atoms)}", int(s)))  # an opaque run of unknown meaning
+        else:
+            atoms.extend(ax)
+    out: list[Axis] = []
+    i = 0
+    for t in new:
+        t = int(t)
+        if t == 1:
+            out.append(None)
+            continue
+        got: list[Atom] = []
+        prod = 1
+        while prod < t:
+            if i >= len(atoms):
+                return None
+            a = atoms[i]
+            assert a is not None
+            if prod * a[2] <= t:
+                got.append(a)
+                prod *= a[2]
+                i += 1
+            else:
+                need = t // prod
+                if t % prod or a[2] % need:
+                    return None
+                first, rest = _split(a, need)
+                got.append(first)
+                atoms[i] = rest
+                prod *= need
+        if prod != t:
+            return None
+        merged = merge_atoms(got)
+        out.append(None if any(g == -1 for g, _, _ in merged) else merged)
+    if i != len(atoms):
+        return None
+    return tuple(out)
+
+
+def _norm_dim(d: int, n: int) -> int:
+    return d + n if d < 0 else d
+
+
+def broadcast_labels(shapes: Sequence[Sequence[int]], labels: Sequence[Labels | None], out_shape: Sequence[int]) -> Labels | None:
+    """Labels of an elementwise result: per axis, the label of an operand whose size matches the output."""
+    n = len(out_shape)
+    res: list[Axis] = []
+    for k in range(n):
+        lab: Axis = None
+        for s, lb in zip(shapes, labels):
+            j = k - (n - len(s))
+            if j < 0 or lb is None:
+                continue
+            if int(s[j]) == int(out_shape[k]) and lb[j] is not None:
+                if lab is None or is_broadcast(lab):
+                    lab = lb[j]
+                if not is_broadcast(lab):
+                    break
+        res.append(lab)
+    return tuple(res) if any(r is not None for r in res) else None
+
+
+def is_broadcast(axis: Axis) -> bool:
+    """Whether an axis was made by broadcasting (``expand``): the values are constant along it."""
+    return bool(axis) and all(a[1] == "bcast" for a in axis)  # type: ignore[union-attr]
+
+
+def positions(axis: Axis) -> tuple[int, int, int] | None:
+    """(grid, H, W) when an axis is exactly the image positions of a grid (row-major), else None."""
+    if not axis:
+        return None
+    atoms = merge_atoms(axis)
+    if len(atoms) == 2 and atoms[0][0] == atoms[1][0] and atoms[0][1] == "h" and atoms[1][1] == "w":
+        return atoms[0][0], atoms[0][2], atoms[1][2]
+    if len(atoms) == 1 and atoms[0][1] in ("h", "w"):  # a map with one side of length 1
+        g, n, s = atoms[0]
+        return (g, s, 1) if n == "h" else (g, 1, s)
+    return None
+
+
+def is_channels(axis: Axis) -> bool:
+    """Whether an axis holds (a part of) the channels of one grid."""
+    return bool(axis) and all(a[1].split("[")[0] == "c" for a in axis)  # type: ignore[union-attr]
+
+
+def spatial_atoms(axis: Axis) -> bool:
+    """Whether every atom of an axis is a row / column part of one grid."""
+    return bool(axis) and all(a[1].split("[")[0] in ("h", "w") for a in axis) and len({a[0] for a in axis}) == 1  # type: ignore[union-attr]
+
+
+def batch_fold(axis: Axis) -> tuple[Atom, ...] | None:
+    """The atoms folded into a batch axis after ``b`` (heads, groups, windows), or None if it is no batch axis."""
+    if not axis or axis[0][1] != "b":
+        return None
+    return axis[1:]
+
+
+# ---------------------------------------------------------------------------------------------- op rules
+_SHAPE_SAME = {
+    "contiguous", "clone", "detach", "float", "half", "double", "to", "type_as", "cpu", "cuda", "requires_grad_", "bfloat16",
+    "relu", "relu_", "gelu", "silu", "sigmoid", "sigmoid_", "tanh", "exp", "log", "neg", "abs", "sqrt", "rsqrt", "pow", "clamp", "clamp_min",
+    "clamp_max", "hardsigmoid", "hardswish", "hardtanh", "relu6", "leaky_relu", "elu", "mish", "dropout", "dropout2d", "softmax", "log_softmax",
+    "batch_norm", "layer_norm", "group_norm", "instance_norm", "local_response_norm", "normalize", "sign", "square", "reciprocal",
+    "softplus", "erf", "sin", "cos", "floor", "round", "nan_to_num", "selu", "celu", "prelu", "rms_norm", "logsigmoid", "softsign",
+}
+_BINARY = {"add", "sub", "mul", "div", "true_divide", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+           "__rtruediv__", "add_", "sub_", "mul_", "div_", "__iadd__", "__isub__", "__imul__", "__itruediv__", "maximum", "minimum",
+           "where", "addcmul", "lerp", "masked_fill", "masked_fill_", "__pow__", "rsub"}
+_REDUCE = {"sum", "mean", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod", "argmax", "argmin", "median"}
+
+
+def func_name(func: Any) -> str:
+    """Short name of a torch function or method (``Tensor.view`` → ``view``)."""
+    return getattr(func, "__name__", "") or ""
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    return []
+
+
+def _shape_arg(args: tuple[Any, ...], start: int) -> list[int]:
+    rest = args[start:]
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple, torch.Size)):
+        rest = tuple(rest[0])
+    return [int(v) for v in rest]
+
+
+def _resolve(shape: list[int], numel: int) -> list[int]:
+    if -1 in shape:
+        known = 1
+        for s in shape:
+            if s != -1:
+                known *= s
+        shape = [numel // max(known, 1) if s == -1 else s for s in shape]
+    return shape
+
+
+def _einsum_labels(eq: str, ops: Sequence[torch.Tensor], labels: Sequence[Labels | None]) -> Labels | None:
+    eq = eq.replace(" ", "")
+    if "->" not in eq or "..." in eq:
+        return None
+    lhs, rhs = eq.split("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ops):
+        return None
+    found: dict[str, Axis] = {}
+    for term, lb in zip(terms, labels):
+        if lb is None or len(term) != len(lb):
+            continue
+        for ch, ax in zip(term, lb):
+            if ch in string.ascii_letters and found.get(ch) is None:
+                found[ch] = ax
+    out = tuple(found.get(ch) for ch in rhs)
+    return out if any(o is not None for o in out) else None
+
+
+def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Any) -> Labels | None:
+    """Labels of ``out`` (a tensor) from the labels of the inputs (``get(t)``), or None when unknown."""
+    x = args[0] if args else kwargs.get("input")
+    xl = get(x) if isinstance(x, torch.Tensor) else None
+    oshape = list(out.shape)
+    if name in _SHAPE_SAME or name in ("expand", "expand_as", "broadcast_to"):
+        if name in ("expand", "expand_as", "broadcast_to") and xl is not None:
+            n = len(oshape)
+            pad = tuple(((BATCH_GRID, "bcast", int(o)),) if o > 1 else None for o in oshape[: n - len(xl)])
+            return pad + tuple(ax if int(s) == int(o) else ((BATCH_GRID, "bcast", int(o)),) for ax, s, o in zip(xl, list(x.shape), oshape[n - len(xl):]))
+        return xl if xl is not None and len(xl) == len(oshape) else None
+    if name in ("view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze", "squeeze_", "unsqueeze_"):
+        return reshape_labels(xl, list(x.shape), oshape) if xl is not None else None
+    if name in ("permute", "movedim"):
+        if xl is None:
+            return None
+        if name == "permute":
+            dims = _shape_arg(args, 1) if len(args) > 1 else list(kwargs.get("dims", []))
+        else:
+            src, dst = args[1], args[2]
+            order = list(range(len(xl)))
+            src_l = [src] if isinstance(src, int) else list(src)
+            dst_l = [dst] if isinstance(dst, int) else list(dst)
+            moved = [order[_norm_dim(s, len(xl))] for s in src_l]
+            rest = [o for o in order if o not in moved]
+            dims = [0] * len(xl)
+            for d, m in zip(dst_l, moved):
+                dims[_norm_dim(d, len(xl))] = m
+            it = iter(rest)
+            dims = [d if i in {_norm_dim(v, len(xl)) for v in dst_l} else next(it) for i, d in enumerate(dims)]
+        return tuple(xl[_norm_dim(d, len(xl))] for d in dims)
+    if name in ("transpose", "swapaxes", "swapdims", "t", "mT"):
+        if xl is None:
+            return None
+        if name in ("t", "mT"):
+            d0, d1 = len(xl) - 2, len(xl) - 1
+        else:
+            d0, d1 = _norm_dim(int(args[1] if len(args) > 1 else kwargs["dim0"]), len(xl)), _norm_dim(int(args[2] if len(args) > 2 else kwargs["dim1"]), len(xl))
+        lb = list(xl)
+        lb[d0], lb[d1] = lb[d1], lb[d0]
+        return tuple(lb)
+    if name in ("matmul", "bmm", "__matmul__", "__rmatmul__", "baddbmm"):
+        a, b = (args[1], args[0]) if name == "__rmatmul__" else (args[0], args[1])
+        if name == "baddbmm":
+            a, b = args[1], args[2]
+        al, bl = get(a), get(b)
+        if a.ndim < 2 or b.ndim < 2:
+            return None
+        n = len(oshape)
+        batch: list[Axis] = []
+        for k in range(n - 2):
+            lab = None
+            for t, tl in ((a, al), (b, bl)):
+                j = k - (n - t.ndim)
+                if tl is not None and j >= 0 and int(t.shape[j]) == oshape[k]:
+                    lab = tl[j]
+                    if lab is not None:
+                        break
+            batch.append(lab)
+        res = (*batch, al[-2] if al is not None else None, bl[-1] if bl is not None else None)
+        return res if any(r is not None for r in res) else None
+    if name == "einsum":
+        eq = args[0]
+        ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+        return _einsum_labels(eq, ops, [get(t) for t in ops])
+    if name in _BINARY:
+        ts = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+        return broadcast_labels([list(t.shape) for t in ts], [get(t) for t in ts], oshape)
+    if name in _REDUCE:
+        if xl is None:
+            return None
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        keep = bool(args[2] if len(args) > 2 and isinstance(args[2], bool) else kwargs.get("keepdim", False))
+        if dim is None:
+            return None
+        dims = {_norm_dim(int(d), len(xl)) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
+        if keep:
+            return tuple(None if i in dims else ax for i, ax in enumerate(xl))
+        return tuple(ax for i, ax in enumerate(xl) if i not in dims) or None
+    if name in ("conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate", "conv_transpose2d",
+                "lp_pool2d", "pixel_shuffle", "pixel_unshuffle", "pad", "upsample", "upsample_bilinear", "upsample_nearest"):
+        if xl is None or x.ndim != 4 or len(oshape) != 4:
+            return None
+        keep_c = name not in ("conv2d", "conv_transpose2d", "pixel_shuffle", "pixel_unshuffle")
+        same_hw = list(x.shape[2:]) == oshape[2:] and name != "pad"
+        g = new_grid()
+        c = xl[1] if keep_c and int(x.shape[1]) == oshape[1] else ((g, "c", oshape[1]),)
+        if same_hw:
+            return (xl[0], c, xl[2], xl[3])
+        return (xl[0], c, ((g, "h", oshape[2]),) if oshape[2] > 1 else None, ((g, "w", oshape[3]),) if oshape[3] > 1 else None)
+    if name == "__getitem__":
+        if xl is None:
+            return None
+        idx = args[1] if len(args) > 1 else None
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if any(isinstance(i, (torch.Tensor, list)) for i in idx):
+            return None
+        n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+        res: list[Axis] = []
+        d = 0
+        for i in idx:
+            if i is Ellipsis:
+                for _ in range(len(xl) - n_real):
+                    res.append(xl[d])
+                    d += 1
+            elif i is None:
+                res.append(None)
+            elif isinstance(i, int):
+                d += 1
+            elif isinstance(i, slice):
+                full = i == slice(None) or (i.start in (None, 0) and i.stop is None and i.step in (None, 1))
+                ax = xl[d]
+                if full:
+                    res.append(ax)
+                else:
+                    res.append(((new_grid(), "c", 0),) if is_channels(ax) else None)  # sized below
+                d += 1
+            else:
+                return None
+        res.extend(xl[d:])
+        if len(res) != len(oshape):
+            return None
+        return tuple(((ax[0][0], "c", int(o)),) if ax and ax[0][1] == "c" and ax[0][2] == 0 else ax for ax, o in zip(res, oshape))
+    if name in ("cat", "concat", "concatenate"):
+        ts = args[0] if args else kwargs.get("tensors")
+        dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0))
+        if not ts:
+            return None
+        lbs = [get(t) for t in ts]
+        if lbs[0] is None:
+            return None
+        d = _norm_dim(dim, len(lbs[0]))
+        res = list(lbs[0])
+        parts = [lb[d] if lb is not None else None for lb in lbs]
+        if len(parts) == 2 and all(p is not None and len(p) == 1 for p in parts):  # criss-cross keys: a column and a row
+            (g1, n1, s1), (g2, n2, s2) = parts[0][0], parts[1][0]  # type: ignore[index]
+            if g1 == g2 and (n1, n2) == ("h", "w"):
+                res[d] = ((g1, "cross", s1 + s2),)
+                return tuple(res)
+        if all(p is not None and is_channels(p) for p in parts):  # channels joined: the channels of a new grid
+            res[d] = ((new_grid(), "c", int(oshape[d])),)
+            return tuple(res)
+        res[d] = None
+        return tuple(res)
+    if name == "linear":
+        if xl is None:
+            return None
+        return (*xl[:-1], ((new_grid(), "c", oshape[-1]),))
+    return None
+
+
+def propagate_multi(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], outs: Sequence[torch.Tensor], get: Any) -> list[Labels | None]:
+    """Labels of each output of a multi-output op (chunk, split, unbind, max with dim, ...)."""
+    x = args[0] if args else kwargs.get("input")
+    xl = get(x) if isinstance(x, torch.Tensor) else None
+    if xl is None:
+        return [None] * len(outs)
+    if name in ("chunk", "split", "tensor_split", "split_with_sizes"):
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+        d = _norm_dim(int(dim), len(xl))
+        res = []
+        for o in outs:
+            lb = list(xl)
+            if int(o.shape[d]) != int(x.shape[d]):
+                ax = xl[d]
+                lb[d] = ((new_grid(), "c", int(o.shape[d])),) if is_channels(ax) else None  # part of the channels stays channels
+            res.append(tuple(lb))
+        return res
+    if name == "unbind":
+        dim = _norm_dim(int(args[1] if len(args) > 1 else kwargs.get("dim", 0)), len(xl))
+        return [tuple(ax for i, ax in enumerate(xl) if i != dim) for _ in outs]
+    if name in ("max", "min", "sort", "topk", "median", "mode", "aminmax"):
+        lab = propagate("amax" if name in ("max", "min") else name, args, kwargs, outs[0], lambda t: xl if t is x else None)
+        return [lab, lab] + [None] * (len(outs) - 2)
+    return [None] * len(outs)
+
+
+@dataclass
+class Seen:
+    """A watched op that produced no record, with the reason (shown by ``inspect`` and the app)."""
+
+    module: str
+    op: str
+    shape: tuple[int, ...]
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"module": self.module, "op": self.op, "shape": list(self.shape), "reason": self.reason}
+
+
+@dataclass
+class Candidate:
+    """A gate or attention-weight tensor waiting to see where it goes."""
+
+    op: str  # sigmoid / hardsigmoid / softmax / normalized
+    source: torch.Tensor
+    frame: Any
+    dim: int | None = None  # the softmax (normalised) axis of ``source``
+    qk: tuple[torch.Tensor, torch.Tensor, float] | None = None  # (queries, keys, scale) when the logits are exactly scale · Q @ K
+    used: bool = False
+    reasons: list[str] = field(default_factory=list)
+    arg: Any = None  # the op's input (a gate computed from the very tensor it multiplies is an activation)

@@ -1,0 +1,672 @@
+"""Generic discovery by provenance: follow gate and attention tensors to where they are used.
+
+The :class:`Tracker` sees every torch call of a captured forward (through a ``TorchFunctionMode``), keeps
+axis labels (:mod:`attnviz.capture.provenance`) for every tensor, remembers *candidates* (sigmoid,
+hard-sigmoid, softmax outputs, and matmul logits normalised by their key count) and decides what each one
+is when it is consumed:
+
+- multiplied into a labelled feature map: a channel gate (varies along channels only), a spatial mask
+  (along the rows and columns of a grid), an axis gate (channels × rows or channels × columns: coordinate
+  attention, Triplet's cross-dimension branches), branch weights (a softmax across stacked branches), or
+  — for a gate that varies over channels and positions — its channel mean as a spatial mask;
+- contracted against values by a matmul / bmm / einsum: attention of query positions over key positions
+  (image-wide or window-local, per head), attention pooling (one query), channel affinity, or
+  pixel → region attention when the keys are soft regions pooled by an earlier softmax;
+- ``F.scaled_dot_product_attention``: attention with its queries, keys, mask and scale kept (lazy rows).
+
+Whatever cannot be placed exactly is reported as *seen, not drawn* with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from .provenance import (
+    BATCH_GRID,
+    Axis,
+    Candidate,
+    Labels,
+    Seen,
+    func_name,
+    is_broadcast,
+    is_channels,
+    merge_atoms,
+    nchw,
+    new_grid,
+    positions,
+    propagate,
+    propagate_multi,
+    size_of,
+)
+from .records import (
+    Affinity,
+    AxisGate,
+    BranchWeights,
+    ChannelAffinity,
+    ChannelGate,
+    CrissCross,
+    Record,
+    RegionAttention,
+    SpatialMask,
+    WindowAffinity,
+    keep,
+)
+
+MAX_MATRIX = 8_000_000  # largest attention matrix (elements) kept whole when rows cannot be recomputed from Q and K
+GATES = {"sigmoid", "sigmoid_", "hardsigmoid", "expit"}
+SOFTMAXES = {"softmax"}
+MULS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__", "multiply"}
+MATMULS = {"matmul", "bmm", "__matmul__", "__rmatmul__", "einsum", "baddbmm"}
+SCALAR_OPS = {"mul", "__mul__", "__rmul__", "div", "__truediv__", "add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "true_divide",
+              "mul_", "div_", "add_", "sub_", "__imul__", "__itruediv__", "__iadd__", "__isub__"}
+SHAPE_OPS = {"view", "reshape", "permute", "transpose", "contiguous", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "unflatten",
+             "clone", "detach", "to", "float", "half", "broadcast_to", "view_as", "reshape_as", "movedim", "swapaxes", "type_as", "mT", "t"}
+
+
+def _base(name: str) -> str:
+    return name.split("[")[0]
+
+
+def _sort_key(atom: tuple[int, str, int]) -> tuple[Any, ...]:
+    """Row-major order of the split parts of one base axis ('o' before 'i' at every level)."""
+    parts = atom[1].split("[")[1:]
+    return tuple(0 if p.endswith("o]") else 1 for p in parts)
+
+
+def canonical(t: torch.Tensor, labels: Labels, want: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, int]] | None:
+    """Rearrange ``t`` so its dims are the bases in ``want`` (each base's split parts re-joined in row-major order).
+
+    Dims whose atoms are not among ``want`` must be size 1 or broadcast (stride 0); they are dropped.
+    Returns the tensor and each base's size, or None when the atoms do not fit together.
+    """
+    if len(labels) != t.ndim:
+        return None
+    x = t
+    drop = []
+    for k in range(t.ndim - 1, -1, -1):
+        ax = labels[k]
+        if t.shape[k] == 1 or t.stride(k) == 0 or not ax or not any(_base(a[1]) in want for a in ax):
+            if t.shape[k] > 1 and t.stride(k) != 0 and ax and not all(a[1] == "bcast" for a in ax):
+                return None  # a varying axis we were not asked about
+            x = x.select(k, 0)
+            drop.append(k)
+    kept = [labels[k] for k in range(t.ndim) if k not in drop]
+    atoms: list[tuple[int, str, int]] = []
+    for ax in kept:
+        atoms.extend(ax)  # type: ignore[arg-type]
+    x = x.reshape([a[2] for a in atoms]) if atoms else x.reshape(())
+    order = []
+    for base in want:
+        mine = [i for i, a in enumerate(atoms) if _base(a[1]) == base]
+        grids: list[int] = []
+        for i in mine:  # parts of one grid in row-major split order; different grids in order of appearance
+            if atoms[i][0] not in grids:
+                grids.append(atoms[i][0])
+        order.extend(sorted(mine, key=lambda i: (grids.index(atoms[i][0]), _sort_key(atoms[i]))))
+    if len(order) != len(atoms):
+        return None
+    x = x.permute(order) if order else x
+    sizes = {base: math.prod(atoms[i][2] for i in order if _base(atoms[i][1]) == base) for base in want}
+    return x.reshape([sizes[b] for b in want]), sizes  # a base without atoms (e.g. a batch of 1) is a dim of size 1
+
+
+@dataclass
+class Frame:
+    """One module call on the discovery stack."""
+
+    name: str
+    x: torch.Tensor | None  # the call's first tensor input when it is 4-D
+    adapted: bool = False
+    pending: list[tuple[str, Record]] = field(default_factory=list)
+    version: int | None = None
+
+
+@dataclass
+class _Derived:
+    cand: Candidate
+    changed: bool  # values changed by scalar affine ops (e.g. 1 + gate): record the source's values
+
+
+class Tracker:
+    """Labels, candidates and decisions for one captured forward (single thread)."""
+
+    def __init__(self, emit: Callable[[Frame, str, Record], None], seen: Callable[[Seen], None]) -> None:
+        self.emit = emit
+        self.report_seen = seen
+        self._labels: dict[int, tuple[weakref.ref, Labels]] = {}
+        self._derived: dict[int, tuple[weakref.ref, _Derived]] = {}
+        self._logits: dict[int, tuple[weakref.ref, torch.Tensor, torch.Tensor, float]] = {}
+        self._regions: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}  # region grid id -> (maps (B, K, H, W), hw)
+        self.cands: list[Candidate] = []
+        self.batch: int | None = None
+
+    # ---- labels
+    def get(self, t: Any) -> Labels | None:
+        if not isinstance(t, torch.Tensor):
+            return None
+        hit = self._labels.get(id(t))
+        if hit is None or hit[0]() is not t:
+            return None
+        lb = hit[1]
+        return lb if len(lb) == t.ndim else None
+
+    def set(self, t: torch.Tensor, labels: Labels | None) -> None:
+        if labels is None or len(labels) != t.ndim:
+            return
+        try:
+            self._labels[id(t)] = (weakref.ref(t), labels)
+        except TypeError:
+            pass
+
+    def label_input(self, x: torch.Tensor, top: bool) -> None:
+        """Fresh NCHW labels for a 4-D tensor entering a module without labels (the model input at the top)."""
+        if x.ndim == 4 and self.get(x) is None and x.is_floating_point():
+            if top or self.batch is None:
+                self.batch = int(x.shape[0])
+            self.set(x, nchw(x.shape, batch=int(x.shape[0]) == self.batch))
+
+    def label_output(self, x: torch.Tensor | None, out: Any) -> None:
+        """A module's 4-D output without labels keeps its input's batch and (if the size agrees) its grid."""
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or self.get(out) is not None or not out.is_floating_point():
+            return
+        xl = self.get(x) if x is not None else None
+        if xl is not None and x is not None and x.ndim == 4 and x.shape[0] == out.shape[0]:
+            g = new_grid()
+            same = tuple(x.shape[2:]) == tuple(out.shape[2:])
+            h = xl[2] if same else (((g, "h", int(out.shape[2])),) if out.shape[2] > 1 else None)
+            w = xl[3] if same else (((g, "w", int(out.shape[3])),) if out.shape[3] > 1 else None)
+            self.set(out, (xl[0], ((g, "c", int(out.shape[1])),), h, w))
+        else:
+            self.set(out, nchw(out.shape, batch=int(out.shape[0]) == self.batch))
+
+    def _derive(self, t: Any) -> _Derived | None:
+        if not isinstance(t, torch.Tensor):
+            return None
+        hit = self._derived.get(id(t))
+        if hit is None or hit[0]() is not t:
+            return None
+        return hit[1]
+
+    def _mark(self, t: torch.Tensor, d: _Derived) -> None:
+        try:
+            self._derived[id(t)] = (weakref.ref(t), d)
+        except TypeError:
+            pass
+
+    # ---- the op hook
+    def on_op(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame | None, in_adapted: bool) -> None:
+        name = func_name(func)
+        if name == "scaled_dot_product_attention":
+            if frame is not None and not in_adapted:
+                self._sdpa(args, kwargs, out, frame)
+            return
+        if name == "stack" and isinstance(out, torch.Tensor):
+            self._stack(args, kwargs, out)
+            return
+        # labels
+        if isinstance(out, torch.Tensor):
+            if name not in ("sigmoid_",) or self.get(out) is None:
+                self.set(out, propagate(name, args, kwargs, out, self.get))
+        elif isinstance(out, (tuple, list)) and out and all(isinstance(o, torch.Tensor) for o in out):
+            for o, lb in zip(out, propagate_multi(name, args, kwargs, list(out), self.get)):
+                self.set(o, lb)
+        if frame is None or in_adapted:
+            return
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        derived = [(t, self._derive(t)) for t in tensors]
+        derived = [(t, d) for t, d in derived if d is not None]
+        # consumers of candidates
+        if derived and name in MULS:
+            others = [t for t in tensors if self._derive(t) is None or self._derive(t).cand is not derived[0][1].cand]
+            if others and isinstance(out, torch.Tensor):
+                self._gate_used(derived[0][0], derived[0][1], others[0], out, name)
+                return
+        if derived and name in MATMULS and isinstance(out, torch.Tensor):
+            self._attention_used(name, args, derived, out)
+            return
+        if derived and isinstance(out, torch.Tensor):
+            t, d = derived[0]
+            scalar_other = all(not isinstance(a, torch.Tensor) or a.ndim == 0 or a is t for a in args[: 2])
+            if name in SHAPE_OPS or (name in SCALAR_OPS and scalar_other):
+                self._mark(out, _Derived(d.cand, d.changed or name in SCALAR_OPS))
+                if name in SCALAR_OPS and d.cand.op == "normalized":
+                    pass
+                return
+            if name == "sum" or name == "mean":
+                d.cand.reasons.append(f"reduced by {name} before being used")
+            else:
+                d.cand.reasons.append(f"used by {name}")
+        # logits tracking: q @ k (times a scalar) feeding a softmax or a normalisation by the key count
+        if name in ("matmul", "bmm", "__matmul__") and isinstance(out, torch.Tensor) and out.ndim >= 3 and len(tensors) == 2:
+            self._logits[id(out)] = (weakref.ref(out), tensors[0], tensors[1], 1.0)
+        elif name in SCALAR_OPS and isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
+            hit = self._logits.get(id(args[0]))
+            other = args[1] if len(args) > 1 else None
+            if hit is not None and hit[0]() is args[0] and isinstance(other, (int, float)):
+                if name in ("mul", "__mul__", "mul_", "__imul__"):
+                    self._logits[id(out)] = (weakref.ref(out), hit[1], hit[2], hit[3] * float(other))
+                elif name in ("div", "__truediv__", "true_divide", "div_", "__itruediv__"):
+                    n = int(args[0].shape[-1])
+                    if float(other) == float(n) and hit[3] == 1.0:  # q·k / N: the dot-product Non-Local
+                        self._candidate("normalized", out, frame, dim=out.ndim - 1, qk=(hit[1], hit[2], 1.0 / n))
+                    else:
+                        self._logits[id(out)] = (weakref.ref(out), hit[1], hit[2], hit[3] / float(other))
+        # new candidates
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            if name in GATES:
+                self._candidate("sigmoid" if name != "hardsigmoid" else "hardsigmoid", out, frame, arg=args[0] if args else kwargs.get("input"))
+            elif name in SOFTMAXES:
+                x = args[0] if args else kwargs.get("input")
+                dim = args[1] if len(args) > 1 else kwargs.get("dim")
+                if dim is None:  # the legacy implicit dim of F.softmax
+                    dim = 0 if out.ndim in (0, 1, 3) else 1
+                dim = int(dim) % out.ndim
+                if self._cross(out, dim, frame):
+                    return
+                qk = None
+                hit = self._logits.get(id(x)) if isinstance(x, torch.Tensor) else None
+                if hit is not None and hit[0]() is x and dim == out.ndim - 1:
+                    qk = (hit[1], hit[2], hit[3])
+                self._candidate("softmax", out, frame, dim=dim, qk=qk)
+
+    def _cross(self, out: torch.Tensor, dim: int, frame: Frame) -> bool:
+        """A softmax over a criss-cross key axis (column ⊕ row of the query's grid): CCNet's attention."""
+        lb = self.get(out)
+        if lb is None or out.ndim != 4 or dim != 3 or not lb[3] or lb[3][0][1] != "cross":
+            return False
+        g = lb[3][0][0]
+        if not (lb[1] and lb[2] and lb[1][0] == (g, "h", out.shape[1]) and lb[2][0] == (g, "w", out.shape[2])):
+            return False
+        rec = CrissCross(attention=keep(out))
+        rec.source = "generic"
+        self.emit(frame, "criss_cross", rec)
+        return True
+
+    def _candidate(self, op: str, out: torch.Tensor, frame: Frame, dim: int | None = None, qk: Any = None, arg: Any = None) -> None:
+        c = Candidate(op, out, frame, dim, qk, arg=weakref.ref(arg) if isinstance(arg, torch.Tensor) else None)
+        self.cands.append(c)
+        self._mark(out, _Derived(c, False))
+
+    def _stack(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> None:
+        """``torch.stack`` of branches: a new "branch" axis; other axes keep the first input's labels."""
+        ts = args[0] if args else kwargs.get("tensors")
+        dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0)) % out.ndim
+        first = self.get(ts[0]) if ts else None
+        g = new_grid()
+        lb: list[Axis] = list(first) if first is not None else [None] * (out.ndim - 1)
+        lb.insert(dim, ((g, "branch", int(out.shape[dim])),))
+        self.set(out, tuple(lb))
+        for t in ts or []:
+            d = self._derive(t)
+            if d is not None:
+                d.cand.reasons.append("stacked into a tensor of several branches")
+
+    # ---- decisions: gates
+    def _gate_used(self, g: torch.Tensor, d: _Derived, p: torch.Tensor, out: torch.Tensor, op: str) -> None:
+        c = d.cand
+        if c.used:
+            return
+        frame = c.frame
+        pl = self.get(p)
+        gl = self.get(g)
+        n = out.ndim
+        if c.source is p or (self._derive(p) is not None and self._derive(p).cand is c):
+            return
+        if c.arg is not None and c.arg() is p:
+            c.used = True  # x · σ(x): Swish / SiLU, an activation
+            self.report_seen(Seen(c.frame.name, c.op, tuple(c.source.shape), "x·σ(x) multiplies the very tensor it was computed from: an activation (Swish/SiLU), not a gate"))
+            return
+        if pl is None:
+            c.reasons.append(f"multiplies a tensor of shape {tuple(p.shape)} whose axes cannot be traced to the image")
+            return
+        if p.ndim != n:
+            c.reasons.append(f"multiplies a tensor of shape {tuple(p.shape)} of a different rank")
+            return
+        vary: list[int] = []
+        g_al = [None] * (n - g.ndim) + list(range(g.ndim))
+        for k in range(n):
+            j = g_al[k]
+            constant = gl is not None and j is not None and is_broadcast(gl[j])  # expanded before a (softmax) op
+            if j is not None and g.shape[j] > 1 and g.stride(j) != 0 and not constant:
+                vary.append(k)
+        labels: list[Axis] = []
+        for k in range(n):
+            ax = pl[k] if int(p.shape[k]) == int(out.shape[k]) else (gl[g_al[k]] if gl is not None and g_al[k] is not None else None)
+            labels.append(ax)
+        if any(labels[k] is None for k in vary):
+            c.reasons.append(f"varies along an axis of the product {tuple(out.shape)} that cannot be traced to channels or positions")
+            return
+        atoms = [a for k in vary for a in labels[k]]  # type: ignore[union-attr]
+        bases = {_base(a[1]) for a in atoms}
+        batch = int(out.shape[0]) if n else 1
+        per_sample = "b" in bases if batch > 1 else self.get(c.source) is not None
+        if not per_sample:
+            c.reasons.append("does not depend on the sample (a learned constant, not a gate)")
+            return
+        grids = {a[0] for a in atoms if _base(a[1]) in ("h", "w")}
+        gt = self._values(g, d)
+        if gt is None:
+            c.reasons.append("its values could not be aligned with the feature map")
+            return
+        gl_vals = tuple(labels[k] if k in vary else None for k in range(n))
+        gl_vals = gl_vals[n - gt.ndim:] if gt.ndim < n else gl_vals
+        kind_bases = bases - {"b"}
+        try:
+            if kind_bases == {"c"}:
+                res = canonical(gt, gl_vals, ("b", "c"))
+                if res is None:
+                    raise ValueError
+                w, _ = res
+                rec: Record = ChannelGate(weights=keep(w.reshape(w.shape[0], -1)))
+                if c.op == "softmax":
+                    rec.note = "softmax across channel groups (e.g. PSA's scale branches), applied as a per-channel weight"  # type: ignore[attr-defined]
+                self._record(c, "channel", rec)
+            elif kind_bases in ({"h", "w"}, {"h"}, {"w"}) and len(grids) == 1 and self._complete(atoms):
+                res = canonical(gt, gl_vals, ("b", "h", "w"))
+                if res is None:
+                    raise ValueError
+                m, sizes = res
+                m = m.reshape(m.shape[0], sizes.get("h", 1), sizes.get("w", 1))
+                self._record(c, "spatial", SpatialMask(mask=keep(m)))
+            elif kind_bases == {"branch", "c"}:
+                res = canonical(gt, gl_vals, ("b", "branch", "c"))
+                if res is None:
+                    raise ValueError
+                w, _ = res
+                self._record(c, "branch", BranchWeights(weights=keep(w)))
+            elif kind_bases in ({"c", "h"}, {"c", "w"}) and len(grids) == 1 and self._complete(atoms):
+                axis = "h" if "h" in kind_bases else "w"
+                res = canonical(gt, gl_vals, ("b", "c", axis))
+                if res is None:
+                    raise ValueError
+                w, _ = res
+                self._record(c, f"gate_c{axis}", AxisGate(weights=keep(w), axes=("c", axis)))
+            elif kind_bases == {"c", "h", "w"} and len(grids) == 1 and self._complete(atoms):
+                res = canonical(gt, gl_vals, ("b", "c", "h", "w"))
+                if res is None:
+                    raise ValueError
+                full, _ = res
+                rec = SpatialMask(mask=keep(full.mean(1)))
+                rec.note = f"channel mean of a {c.op} gate that varies over {full.shape[1]} channels and every position"  # type: ignore[attr-defined]
+                self._record(c, "spatial", rec)
+            else:
+                folded = ", ".join(sorted(kind_bases))
+                c.reasons.append(f"varies along {folded} — not a whole-image map (e.g. windows or parts of the rows)")
+        except ValueError:
+            c.reasons.append("its axes could not be arranged as (batch, channels, rows, columns)")
+
+    def _complete(self, atoms: list[tuple[int, str, int]]) -> bool:
+        """Whether the spatial atoms cover each of h and w of their grid entirely (all split parts present)."""
+        for base in ("h", "w"):
+            parts = [a for a in atoms if _base(a[1]) == base]
+            if not parts:
+                continue
+            names = [a[1] for a in parts]
+            if base in names:
+                continue
+            merged = merge_atoms(sorted(parts, key=_sort_key))
+            if not any(a[1] == base for a in merged):
+                return False
+        return True
+
+    def _values(self, g: torch.Tensor, d: _Derived) -> torch.Tensor | None:
+        """The gate's values with ``g``'s shape: ``g`` itself, or its source when scalar ops changed them (1 + gate)."""
+        if not d.changed:
+            return g
+        src = d.cand.source
+        try:
+            return src.expand_as(g) if src.shape != g.shape else src
+        except RuntimeError:
+            return None
+
+    def _record(self, c: Candidate, suffix: str, rec: Record) -> None:
+        c.used = True
+        rec.source = "generic"
+        self.emit(c.frame, suffix, rec)
+
+    # ---- decisions: attention
+    def _attention_used(self, name: str, args: tuple[Any, ...], derived: list[tuple[torch.Tensor, _Derived]], out: torch.Tensor) -> None:
+        a, d = derived[0]
+        c = d.cand
+        if c.used or c.dim is None:
+            return
+        al = self.get(a)
+        src_l = self.get(c.source)
+        if src_l is None or al is None:
+            c.reasons.append(f"contracted by {name}, but its axes cannot be traced to the image")
+            return
+        key_axis = src_l[c.dim]
+        # which axis of `a` is the normalised one, and is it the contracted one?
+        ops = list(args[1:]) if name == "einsum" else list(args[:2])
+        if name == "baddbmm":
+            ops = list(args[1:3])
+        if name == "__rmatmul__":
+            ops = ops[::-1]
+        pos = next((i for i, t in enumerate(ops) if t is a), None)
+        if pos is None:
+            return
+        if name == "einsum":
+            eq = args[0].replace(" ", "")
+            lhs, rhs = eq.split("->") if "->" in eq else (eq, "")
+            term = lhs.split(",")[pos]
+            letters = [ch for ch, ax in zip(term, al) if ax == key_axis]
+            contracted = bool(letters) and letters[0] not in rhs
+            k_idx = term.index(letters[0]) if letters else -1
+        else:
+            k_idx = a.ndim - 1 if pos == 0 else a.ndim - 2
+            contracted = al[k_idx] == key_axis or (al[k_idx] is not None and key_axis is not None and merge_atoms(al[k_idx]) == merge_atoms(key_axis))
+        if not contracted:
+            c.reasons.append(f"{c.op} axis is not the one {name} contracts")
+            return
+        q_idx = (a.ndim - 2 if pos == 0 else a.ndim - 1) if name != "einsum" else next(
+            (i for i in range(a.ndim) if i != k_idx and al[i] is not None and _base(al[i][0][1]) != "b"), -1)
+        q_axis = al[q_idx] if 0 <= q_idx < a.ndim else None
+        lead = [al[i] for i in range(a.ndim) if i not in (k_idx, q_idx)]
+        self._decide_attention(c, a, d, al, k_idx, q_idx, key_axis, q_axis, lead, out)
+
+    def _lead_split(self, lead: list[Axis]) -> tuple[list[tuple[int, str, int]], list[tuple[int, str, int]]] | None:
+        """Leading atoms: (head-like atoms, spatial window atoms); None if the batch atom is missing."""
+        atoms = [a for ax in lead if ax for a in ax]
+        if not any(a[1] == "b" for a in atoms):
+            return None
+        heads = [a for a in atoms if _base(a[1]) not in ("b", "h", "w")]
+        spatial = [a for a in atoms if _base(a[1]) in ("h", "w")]
+        return heads, spatial
+
+    def _decide_attention(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, key_axis: Axis,
+                          q_axis: Axis, lead: list[Axis], out: torch.Tensor) -> None:
+        split = self._lead_split(lead)
+        if split is None:
+            c.reasons.append("its leading axes do not hold the batch (e.g. a softmax over the batch axis)")
+            return
+        heads_atoms, window_atoms = split
+        kp = positions(key_axis)
+        qp = positions(q_axis) if q_axis else None
+        region = next((self._regions[at[0]] for at in (key_axis or ()) if at[1] == "region" and at[0] in self._regions), None)
+        norm = "softmax" if c.op == "softmax" else "mean"
+        if kp is not None and not window_atoms and (q_axis is None or size_of(q_axis) == 1):
+            m = self._matrix(a, d, al, k_idx, q_idx)
+            if m is None:
+                c.reasons.append("attention pooling whose axes could not be arranged")
+                return
+            mask = m.mean(1)[:, 0].reshape(m.shape[0], kp[1], kp[2])  # (B, H, W), heads averaged
+            self._record(c, "spatial", SpatialMask(mask=keep(mask)))
+            return
+        if kp is not None and q_axis is not None and not window_atoms and not positions(q_axis) and size_of(q_axis) > 1 and not is_channels(q_axis):
+            c.reasons.append("softmax over positions with an untraceable query axis")
+            return
+        if kp is not None and q_axis is not None and is_channels(q_axis) and not window_atoms and not positions(q_axis):
+            # K soft regions (one softmax over the image per channel of a class/region map): remember them
+            m = self._matrix(a, d, al, k_idx, q_idx)
+            if m is None:
+                return
+            maps = m.mean(1).reshape(m.shape[0], -1, kp[1], kp[2])  # (B, K, H, W)
+            g = new_grid()
+            self._regions[g] = (keep(maps), (kp[1], kp[2]))
+            ol = list(self.get(out) or (None,) * out.ndim)
+            oq = out.ndim - 2 if k_idx == a.ndim - 1 else out.ndim - 1
+            if 0 <= oq < out.ndim:  # the pooled features' region axis
+                ol[oq] = ((g, "region", int(out.shape[oq])),)
+                self.set(out, tuple(ol))
+            c.used = True
+            c.reasons.append("soft regions (kept for the pixel → region attention that uses them)")
+            return
+        if region is not None and qp is not None:
+            maps, hw = region
+            m = self._matrix(a, d, al, k_idx, q_idx)
+            if m is None:
+                return
+            pix = m.mean(1)  # (B, N, K)
+            self._record(c, "regions", RegionAttention(region_maps=maps, pixel_weights=keep(pix), query_hw=(qp[1], qp[2])))
+            return
+        if is_channels(key_axis) and (q_axis is None or size_of(q_axis) == 1) and not window_atoms:
+            m = self._matrix(a, d, al, k_idx, q_idx)
+            if m is None:
+                return
+            rec = ChannelGate(weights=keep(m.mean(1)[:, 0]))
+            rec.note = f"{c.op} weights over {m.shape[-1]} channels, used to pool them (attention pooling over channels)"
+            self._record(c, "channel", rec)
+            return
+        if is_channels(key_axis) and q_axis is not None and is_channels(q_axis) and not window_atoms:
+            m = self._matrix(a, d, al, k_idx, q_idx)
+            if m is None:
+                return
+            self._record(c, "channel_affinity", ChannelAffinity(matrix=keep(m.mean(1))))
+            return
+        if kp is not None and qp is not None and not window_atoms:
+            self._affinity(c, a, d, al, k_idx, q_idx, qp, kp, norm)
+            return
+        if window_atoms and key_axis and q_axis and all(_base(x[1]) in ("h", "w") for x in (*key_axis, *q_axis)):
+            self._window(c, a, d, al, k_idx, q_idx, window_atoms, heads_atoms)
+            return
+        why = "keys that are not image positions" if kp is None else "queries that are not image positions"
+        c.reasons.append(f"{c.op} over {size_of(key_axis) if key_axis else '?'} {why}")
+
+    def _matrix(self, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int) -> torch.Tensor | None:
+        """The weights as ``(B, heads, Nq, Nk)`` (queries 1 when absent), heads = every folded non-batch atom."""
+        vals = self._values(a, d)
+        if vals is None:
+            return None
+        lead = [i for i in range(a.ndim) if i not in (k_idx, q_idx)]
+        order = lead + ([q_idx] if 0 <= q_idx < a.ndim else []) + [k_idx]
+        x = vals.permute(order)
+        atoms = [at for i in lead for at in (al[i] or ())]
+        bsz = next((at[2] for at in atoms if at[1] == "b"), None)
+        if bsz is None:
+            return None
+        if atoms and atoms[0][1] != "b":  # the batch must be the outermost folded atom
+            return None
+        nq = int(a.shape[q_idx]) if 0 <= q_idx < a.ndim else 1
+        return x.reshape(bsz, -1, nq, int(a.shape[k_idx]))
+
+    def _affinity(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, qp: tuple[int, int, int],
+                  kp: tuple[int, int, int], norm: str) -> None:
+        if c.qk is not None and not d.changed:
+            q, k, scale = c.qk
+            ql, kl = self.get(q), self.get(k)
+            qq = self._arrange(q, ql, q.ndim - 2, q.ndim - 1, query=True)
+            kk = self._arrange(k, kl, k.ndim - 1, k.ndim - 2, query=False)
+            if qq is not None and kk is not None:
+                rec = Affinity(queries=keep(qq), keys=keep(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale, normalize=norm)
+                self._record(c, "affinity", rec)
+                return
+        m = self._matrix(a, d, al, k_idx, q_idx)
+        if m is None:
+            c.reasons.append("attention whose axes could not be arranged as (batch, heads, queries, keys)")
+            return
+        if m.numel() > MAX_MATRIX:
+            c.reasons.append(f"its logits are not plain scale·QKᵀ (a bias or mask is added), and the whole matrix "
+                             f"({m.numel() / 1e6:.0f} M weights) is over the {MAX_MATRIX / 1e6:.0f} M limit for keeping it")
+            return
+        self._record(c, "affinity", Affinity(matrix=keep(m), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), normalize=norm))
+
+    def _arrange(self, t: torch.Tensor, lb: Labels | None, pos_idx: int, dim_idx: int, query: bool) -> torch.Tensor | None:
+        """Queries ``(B, heads, N, d)`` or keys ``(B, heads, d, M)`` from a matmul operand."""
+        if lb is None:
+            return None
+        lead = [i for i in range(t.ndim) if i not in (pos_idx, dim_idx)]
+        atoms = [at for i in lead for at in (lb[i] or ())]
+        if not atoms or atoms[0][1] != "b" or any(_base(at[1]) in ("h", "w") for at in atoms):
+            return None
+        order = lead + ([pos_idx, dim_idx] if query else [dim_idx, pos_idx])
+        x = t.permute(order)
+        return x.reshape(atoms[0][2], -1, int(t.shape[order[-2]]), int(t.shape[order[-1]]))
+
+    def _window(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, window_atoms: list[Any],
+                heads_atoms: list[Any]) -> None:
+        vals = self._values(a, d)
+        if vals is None:
+            return
+        lead = [i for i in range(a.ndim) if i not in (k_idx, q_idx)]
+        x = vals.permute(lead + [q_idx, k_idx])
+        lead_atoms = [at for i in lead for at in (al[i] or ())]
+        full = x.reshape([at[2] for at in lead_atoms] + [int(a.shape[q_idx]), int(a.shape[k_idx])])
+        if full.numel() > MAX_MATRIX:
+            c.reasons.append(f"window-local attention with {full.numel() / 1e6:.0f} M weights, over the keep limit")
+            return
+        rec = WindowAffinity(weights=keep(full), lead_atoms=[(a_[1], a_[2]) for a_ in lead_atoms],
+                             query_atoms=[(a_[1], a_[2]) for a_ in (al[q_idx] or ())], key_atoms=[(a_[1], a_[2]) for a_ in (al[k_idx] or ())])
+        try:
+            rec.validate()
+        except ValueError as e:
+            c.reasons.append(f"window-local attention whose windows cannot be placed on the image: {e}")
+            return
+        self._record(c, "window", rec)
+
+    # ---- fused attention
+    def _sdpa(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame) -> None:
+        q = args[0] if args else kwargs["query"]
+        k = args[1] if len(args) > 1 else kwargs["key"]
+        mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+        causal = bool(args[5] if len(args) > 5 else kwargs.get("is_causal", False))
+        scale = args[6] if len(args) > 6 else kwargs.get("scale")
+        scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        ql, kl = self.get(q), self.get(k)
+        qp = positions(ql[-2]) if ql else None
+        kp = positions(kl[-2]) if kl else None
+        name = f"{frame.name}.sdpa" if frame.name else "sdpa"
+        if isinstance(out, torch.Tensor) and ql is not None:  # the output keeps the queries' axes
+            self.set(out, (*ql[:-1], None))
+        if qp is None or kp is None:
+            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), "queries or keys are not traceable to image positions (e.g. windows or tokens)"))
+            return
+        qq = self._arrange(q, ql, q.ndim - 2, q.ndim - 1, query=True)
+        kk = self._arrange(k.transpose(-1, -2), tuple(list(kl[:-2]) + [kl[-1], kl[-2]]) if kl else None, k.ndim - 1, k.ndim - 2, query=False)
+        if qq is None or kk is None:
+            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), "batch or heads could not be separated"))
+            return
+        rec = Affinity(queries=keep(qq), keys=keep(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale,
+                       mask=None if mask is None else keep(mask) if mask.dtype != torch.bool else mask.detach().cpu().clone(), causal=causal)
+        rec.source = "generic"
+        self.emit(frame, "sdpa", rec)
+        _ = name
+
+    # ---- end of forward
+    def finish(self) -> None:
+        """Report every candidate that produced no record, with why."""
+        for c in self.cands:
+            if c.used:
+                continue
+            reason = c.reasons[-1] if c.reasons else "never used as a gate or as attention weights (e.g. an activation)"
+            if not c.reasons and c.op in ("sigmoid", "hardsigmoid"):
+                reason = "never multiplied into a feature map as a gate (an activation such as x·σ(x), or a score)"
+            self.report_seen(Seen(c.frame.name, c.op, tuple(c.source.shape), reason))
+        self.cands.clear()
+        self._labels.clear()
+        self._derived.clear()
+        self._logits.clear()
+        self._regions.clear()
+
+
+def is_tensor_list(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(t, torch.Tensor) for t in x)
+
+
+_ = (BATCH_GRID, F)
