@@ -26,6 +26,13 @@ from .modules import create_attn
 __version__ = "0.1.0"
 
 
+def inspect(model: object, x: object, generic: str = "auto"):  # type: ignore[no-untyped-def]
+    """Every record of one forward and every op seen but not drawn; see :func:`attnviz.inspect.inspect`."""
+    from .inspect import inspect as _inspect
+
+    return _inspect(model, x, generic)  # type: ignore[arg-type]
+
+
 def load_pretrained(name: str, device: object = None, weights: object = None):  # type: ignore[no-untyped-def]
     """A model in eval mode with ``model.card``; see :func:`attnviz.models.load_pretrained`."""
     from .models import load_pretrained as _load
@@ -35,5 +42,5 @@ def load_pretrained(name: str, device: object = None, weights: object = None):  
 
 __all__ = [
     "Affinity", "BranchWeights", "Capture", "ChannelAffinity", "ChannelGate", "CrissCross", "Record",
-    "SamplingGrid", "SpatialMask", "capture", "create_attn", "criss_cross_reach", "load_pretrained", "__version__",
+    "SamplingGrid", "SpatialMask", "capture", "create_attn", "criss_cross_reach", "inspect", "load_pretrained", "__version__",
 ]

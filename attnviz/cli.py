@@ -191,7 +191,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             path = download(name, progress=True)
             print(f"{name}: {path}")
         except DownloadError as e:
-            print(f"{name}: {e}", file=sys.stderr)
+            print(str(e), file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 

@@ -11,6 +11,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# mmcv-lite has no compiled ops: `import mmcv.ops` needs a stand-in for mmcv._ext (tests only)
+try:
+    import mmcv_ext_stub
+
+    mmcv_ext_stub.install()
+except ImportError:  # pragma: no cover
+    pass
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

@@ -139,6 +139,8 @@ class Capture:
         try:
             if self._mode is not None:
                 self._mode.__exit__(None, None, None)
+            if self._tracker is not None:
+                self._tracker.finish()  # forwards that bypassed the model's own __call__ (e.g. mmseg's encode_decode)
         finally:
             self._mode = None
             self._tracker = None
@@ -305,8 +307,8 @@ class Capture:
             frame = self._stack.pop()
             if self._tracker is not None:
                 self._tracker.label_output(frame.x, out)
-                if name == "" or not self._stack:
-                    self._tracker.finish()
+                if name == "":
+                    self._tracker.finish()  # the end of a forward: report what was seen and not drawn, forget labels
             if not frame.pending:
                 return
             contrib = contribution(frame.x, out, frame.version)

@@ -474,7 +474,7 @@ class Tracker:
     def _lead_split(self, lead: list[Axis]) -> tuple[list[tuple[int, str, int]], list[tuple[int, str, int]]] | None:
         """Leading atoms: (head-like atoms, spatial window atoms); None if the batch atom is missing."""
         atoms = [a for ax in lead if ax for a in ax]
-        if not any(a[1] == "b" for a in atoms):
+        if not any(a[1] == "b" for a in atoms) and self.batch != 1:  # (a batch of 1 has no batch atom: size-1 axes carry none)
             return None
         heads = [a for a in atoms if _base(a[1]) not in ("b", "h", "w")]
         spatial = [a for a in atoms if _base(a[1]) in ("h", "w")]
@@ -558,10 +558,10 @@ class Tracker:
         order = lead + ([q_idx] if 0 <= q_idx < a.ndim else []) + [k_idx]
         x = vals.permute(order)
         atoms = [at for i in lead for at in (al[i] or ())]
-        bsz = next((at[2] for at in atoms if at[1] == "b"), None)
+        bsz = next((at[2] for at in atoms if at[1] == "b"), 1 if self.batch == 1 else None)
         if bsz is None:
             return None
-        if atoms and atoms[0][1] != "b":  # the batch must be the outermost folded atom
+        if any(at[1] == "b" for at in atoms) and atoms[0][1] != "b":  # the batch must be the outermost folded atom
             return None
         nq = int(a.shape[q_idx]) if 0 <= q_idx < a.ndim else 1
         return x.reshape(bsz, -1, nq, int(a.shape[k_idx]))
@@ -593,11 +593,12 @@ class Tracker:
             return None
         lead = [i for i in range(t.ndim) if i not in (pos_idx, dim_idx)]
         atoms = [at for i in lead for at in (lb[i] or ())]
-        if not atoms or atoms[0][1] != "b" or any(_base(at[1]) in ("h", "w") for at in atoms):
+        has_b = bool(atoms) and atoms[0][1] == "b"
+        if (not has_b and self.batch != 1) or any(at[1] == "b" for at in atoms[1:]) or any(_base(at[1]) in ("h", "w") for at in atoms):
             return None
         order = lead + ([pos_idx, dim_idx] if query else [dim_idx, pos_idx])
         x = t.permute(order)
-        return x.reshape(atoms[0][2], -1, int(t.shape[order[-2]]), int(t.shape[order[-1]]))
+        return x.reshape(atoms[0][2] if has_b else 1, -1, int(t.shape[order[-2]]), int(t.shape[order[-1]]))
 
     def _window(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, window_atoms: list[Any],
                 heads_atoms: list[Any]) -> None:

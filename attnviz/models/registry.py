@@ -1,8 +1,11 @@
-"""Model registry: our zoo (shipped in ``pretrained/``) and ImageNet models from timm / torchvision.
+"""Model registry: our zoo (shipped in ``pretrained/``), ImageNet models from timm / torchvision, and
+published mmsegmentation checkpoints (:mod:`attnviz.models.mmseg`).
 
-Nothing here touches the network. ImageNet weights are used when they are already in the local
-cache (timm: the Hugging Face cache; torchvision: ``torch.hub`` checkpoints) or given as a file;
-otherwise the model is listed as unavailable with a one-line reason and how to get the weights.
+Listing and loading never touch the network: weights come from the local caches (attnviz's own for
+mmsegmentation checkpoints, the Hugging Face cache for timm, ``torch.hub`` for torchvision) or from a
+file the user gives. Downloads happen only on request (:mod:`attnviz.models.hub`: ``attnviz download``,
+or the app when a model that is not cached yet is chosen); a model that is not here is listed with a
+one-line reason and how to get it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from .hub import Remote, cached, offline
+from .mmseg import MMSEG, load_mmseg
 from .seg_zoo import SEG_INPUT_SIZE, SEG_ZOO, build_seg
 from .zoo import INPUT_SIZE, ZOO, build
 
@@ -114,9 +119,30 @@ def _imagenet_status(name: str, source: str) -> ModelInfo:
     return ModelInfo(name, source, False, f"ImageNet weights not in the local cache; on a machine with internet run {how}, or pass weights=FILE", size)
 
 
+def registry_remote(name: str) -> Remote | None:
+    """Where a registry model's weights are published (mmsegmentation entries), else None."""
+    e = MMSEG.get(name)
+    return e.remote if e is not None else None
+
+
+def _mmseg_status(name: str) -> ModelInfo:
+    e = MMSEG[name]
+    card = e.card
+    size = int(card["input_size"][0])
+    try:
+        hit = cached(e.remote)
+    except OSError as err:
+        return ModelInfo(name, "mmsegmentation", False, f"cannot read the cache: {err}", size, "segmentation", card["trained_on"])
+    if hit is not None:
+        return ModelInfo(name, "mmsegmentation", True, input_size=size, task="segmentation", trained_on=card["trained_on"])
+    how = "set ATTNVIZ_OFFLINE=0 and " if offline() else ""
+    return ModelInfo(name, "mmsegmentation", False, f"weights ({e.remote.size_mb:.0f} MB) not downloaded yet: {how}run `attnviz download {name}`, "
+                     "or pick it in the app to download it", size, "segmentation", card["trained_on"], downloadable=not offline())
+
+
 def available() -> list[ModelInfo]:
     """Every model the app offers, with whether it can be loaded here and why not."""
-    out = [_zoo_status(n) for n in ZOO] + [_zoo_status(n) for n in SEG_ZOO]
+    out = [_zoo_status(n) for n in ZOO] + [_zoo_status(n) for n in SEG_ZOO] + [_mmseg_status(n) for n in MMSEG]
     out += [_imagenet_status(n, "timm") for n in TIMM_MODELS]
     out += [_imagenet_status(n, "torchvision") for n in TORCHVISION_MODELS]
     return out
@@ -173,6 +199,14 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
         model.load_state_dict(load_file(str(path)))
         card.setdefault("task", "segmentation" if name in SEG_ZOO else "classification")
         card.setdefault("trained_on", SEG_TRAINED_ON if name in SEG_ZOO else ZOO_TRAINED_ON)
+    elif name in MMSEG:
+        if weights is None:
+            hit = cached(MMSEG[name].remote)
+            if hit is None:
+                raise WeightsUnavailable(f"{name}: {_mmseg_status(name).reason}")
+            weights = hit
+        model = load_mmseg(name, weights)
+        card = model.card  # type: ignore[assignment]
     elif name in TIMM_MODELS or name in TORCHVISION_MODELS:
         source = "timm" if name in TIMM_MODELS else "torchvision"
         if weights is None:
@@ -189,7 +223,7 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
         card = {"name": name, "source": source, "task": "classification", "trained_on": "ImageNet-1k photos (1000 classes)", "input_size": [size, size], "mean": [0.485, 0.456, 0.406],
                 "std": [0.229, 0.224, 0.225], "class_names": imagenet_classes(), "weights": str(path)}
     else:
-        valid = list(ZOO) + list(SEG_ZOO) + list(TIMM_MODELS) + list(TORCHVISION_MODELS)
+        valid = list(ZOO) + list(SEG_ZOO) + list(MMSEG) + list(TIMM_MODELS) + list(TORCHVISION_MODELS)
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(valid)}")
     model.card = card  # type: ignore[assignment]
     if device is not None:

@@ -1,0 +1,150 @@
+"""Published mmsegmentation checkpoints: our definitions give mmsegmentation's own logits, capture reads its heads.
+
+mmsegmentation, mmcv-lite and mmengine are test-only dependencies (pure-Python wheels; ``mmcv._ext`` is a
+stand-in from the conftest). Each head is built *there* with random weights (and non-trivial norms and
+γ), saved in the published checkpoint layout, loaded through our loader, and must give the same logits.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import randomize_bn
+from test_third_party import OpRecorder, close
+
+mmseg = pytest.importorskip("mmseg", reason="pip install mmsegmentation mmcv-lite mmengine (test extra)")
+
+from attnviz.models.mmseg import MMSEG, build_mmseg, convert, load_mmseg, read_checkpoint  # noqa: E402
+
+BN = dict(type="BN", requires_grad=True)
+
+
+def mm_config(method: str, depth: int = 50, classes: int = 19) -> dict[str, Any]:
+    backbone = dict(type="ResNetV1c", depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1),
+                    norm_cfg=BN, norm_eval=False, style="pytorch", contract_dilation=True)
+    common = dict(in_channels=2048, in_index=3, channels=512, dropout_ratio=0.1, num_classes=classes, norm_cfg=BN, align_corners=False)
+    aux = dict(type="FCNHead", in_channels=1024, in_index=2, channels=256, num_convs=1, concat_input=False, dropout_ratio=0.1,
+               num_classes=classes, norm_cfg=BN, align_corners=False)
+    heads = {
+        "nonlocal": dict(type="NLHead", reduction=2, use_scale=True, mode="embedded_gaussian", **common),
+        "ccnet": dict(type="CCHead", recurrence=2, **common),
+        "danet": dict(type="DAHead", pam_channels=64, **common),
+        "gcnet": dict(type="GCHead", ratio=1 / 4.0, pooling_type="att", fusion_types=("channel_add",), **common),
+    }
+    if method == "ocrnet":
+        return dict(type="CascadeEncoderDecoder", num_stages=2, backbone=backbone,
+                    decode_head=[aux, dict(type="OCRHead", ocr_channels=256, **{**common, "channels": 512})],
+                    train_cfg=dict(), test_cfg=dict(mode="whole"))
+    return dict(type="EncoderDecoder", backbone=backbone, decode_head=heads[method], auxiliary_head=aux, train_cfg=dict(), test_cfg=dict(mode="whole"))
+
+
+def mm_model(method: str, depth: int = 50) -> torch.nn.Module:
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules()
+    torch.manual_seed(0)
+    m = MODELS.build(copy.deepcopy(mm_config(method, depth))).eval()
+    randomize_bn(m)
+    with torch.no_grad():  # mmseg starts γ at 0 and the Non-Local output norm at 0: make the attention matter
+        for name, p in m.named_parameters():
+            if name.endswith("gamma.scale") or "conv_out.bn.weight" in name or "channel_add_conv.3" in name:
+                p.copy_(torch.randn_like(p) * 0.5 + 1.0)
+    return m
+
+
+def mm_logits(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    metas = [dict(img_shape=tuple(x.shape[-2:]), ori_shape=tuple(x.shape[-2:]), pad_shape=tuple(x.shape[-2:]))] * x.shape[0]
+    with torch.no_grad():
+        return m.encode_decode(x, metas)
+
+
+def save_published(m: torch.nn.Module, path: Path) -> Path:
+    torch.save({"meta": {"mmseg_version": "1.2.2", "CLASSES": tuple(f"c{i}" for i in range(19))}, "state_dict": m.state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["nonlocal", "ccnet", "danet", "gcnet", "ocrnet"])
+def test_our_definition_gives_mmsegs_logits(method: str, tmp_path: Path) -> None:
+    m = mm_model(method)
+    x = torch.randn(2, 3, 64, 96)
+    ref = mm_logits(m, x)
+    ckpt = save_published(m, tmp_path / f"{method}.pth")
+    ours = build_mmseg(method, 50)
+    state = convert(read_checkpoint(ckpt))
+    missing, unexpected = ours.load_state_dict(state, strict=False)
+    assert not unexpected and not [k for k in missing if not k.endswith("num_batches_tracked")]
+    with torch.no_grad():
+        out = ours.eval()(x)
+    assert out.shape == ref.shape
+    assert float((out - ref).abs().max()) <= 1e-4, float((out - ref).abs().max())
+
+
+def test_registry_loader_and_depth_101(tmp_path: Path) -> None:
+    m = mm_model("ccnet", 101)
+    x = torch.randn(1, 3, 64, 64)
+    ckpt = save_published(m, tmp_path / "cc101.pth")
+    ours = load_mmseg("ccnet_r101_d8_cityscapes", ckpt)
+    assert ours.card["class_names"][0] == "road" and ours.card["miou_published"] == MMSEG["ccnet_r101_d8_cityscapes"].miou
+    with torch.no_grad():
+        assert float((ours(x) - mm_logits(m, x)).abs().max()) <= 1e-4
+
+
+def test_checkpoint_with_objects_in_its_metadata_is_read_without_unpickling_them(tmp_path: Path) -> None:
+    import pickle
+
+    class Evil:
+        def __reduce__(self) -> Any:
+            return (exec, ("import os; os.environ['ATTNVIZ_PWNED'] = '1'",))
+
+    m = build_mmseg("gcnet", 50)
+    path = tmp_path / "evil.pth"
+    torch.save({"meta": {"config": Evil()}, "state_dict": {"backbone.stem.0.weight": m.state_dict()["backbone.stem.0.weight"]}}, path,
+               pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    import os
+
+    state = read_checkpoint(path)
+    assert "ATTNVIZ_PWNED" not in os.environ
+    assert torch.equal(state["backbone.stem.0.weight"], m.state_dict()["backbone.stem.0.weight"])
+    with pytest.raises(KeyError, match="no rule maps"):
+        convert({"something.else": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("method,kind", [("nonlocal", "affinity"), ("ccnet", "criss_cross"), ("danet", "affinity"), ("gcnet", "spatial"),
+                                         ("ocrnet", "regions")])
+def test_capture_reads_mmsegs_own_heads(method: str, kind: str) -> None:
+    """Generic discovery on mmsegmentation's (mmcv's) own modules: found, exact."""
+    import attnviz
+
+    m = mm_model(method)
+    x = torch.randn(1, 3, 64, 64)
+    rec = OpRecorder({"softmax"})
+    with torch.no_grad(), rec:
+        mm_logits(m, x)
+    softmaxes = [t for _, t in rec.out]
+    with torch.no_grad(), attnviz.capture(m) as cap:
+        mm_logits(m, x)
+    found = [r for r in cap.records.values() if r.kind == kind]
+    assert found, (list(cap.records), [s.as_dict() for s in cap.seen])
+    r = found[0]
+    if kind == "affinity":  # the NL / PAM softmax (1, N, N): rows computed lazily from queries and keys
+        sm = next(t for t in softmaxes if t.shape[-1] == 64 and t.shape[-2] == 64)
+        for y, xx in ((0, 0), (5, 6)):
+            close(r.row(y, xx), sm.reshape(1, 64, 64)[0, y * 8 + xx].reshape(8, 8))
+    elif kind == "criss_cross":
+        close(r.attention, softmaxes[0])
+        assert len(found) == 2  # both loops
+    elif kind == "spatial":
+        close(r.mask, softmaxes[0].reshape(1, 8, 8))
+    else:
+        assert r.regions == 19 and r.query_hw == (8, 8)
+        gather, pixel = softmaxes[0], softmaxes[1]
+        close(r.region_maps, gather.reshape(1, 19, 8, 8))
+        close(r.pixel_weights, pixel)
+    if method == "danet":
+        (cam,) = [r for r in cap.records.values() if r.kind == "channel_affinity"]
+        close(cam.matrix, next(t for t in softmaxes if t.shape[-1] == 512))
