@@ -200,8 +200,8 @@ def test_psa_scale_branches() -> None:
     m = build("PSA", "PSA", channel=32, reduction=4, S=4)
     refs = reference(m, X, {"softmax"})
     cap = captured(m, X)
-    (g,) = by_kind(cap, "channel")
-    close(g.weights, refs[-1][:, :, :, 0, 0].reshape(2, 32))
+    (b,) = by_kind(cap, "branch")  # softmax across the S scale groups of the channels
+    close(b.weights, refs[-1][:, :, :, 0, 0])  # (B, S, C/S)
 
 
 def test_split_attention_s2() -> None:

@@ -71,13 +71,14 @@ class Catalog:
         return cls(entries, device)
 
     def choices(self, task: str | None = None) -> list[tuple[str, str]]:
-        """(label, value) pairs for a dropdown: available models only (``task`` filters by task)."""
+        """(label, value) pairs for a dropdown: available models, then those downloaded on first use."""
         out = []
-        for e in self.entries.values():
-            if not e.available or (task and e.task and e.task != task):
+        for e in sorted(self.entries.values(), key=lambda e: not e.available):
+            if not (e.available or e.downloadable) or (task and e.task and e.task != task):
                 continue
             kind = f", {e.task}" if e.task else ""
-            out.append((f"{e.name} ({e.source}{kind})", e.name))
+            extra = "" if e.available else ", downloads on first use"
+            out.append((f"{e.name} ({e.source}{kind}{extra})", e.name))
         return out
 
     def available_names(self) -> list[str]:
@@ -97,7 +98,8 @@ class Catalog:
 
     def unavailable_markdown(self) -> str:
         """A list of the models that cannot be loaded, with the reason and how to get them."""
-        lines = [f"- **{e.name}**: {e.reason}" for e in self.entries.values() if not e.available]
+        lines = [f"- **{e.name}**: {e.reason}" for e in self.entries.values() if not e.available and not e.downloadable]
+        lines += [f"- **{e.name}** (downloads when first chosen): {e.reason}" for e in self.entries.values() if not e.available and e.downloadable]
         return "\n".join(lines) if lines else "All listed models are available."
 
     def entry(self, name: object) -> Entry:
@@ -109,9 +111,17 @@ class Catalog:
             raise UserError(f"Unknown model {name!r}. Choose one of: {', '.join(self.available_names())}.")
         return e
 
-    def get(self, name: str) -> nn.Module:
-        """The loaded model (eval mode, on the device)."""
+    def get(self, name: str, progress: Callable[[int, int], None] | None = None) -> nn.Module:
+        """The loaded model (eval mode, on the device); a downloadable one is fetched first (``progress(done, total)``)."""
         e = self.entry(name)
+        if not e.available and e.downloadable:
+            from ..models.hub import DownloadError, download
+
+            try:
+                download(name, progress=progress or False)
+            except DownloadError as err:
+                raise UserError(str(err)) from None
+            e.available, e.reason, e.downloadable = True, "", False
         if not e.available or e.loader is None:
             raise UserError(f"{name} is not available here: {e.reason}")
         with self._lock:

@@ -254,8 +254,14 @@ class Engine:
                 self._evict()
         return img
 
-    def analyze(self, source: Any, model_name: str) -> Analysis:
-        """Load the upload, run the model once with capture on, and cache the result."""
+    def analyze(self, source: Any, model_name: str, progress: Any = None) -> Analysis:
+        """Load the upload, run the model once with capture on, and cache the result.
+
+        Args:
+            source: A file path or an image array.
+            model_name: A catalogue name.
+            progress: ``progress(done, total)`` for a model whose weights are downloaded first.
+        """
         entry = self.catalog.entry(model_name)
         img = self.load(source)
         key = f"{img.digest}:{model_name}"
@@ -272,15 +278,15 @@ class Engine:
                 hit = self._cache.get(key)
             if hit is not None:
                 return hit
-            a = self._run(img, model_name, entry, key)
+            a = self._run(img, model_name, entry, key, progress)
             with self._lock:
                 self._cache[key] = a
                 self._key_locks.pop(key, None)
                 self._evict()
             return a
 
-    def _run(self, img: LoadedImage, model_name: str, entry: Any, key: str) -> Analysis:
-        model = self.catalog.get(model_name)
+    def _run(self, img: LoadedImage, model_name: str, entry: Any, key: str, progress: Any = None) -> Analysis:
+        model = self.catalog.get(model_name, progress)
         card = card_of(model)
         device = self.catalog.device
         x = preprocess(img.rgb, card, device)

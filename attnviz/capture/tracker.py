@@ -358,6 +358,19 @@ class Tracker:
         gl_vals = tuple(labels[k] if k in vary else None for k in range(n))
         gl_vals = gl_vals[n - gt.ndim:] if gt.ndim < n else gl_vals
         kind_bases = bases - {"b"}
+        branch_axis = self._softmax_axis(c, g, gl, g_al, vary)
+        if branch_axis is not None and kind_bases <= {"c", "branch"} and "branch" not in kind_bases:
+            # a softmax across a split of the channels (ResNeSt's radix, PSA's scales): branch weights (B, M, C/M)
+            lb = list(gl_vals)
+            j = branch_axis - (n - gt.ndim)
+            lb[j] = tuple((g_, "branch", s_) for g_, _, s_ in lb[j])  # type: ignore[union-attr]
+            res = canonical(gt, tuple(lb), ("b", "branch", "c"))
+            if res is not None:
+                w, _ = res
+                rec = BranchWeights(weights=keep(w))
+                rec.note = f"softmax across {w.shape[1]} channel groups (branches), per channel"
+                self._record(c, "branch", rec)
+                return
         try:
             if kind_bases == {"c"}:
                 res = canonical(gt, gl_vals, ("b", "c"))
@@ -401,6 +414,17 @@ class Tracker:
                 c.reasons.append(f"varies along {folded} — not a whole-image map (e.g. windows or parts of the rows)")
         except ValueError:
             c.reasons.append("its axes could not be arranged as (batch, channels, rows, columns)")
+
+    def _softmax_axis(self, c: Candidate, g: torch.Tensor, gl: Labels | None, g_al: list[int | None], vary: list[int]) -> int | None:
+        """The product axis that the candidate's softmax normalised over, if it is one of the varying ones."""
+        if c.op != "softmax" or c.dim is None or gl is None:
+            return None
+        src = self.get(c.source)
+        if src is None or not src[c.dim]:
+            return None
+        soft = set(src[c.dim])  # type: ignore[arg-type]
+        hits = [k for k in vary if g_al[k] is not None and gl[g_al[k]] and set(gl[g_al[k]]) & soft]  # type: ignore[arg-type, index]
+        return hits[0] if len(hits) == 1 else None
 
     def _complete(self, atoms: list[tuple[int, str, int]]) -> bool:
         """Whether the spatial atoms cover each of h and w of their grid entirely (all split parts present)."""
@@ -635,8 +659,10 @@ class Tracker:
         name = f"{frame.name}.sdpa" if frame.name else "sdpa"
         if isinstance(out, torch.Tensor) and ql is not None:  # the output keeps the queries' axes
             self.set(out, (*ql[:-1], None))
+        if (qp is None or kp is None) and ql is not None and kl is not None and self._sdpa_window(q, k, ql, kl, mask, causal, scale, frame):
+            return
         if qp is None or kp is None:
-            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), "queries or keys are not traceable to image positions (e.g. windows or tokens)"))
+            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), "queries or keys are not traceable to image positions (e.g. tokens)"))
             return
         qq = self._arrange(q, ql, q.ndim - 2, q.ndim - 1, query=True)
         kk = self._arrange(k.transpose(-1, -2), tuple(list(kl[:-2]) + [kl[-1], kl[-2]]) if kl else None, k.ndim - 1, k.ndim - 2, query=False)
@@ -648,6 +674,37 @@ class Tracker:
         rec.source = "generic"
         self.emit(frame, "sdpa", rec)
         _ = name
+
+    def _sdpa_window(self, q: torch.Tensor, k: torch.Tensor, ql: Labels, kl: Labels, mask: Any, causal: bool, scale: float, frame: Frame) -> bool:
+        """Fused attention inside windows folded into the batch: the weights, computed as the fused op does."""
+        qa, ka = ql[-2], kl[-2]
+        if not qa or not ka or not all(_base(a[1]) in ("h", "w") for a in (*qa, *ka)):
+            return False
+        lead = [at for ax in ql[:-2] for at in (ax or ())]
+        if not any(_base(a[1]) in ("h", "w") for a in lead):
+            return False
+        logits = (q.float() @ k.float().transpose(-1, -2)) * scale
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
+        if causal:
+            n, m = logits.shape[-2:]
+            logits = logits.masked_fill(torch.ones(n, m, dtype=torch.bool, device=logits.device).triu(1), float("-inf"))
+        a = logits.softmax(-1)
+        full = a.reshape([at[2] for at in lead] + [int(a.shape[-2]), int(a.shape[-1])])
+        if full.numel() > MAX_MATRIX:
+            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), f"window-local attention with {full.numel() / 1e6:.0f} M weights, over the keep limit"))
+            return True
+        rec = WindowAffinity(weights=keep(full), lead_atoms=[(at[1], at[2]) for at in lead], query_atoms=[(at[1], at[2]) for at in qa],
+                             key_atoms=[(at[1], at[2]) for at in ka])
+        try:
+            rec.validate()
+        except ValueError as e:
+            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), f"window-local attention that cannot be placed: {e}"))
+            return True
+        rec.source = "generic"
+        rec.note = "fused attention (scaled_dot_product_attention) inside windows; weights recomputed from its queries, keys and mask"
+        self.emit(frame, "window", rec)
+        return True
 
     # ---- end of forward
     def finish(self) -> None:

@@ -158,10 +158,10 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
                     sessions.pop(k, None)
             return sessions.setdefault(key, Session())
 
-    def get(image: Any, model_name: Any) -> Analysis:
+    def get(image: Any, model_name: Any, progress: Any = None) -> Analysis:
         if model_name in (None, ""):
             model_name = cat.default()
-        return gpu(eng.analyze)(_path(image), model_name)
+        return gpu(eng.analyze)(_path(image), model_name, progress)
 
     # ================================================================== endpoints (plain arguments)
     @_guard
@@ -473,13 +473,17 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         return sess.path, sess.model
 
     def on_input(file: Any, model_name: str, cmap_v: str, alpha_v: float, scale_v: str, thr: float, seg_a: float, stamp: float,
-                 request: gr.Request) -> dict[Any, Any]:
+                 request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
         sess = session(request)
         stamp = float(stamp or 0)
         sess.latest = max(sess.latest, stamp)
+
+        def downloading(done: int, total: int) -> None:
+            progress((done, total or None), desc=f"downloading {model_name}", unit="B")
+
         try:
             path = _path(file if file is not None else sess.path)  # a model change re-analyses the current image
-            a = get(path, model_name)
+            a = get(path, model_name, downloading)
             out = fill(a, None, None, None, "mean", _style(cmap_v, alpha_v, scale_v, thr), seg_a)
         except UserError as e:
             out = error_outputs(str(e))
