@@ -467,3 +467,24 @@ def test_contribution_near_zero_for_identity_start() -> None:
 def test_no_attention_model_yields_empty_records() -> None:
     cap = run(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1)), torch.randn(1, 3, 8, 8))
     assert cap.records == {}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: attnviz.modules.SqueezeExcite(32),
+        lambda: timm.layers.squeeze_excite.SEModule(32),
+        lambda: timm.layers.eca.EcaModule(32),
+        lambda: timm.layers.eca.CecaModule(32),
+        lambda: torchvision.ops.misc.SqueezeExcitation(32, 8),
+    ],
+)
+def test_gate_contribution_fast_path_matches_definition(make) -> None:  # noqa: ANN001
+    """Pure gates take the one-pass contribution; it must equal ‖out − x‖ / ‖x‖ computed directly."""
+    m = nn.Sequential(make()).eval()
+    x = torch.randn(2, 32, 7, 9)
+    with torch.no_grad(), attnviz.capture(m) as cap:
+        out = m(x)
+    (rec,) = cap.records.values()
+    ref = torch.linalg.vector_norm((out - x).flatten(1), dim=1) / torch.linalg.vector_norm(x.flatten(1), dim=1)
+    torch.testing.assert_close(rec.contribution, ref, rtol=1e-5, atol=1e-6)

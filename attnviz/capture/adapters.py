@@ -42,11 +42,15 @@ class AdapterSpec:
         taps: ``key -> (submodule, select)``: the submodule's output, passed through ``select`` (or
             kept whole), is cloned into ``stash[key]`` when it is produced.
         on_input: ``on_input(module, x) -> stash`` computed before the module runs.
+        gate_of: For a module whose output is exactly ``x * gate`` (the SE family), the key of the gate in
+            the stash: its contribution is then computed from the gate and the per-channel norms of x,
+            in one pass over x instead of three.
     """
 
     build: Callable[[nn.Module, torch.Tensor, object, Stash], Built]
     taps: dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]] = field(default_factory=dict)
     on_input: Callable[[nn.Module, torch.Tensor], Stash] | None = None
+    gate_of: str | None = None
 
 
 _REGISTRY: dict[str, Callable[[nn.Module], AdapterSpec]] = {}
@@ -98,8 +102,18 @@ def gate_record(gate: torch.Tensor, x: torch.Tensor) -> Record:
     raise ValueError(f"gate of shape {tuple(gate.shape)} fits neither channels nor positions of {tuple(x.shape)}")
 
 
-def _gate_spec(gate: nn.Module) -> AdapterSpec:
-    return AdapterSpec(taps={"gate": (gate, None)}, build=lambda m, x, out, s: [("", gate_record(s["gate"], x))])
+def _gate_spec(gate: nn.Module, pure: bool = False) -> AdapterSpec:
+    return AdapterSpec(taps={"gate": (gate, None)}, build=lambda m, x, out, s: [("", gate_record(s["gate"], x))], gate_of="gate" if pure else None)
+
+
+def gate_contribution(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor | None:
+    """‖x·g − x‖ / ‖x‖ per sample for a channel gate ``g`` (B, C[, 1, 1]), from per-channel norms of x (one pass)."""
+    if x.ndim != 4 or gate.numel() != x.shape[0] * x.shape[1]:
+        return None
+    with torch.no_grad():
+        n2 = torch.linalg.vector_norm(x.float(), dim=(2, 3)).square().cpu()  # (B, C)
+        g = gate.reshape(x.shape[0], x.shape[1]).float()
+        return ((g - 1).square() * n2).sum(1).sqrt() / n2.sum(1).sqrt().clamp_min(1e-12)
 
 
 # ---- squeeze-and-excitation family: the gate is a submodule -------------------------------------
@@ -118,12 +132,20 @@ def _gate_spec(gate: nn.Module) -> AdapterSpec:
     "timm.models._efficientnet_blocks.SqueezeExcite",
 )
 def _gate_module(m: nn.Module) -> AdapterSpec:
-    return _gate_spec(m.gate)
+    pure = _qualname(type(m)) in _PURE_GATES
+    return _gate_spec(m.gate, pure)
+
+
+_PURE_GATES = {  # out = x * gate exactly
+    "attnviz.modules.se.SqueezeExcite", "attnviz.modules.eca.EfficientChannelAttn", "attnviz.modules.cbam.ChannelGate",
+    "timm.layers.squeeze_excite.SEModule", "timm.layers.squeeze_excite.EffectiveSEModule", "timm.layers.eca.EcaModule",
+    "timm.layers.eca.CecaModule", "timm.models._efficientnet_blocks.SqueezeExcite",
+}
 
 
 @register_adapter("torchvision.ops.misc.SqueezeExcitation")
 def _tv_se(m: nn.Module) -> AdapterSpec:
-    return _gate_spec(m.scale_activation)
+    return _gate_spec(m.scale_activation, pure=True)
 
 
 @register_adapter("timm.layers.cbam.LightChannelAttn")

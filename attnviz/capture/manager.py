@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .adapters import AdapterSpec, find_adapter
+from .adapters import AdapterSpec, find_adapter, gate_contribution
 from .discovery import WATCHED, GateMode, class_uses_gates, grid_record
 from .provenance import Seen
 from .records import Record, SamplingGrid, keep
@@ -236,7 +236,11 @@ class Capture:
             call = calls.pop()
             with torch.no_grad():
                 built = spec.build(mod, call["x"], out, call["stash"])
-                contrib = contribution(call["x"], out, call["version"])
+                gate = call["stash"].get(spec.gate_of) if spec.gate_of else None
+                if gate is not None and call["x"] is not None and (call["version"] is None or _version(call["x"]) == call["version"]):
+                    contrib = gate_contribution(call["x"], gate)
+                else:
+                    contrib = contribution(call["x"], out, call["version"])
             for suffix, rec in built:
                 self._emit(name + suffix if name else suffix.lstrip(".") or type(mod).__name__, rec, mod, "adapter", contrib)
 
