@@ -23,14 +23,9 @@ from .capture import (
 from .maps import criss_cross_reach
 from .modules import create_attn
 
+from .inspect import InspectReport, inspect  # noqa: E402  (eager: the function, not the submodule, is attnviz.inspect)
+
 __version__ = "0.1.0"
-
-
-def inspect(model: object, x: object, generic: str = "auto"):  # type: ignore[no-untyped-def]
-    """Every record of one forward and every op seen but not drawn; see :func:`attnviz.inspect.inspect`."""
-    from .inspect import inspect as _inspect
-
-    return _inspect(model, x, generic)  # type: ignore[arg-type]
 
 
 def load_pretrained(name: str, device: object = None, weights: object = None):  # type: ignore[no-untyped-def]

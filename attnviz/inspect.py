@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from .capture import capture
-from .capture.provenance import Seen
 from .capture.records import (
     Affinity,
     AxisGate,
@@ -82,8 +81,12 @@ class InspectReport:
                              + (f"  ({r['note']})" if r["note"] else ""))
         else:
             la = self.looked_at
-            lines.append(f"no attention map found: looked at {la.get('modules', 0)} modules ({la.get('adapted', 0)} known attention classes, "
-                         f"{la.get('watched', 0)} whose code names a gate or attention function) and every sigmoid / softmax / matmul they ran.")
+            if la.get("watched", 0) or la.get("adapted", 0):
+                lines.append(f"no attention map found: looked at {la.get('modules', 0)} modules ({la.get('adapted', 0)} known attention classes, "
+                             f"{la.get('watched', 0)} whose code names a gate or attention function) and every sigmoid / softmax / matmul they ran.")
+            else:
+                lines.append(f"no attention modules: none of the {la.get('modules', 0)} modules is a known attention class or calls a gate "
+                             "or attention function (sigmoid, softmax, matmul, scaled_dot_product_attention) in its forward.")
         if self.seen:
             lines.append("")
             lines.append("seen, not drawn:")
@@ -105,16 +108,5 @@ def inspect(model: nn.Module, x: torch.Tensor, generic: str = "auto") -> Inspect
             "module": name, "kind": r.kind, "shape": shape_of(r), "geometry": geometry(r), "class": r.module_type,
             "identified_by": "adapter" if r.source == "adapter" else "provenance", "note": r.note,
         })
-    rep.seen = [s.as_dict() for s in _dedupe(cap.seen)]
+    rep.seen = cap.seen_not_drawn()
     return rep
-
-
-def _dedupe(items: list[Seen]) -> list[Seen]:
-    out: list[Seen] = []
-    keys: set[tuple[str, str, tuple[int, ...], str]] = set()
-    for s in items:
-        k = (s.module, s.op, s.shape, s.reason)
-        if k not in keys:
-            keys.add(k)
-            out.append(s)
-    return out

@@ -69,6 +69,22 @@ class DictSeg(nn.Module):
         return {"out": out, "aux": out * 0}
 
 
+class LambdaNet(nn.Module):
+    """A classifier whose only attention-like op is a lambda layer (seen, not drawn)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers.lambda_layer import LambdaLayer
+
+        self.body = nn.Conv2d(3, 16, 3, 4, 1)
+        self.lam = LambdaLayer(16, 16, num_heads=4, dim_head=4, r=3)
+        self.fc = nn.Linear(16, 3)
+        self.card = {"input_size": [40, 48], "class_names": ["a", "b", "c"]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.lam(self.body(x)).mean((2, 3)))
+
+
 @pytest.fixture(scope="module")
 def engine() -> Engine:
     tiny, plain, dseg = Tiny().eval(), Plain().eval(), DictSeg().eval()
@@ -79,6 +95,7 @@ def engine() -> Engine:
         cc.decode_head.cca.gamma.fill_(1.0)
     cc.card = {"input_size": [64, 64], "class_names": ["background"] + [f"c{i}" for i in range(10)]}
     cat = Catalog([Entry("tiny", True, loader=lambda: tiny), Entry("plain", True, loader=lambda: plain), Entry("dseg", True, loader=lambda: dseg),
+                   Entry("lambda", True, loader=lambda: LambdaNet().eval()),
                    Entry("ocr", True, loader=lambda: seg), Entry("ccseg", True, loader=lambda: cc),
                    Entry("tuple", True, loader=lambda: dseg, postprocess=lambda o: (o["out"], o["aux"])),
                    Entry("gone", False, "weights not in the local cache; run X")], torch.device("cpu"))
@@ -219,11 +236,20 @@ def test_views_summaries_ablation_compare_export(engine: Engine, images: dict[st
 def test_model_without_attention_still_predicts(engine: Engine, images: dict[str, Path]) -> None:
     a = engine.analyze(images["rgb"], "plain")
     assert len(a.top(5)) == 3 and not a.records
-    assert any("no attention modules" in n for n in a.notes)
+    assert any("no attention map attnviz can draw" in n for n in a.notes) and not engine.summary(a)["seen_not_drawn"]
     with pytest.raises(UserError, match="nothing to show"):
         engine.attention_at(a, 1, 1)
     with pytest.raises(UserError, match="not available here.*run X"):
         engine.analyze(images["rgb"], "gone")
+
+
+def test_seen_not_drawn_reaches_notes_modules_table_and_summary(engine: Engine, images: dict[str, Path]) -> None:
+    a = engine.analyze(images["rgb"], "lambda")
+    assert not a.records
+    assert any("1 attention-like ops seen, not drawn" in n for n in a.notes)
+    rows = engine.modules_table(a)
+    assert [r[1] for r in rows] == ["seen, not drawn"] and rows[0][0] == "lam" and "lambda layer" in rows[0][-1]
+    assert engine.summary(a)["seen_not_drawn"][0]["module"] == "lam"
 
 
 # ---------------------------------------------------------------------------------------- segmentation

@@ -488,3 +488,20 @@ def test_gate_contribution_fast_path_matches_definition(make) -> None:  # noqa: 
     (rec,) = cap.records.values()
     ref = torch.linalg.vector_norm((out - x).flatten(1), dim=1) / torch.linalg.vector_norm(x.flatten(1), dim=1)
     torch.testing.assert_close(rec.contribution, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_lambda_layer_is_seen_not_drawn_with_reason() -> None:
+    """A lambda layer's key softmax pools features but no attention weights mix them back: listed, never drawn."""
+    from timm.layers.lambda_layer import LambdaLayer
+
+    m = nn.Sequential(LambdaLayer(64, 64, feat_size=(8, 8), stride=1)).eval()
+    rep = attnviz.inspect(m, torch.randn(1, 64, 8, 8))
+    assert rep.records == []
+    assert len(rep.seen) == 1 and "lambda layer" in rep.seen[0]["reason"] and rep.seen[0]["op"] == "softmax"
+    assert "seen, not drawn" in rep.table()
+
+
+def test_inspect_without_attention_says_so_in_one_line() -> None:
+    rep = attnviz.inspect(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+    assert rep.records == [] and rep.seen == []
+    assert rep.table().startswith("no attention modules: none of the") and "\n" not in rep.table()

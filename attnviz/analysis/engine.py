@@ -90,6 +90,7 @@ class Analysis:
         forward_ms: Time of the captured forward.
         device: Where it ran.
         trained_on: What the model was trained on (shown beside its results).
+        seen: Attention-like ops that were seen but not drawn, each with the reason ("seen, not drawn").
     """
 
     key: str
@@ -107,6 +108,7 @@ class Analysis:
     forward_ms: float = 0.0
     device: str = "cpu"
     trained_on: str = ""
+    seen: list[dict[str, Any]] = field(default_factory=list)
     last_used: float = field(default_factory=time.monotonic)
     _labels: np.ndarray | None = None
     _qd: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -309,15 +311,17 @@ class Engine:
         h, w = (int(v) for v in card["input_size"])
         if (img.rgb.shape[0], img.rgb.shape[1]) != (h, w):
             notes.append(f"resized to the model's {w}×{h} input (aspect ratio not kept)")
+        seen = cap.seen_not_drawn()
         if not cap.records:
-            notes.append(f"{model_name} has no attention modules that attnviz can see; only the prediction is shown.")
+            notes.append(f"{model_name} has no attention map attnviz can draw exactly; only the prediction is shown"
+                         + (f" ({len(seen)} attention-like ops seen, not drawn: see Modules)." if seen else "."))
         trained_on = entry.trained_on or str(card.get("trained_on", ""))
         palette = np.asarray(card["palette"], np.uint8) if card.get("palette") is not None else None
         logits = out.logits[0].detach().float().cpu()
         if out.task == "segmentation" and palette is None:
             palette = render.default_palette(max(2, logits.shape[0]))
         return Analysis(key, model_name, out.task, img.rgb, x.detach().clone(), logits, dict(cap.records), names, palette, notes,
-                        img.original_size, img.mode, ms, str(device), trained_on)
+                        img.original_size, img.mode, ms, str(device), trained_on, seen)
 
     # ---------------------------------------------------------------- summaries
     @staticmethod
@@ -333,6 +337,8 @@ class Engine:
             main = [v for k, v in r.arrays().items() if k != "contribution"]
             shape = "×".join(str(s) for s in main[0].shape[1:]) if main else ""
             rows.append([name, r.kind, r.module_type, r.source, shape, None if c is None else round(c, 4), note])
+        for s in a.seen:
+            rows.append([s["module"] or "(model)", "seen, not drawn", s["op"], "provenance", "×".join(map(str, s["shape"][1:])), None, s["reason"]])
         return rows
 
     def summary(self, a: Analysis) -> dict[str, Any]:
@@ -344,7 +350,7 @@ class Engine:
             "model": a.model_name, "task": a.task, "image_size": [a.hw[1], a.hw[0]], "source_size": list(a.source_size),
             "source_mode": a.source_mode, "model_input_size": [int(a.x.shape[-1]), int(a.x.shape[-2])], "device": a.device,
             "forward_ms": round(a.forward_ms, 2), "notes": a.notes, "trained_on": a.trained_on,
-            "layers": {n: r.kind for n, r in a.records.items()}, "kinds": kinds,
+            "layers": {n: r.kind for n, r in a.records.items()}, "kinds": kinds, "seen_not_drawn": a.seen,
             "click_layers": {n: {"views": list(cl.views), "heads": cl.heads, "feature_hw": list(cl.feature_hw)} for n, cl in click_layers(a.records).items()},
         }
         if a.task == "segmentation":

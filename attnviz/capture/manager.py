@@ -278,6 +278,17 @@ class Capture:
         self._mode = GateMode(self._on_op)
         self._mode.__enter__()
 
+    def seen_not_drawn(self) -> list[dict[str, Any]]:
+        """``seen`` without repeats, as JSON-able dicts (module, op, shape, reason)."""
+        out: list[dict[str, Any]] = []
+        keys: set[tuple[str, str, tuple[int, ...], str]] = set()
+        for s in self.seen:
+            k = (s.module, s.op, tuple(s.shape), s.reason)
+            if k not in keys:
+                keys.add(k)
+                out.append(s.as_dict())
+        return out
+
     def _seen(self, item: Seen) -> None:
         with self._lock:
             self.seen.append(item)

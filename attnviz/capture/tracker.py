@@ -144,6 +144,7 @@ class Tracker:
         self._derived: dict[int, tuple[weakref.ref, _Derived]] = {}
         self._logits: dict[int, tuple[weakref.ref, torch.Tensor, torch.Tensor, float]] = {}
         self._regions: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}  # region grid id -> (maps (B, K, H, W), hw)
+        self._region_of: dict[int, Candidate] = {}  # region grid id -> the softmax that made it (until a pixel → region attention uses it)
         self.cands: list[Candidate] = []
         self.batch: int | None = None
 
@@ -513,7 +514,8 @@ class Tracker:
         heads_atoms, window_atoms = split
         kp = positions(key_axis)
         qp = positions(q_axis) if q_axis else None
-        region = next((self._regions[at[0]] for at in (key_axis or ()) if at[1] == "region" and at[0] in self._regions), None)
+        rid = next((at[0] for at in (key_axis or ()) if at[1] == "region" and at[0] in self._regions), None)
+        region = self._regions[rid] if rid is not None else None
         norm = "softmax" if c.op == "softmax" else "mean"
         if kp is not None and not window_atoms and (q_axis is None or size_of(q_axis) == 1):
             m = self._matrix(a, d, al, k_idx, q_idx)
@@ -534,6 +536,7 @@ class Tracker:
             maps = m.mean(1).reshape(m.shape[0], -1, kp[1], kp[2])  # (B, K, H, W)
             g = new_grid()
             self._regions[g] = (keep(maps), (kp[1], kp[2]))
+            self._region_of[g] = c
             ol = list(self.get(out) or (None,) * out.ndim)
             oq = out.ndim - 2 if k_idx == a.ndim - 1 else out.ndim - 1
             if 0 <= oq < out.ndim:  # the pooled features' region axis
@@ -548,6 +551,7 @@ class Tracker:
             if m is None:
                 return
             pix = m.mean(1)  # (B, N, K)
+            self._region_of.pop(rid, None)  # type: ignore[arg-type]
             self._record(c, "regions", RegionAttention(region_maps=maps, pixel_weights=keep(pix), query_hw=(qp[1], qp[2])))
             return
         if is_channels(key_axis) and (q_axis is None or size_of(q_axis) == 1) and not window_atoms:
@@ -716,6 +720,11 @@ class Tracker:
             if not c.reasons and c.op in ("sigmoid", "hardsigmoid"):
                 reason = "never multiplied into a feature map as a gate (an activation such as x·σ(x), or a score)"
             self.report_seen(Seen(c.frame.name, c.op, tuple(c.source.shape), reason))
+        for g, c in self._region_of.items():  # soft regions that no pixel → region attention used
+            self.report_seen(Seen(c.frame.name, c.op, tuple(c.source.shape),
+                                  f"{self._regions[g][0].shape[1]} softmax maps over positions pool the features, but what "
+                                  "mixes the pooled features back into pixels is linear (no pixel → region attention weights), as in a lambda layer"))
+        self._region_of.clear()
         self.cands.clear()
         self._labels.clear()
         self._derived.clear()
