@@ -2,8 +2,10 @@
 
     python bench/capture.py [--repeats 15] [--out BENCHMARKS-capture.json]
 
-1. capture-on forward / plain forward: CBAM-ResNet18 (timm), Non-Local ResNet18, efficientnet_b0,
-   224×224, batch 1 and 8 (target ≤ 1.05×).
+1. capture-on forward / plain forward at batch 1 and 8 (target ≤ 1.05×): gate-heavy nets (CBAM-ResNet18
+   and SE-ResNet50 from timm, torchvision efficientnet_b0), a Non-Local ResNet18, timm's BotNet and
+   HaloNet (explicit q·kᵀ softmax in this timm) and two timm models whose attention runs through
+   ``F.scaled_dot_product_attention`` (CoAtNet, MobileNetV4-hybrid).
 2. one Non-Local row and one CCNet two-hop reach per query vs one forward (target ≤ 0.01×).
 3. peak memory of a Non-Local net forward at 1024×1024, capture vs plain (target ≤ 1.2×), each in a
    fresh process: peak RSS growth above the RSS after model construction.
@@ -49,10 +51,15 @@ def ccnet_net() -> nn.Module:
     return with_block(block)
 
 
-MODELS = {
-    "cbam_resnet18 (timm)": lambda: timm.create_model("resnet18", block_args=dict(attn_layer="cbam")),
-    "nonlocal_resnet18": nonlocal_net,
-    "efficientnet_b0 (torchvision)": torchvision.models.efficientnet_b0,
+MODELS: dict[str, tuple[object, int]] = {  # name -> (factory, input side)
+    "cbam_resnet18 (timm)": (lambda: timm.create_model("resnet18", block_args=dict(attn_layer="cbam")), 224),
+    "seresnet50 (timm)": (lambda: timm.create_model("seresnet50"), 224),
+    "efficientnet_b0 (torchvision)": (torchvision.models.efficientnet_b0, 224),
+    "nonlocal_resnet18": (nonlocal_net, 224),
+    "botnet26t_256 (timm)": (lambda: timm.create_model("botnet26t_256"), 256),
+    "halonet26t (timm)": (lambda: timm.create_model("halonet26t"), 256),
+    "coatnet_nano_rw_224 (timm, SDPA)": (lambda: timm.create_model("coatnet_nano_rw_224"), 224),
+    "mobilenetv4_hybrid_medium (timm, SDPA)": (lambda: timm.create_model("mobilenetv4_hybrid_medium"), 256),
 }
 
 
@@ -141,6 +148,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out/capture.json")
     ap.add_argument("--memory-child", choices=["plain", "capture"])
     ap.add_argument("--side", type=int, default=1024)
+    ap.add_argument("--only", default="", help="run only the models whose name contains this (and skip queries/memory)")
     args = ap.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child, args.side)
@@ -148,12 +156,20 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     results: dict[str, object] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    for name, factory in MODELS.items():
-        model = factory()
+    for name, (factory, side) in MODELS.items():
+        if args.only and args.only not in name:
+            continue
+        model = factory()  # type: ignore[operator]
+        with torch.inference_mode(), attnviz.capture(model.eval()) as cap:
+            model(torch.randn(1, 3, side, side))
+        results[f"{name} records"] = len(cap.records)
         for b in (1, 8):
-            r = overhead(model, torch.randn(b, 3, 224, 224), args.repeats if b == 1 else max(5, args.repeats // 3))
+            r = overhead(model, torch.randn(b, 3, side, side), args.repeats if b == 1 else max(5, args.repeats // 3))
             results[f"{name} b{b}"] = r
             print(f"{name:32s} batch {b}: plain {r['plain_ms']:8.1f} ms  capture {r['capture_ms']:8.1f} ms  ratio {r['ratio']:.3f}", flush=True)
+    if args.only:
+        print(json.dumps(results, indent=1))
+        return
     q = query_costs(args.repeats)
     results["queries"] = q
     print(f"Non-Local row: {q['nonlocal_row_ms']:.3f} ms = {q['nonlocal_row_ratio']:.4f}× forward; "

@@ -110,10 +110,11 @@ def gate_contribution(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor | Non
     """‖x·g − x‖ / ‖x‖ per sample for a channel gate ``g`` (B, C[, 1, 1]), from per-channel norms of x (one pass)."""
     if x.ndim != 4 or gate.numel() != x.shape[0] * x.shape[1]:
         return None
+    b, c = x.shape[:2]
     with torch.no_grad():
-        n2 = torch.linalg.vector_norm(x.float(), dim=(2, 3)).square().cpu()  # (B, C)
-        g = gate.reshape(x.shape[0], x.shape[1]).float()
-        return ((g - 1).square() * n2).sum(1).sqrt() / n2.sum(1).sqrt().clamp_min(1e-12)
+        n = torch.linalg.vector_norm(x, dim=(2, 3), dtype=torch.float32)  # (B, C): ‖x_c‖
+        g = gate.reshape(b, c).float()  # (B, C)
+        return (torch.linalg.vector_norm((g - 1) * n, dim=1) / torch.linalg.vector_norm(n, dim=1).clamp_min(1e-12)).cpu()
 
 
 # ---- squeeze-and-excitation family: the gate is a submodule -------------------------------------

@@ -34,7 +34,7 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor
 
 
 def _version(t: torch.Tensor | None) -> int | None:
-    if t is None:
+    if t is None or t.is_inference():  # inference tensors keep no version counter (and cannot be changed in place)
         return None
     try:
         return t._version
@@ -112,6 +112,13 @@ class Capture:
         self._restore: list[Callable[[], None]] = []
         self._modules: dict[str, nn.Module] = {}
         self._active = False
+        # ops are fully tracked only while a watched module (or the parent of one whose gate is still unused)
+        # runs; elsewhere only their axis labels are propagated (cheap, and needed for provenance)
+        self._watched: set[str] = set()
+        self._depth = 0  # watched frames on the stack
+        self._mode_on = False
+        self._hold: Frame | None = None  # keep watching ops until this frame returns (a gate made by its child is unused)
+        self._span_start = 0  # tracker candidates before the current watched span
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "Capture":
@@ -144,6 +151,9 @@ class Capture:
         finally:
             self._mode = None
             self._tracker = None
+            self._watched = set()
+            self._depth = 0
+            self._hold = None
             for h in self._handles:
                 h.remove()
             self._handles.clear()
@@ -274,9 +284,14 @@ class Capture:
                 self._attach_frame(name, module, False)
         for name, module, _ in adapted:  # frames that tell discovery "an adapter records this"
             self._attach_frame(name, module, True)
+        self._watched = set(candidates)
         self._tracker = Tracker(self._emit_generic, self._seen)
         self._mode = GateMode(self._on_op)
         self._mode.__enter__()
+
+    def _set_mode(self, on: bool) -> None:
+        """Switch between full tracking (``on``) and label propagation only."""
+        self._mode_on = on
 
     def seen_not_drawn(self) -> list[dict[str, Any]]:
         """``seen`` without repeats, as JSON-able dicts (module, op, shape, reason)."""
@@ -308,6 +323,8 @@ class Capture:
                 return
             if name == "":
                 self._stack.clear()  # a new top-level forward: drop frames left by an earlier exception
+                self._depth, self._hold = 0, None
+                self._set_mode(False)
             x = _first_tensor(args, kwargs)
             if self._tracker is not None:
                 for t in (*args, *kwargs.values()):
@@ -315,11 +332,17 @@ class Capture:
                         self._tracker.label_input(t, top=name == "")
             x4 = x if x is not None and x.ndim == 4 else None
             self._stack.append(Frame(name=name, x=x4, adapted=adapted, version=_version(x4)))
+            if name in self._watched:
+                if self._depth == 0 and self._tracker is not None:
+                    self._span_start = len(self._tracker.cands)
+                self._depth += 1
+                self._set_mode(True)
 
         def post(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
             if not self._mine() or not self._stack or self._stack[-1].name != name:
                 return
             frame = self._stack.pop()
+            self._after_frame(frame)
             if self._tracker is not None:
                 self._tracker.label_output(frame.x, out)
                 if name == "":
@@ -333,6 +356,19 @@ class Capture:
         self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         self._handles.append(module.register_forward_hook(post, with_kwargs=True))
 
+    def _after_frame(self, frame: Frame) -> None:
+        """Leaving a frame: stop watching ops when no watched module runs and no fresh gate waits for its consumer."""
+        if frame is self._hold:
+            self._hold = None
+        if frame.name in self._watched:
+            self._depth -= 1
+            if self._depth == 0 and self._hold is None and self._stack and self._tracker is not None:
+                # a gate or weights made here and not yet used: its consumer is usually the parent (``x * self.sa(x)``)
+                if any(not c.used and not c.reasons for c in self._tracker.cands[self._span_start:]):
+                    self._hold = self._stack[-1]
+        if self._depth == 0 and self._hold is None:
+            self._set_mode(False)
+
     def _frame_for(self, args: tuple[Any, ...]) -> Frame | None:
         """The module an op belongs to: the innermost call with a 4-D input that is not just a wrapper of the op."""
         arg = args[0] if args else None
@@ -342,7 +378,11 @@ class Capture:
         return self._stack[-1] if self._stack else None
 
     def _on_op(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-        if not self._mine() or not self._stack:
+        if not self._stack or threading.get_ident() != self._thread:
+            return
+        if not self._mode_on and func not in WATCHED:
+            if self._tracker is not None:
+                self._tracker.propagate_only(func, args, kwargs, out)
             return
         in_adapted = any(f.adapted for f in self._stack)
         if func in WATCHED and isinstance(out, torch.Tensor):

@@ -202,6 +202,18 @@ class Tracker:
             pass
 
     # ---- the op hook
+    def propagate_only(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """Outside watched code: carry the axis labels through the op, nothing else."""
+        name = func_name(func)
+        if name == "stack" and isinstance(out, torch.Tensor):
+            self._stack(args, kwargs, out)
+        elif isinstance(out, torch.Tensor):
+            if name not in ("sigmoid_",) or self.get(out) is None:
+                self.set(out, propagate(name, args, kwargs, out, self.get))
+        elif isinstance(out, (tuple, list)) and out and all(isinstance(o, torch.Tensor) for o in out):
+            for o, lb in zip(out, propagate_multi(name, args, kwargs, list(out), self.get)):
+                self.set(o, lb)
+
     def on_op(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame | None, in_adapted: bool) -> None:
         name = func_name(func)
         if name == "scaled_dot_product_attention":
