@@ -143,7 +143,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(eng.status_line(a))
         for n in a.notes:
             print("note:", n)
-        print("prediction:", json.dumps(a.top(5)))
+        if a.task == "segmentation":
+            print("classes present (share of the image):", json.dumps(a.top(10)))
+        else:
+            print("prediction:", json.dumps(a.top(5)))
         if click is not None and eng.click_choices(a):
             _, info, _ = eng.attention_at(a, click[0], click[1], args.layer)
             print(info["text"].replace("**", ""))

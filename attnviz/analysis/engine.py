@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -567,8 +567,9 @@ class Engine:
                 logits = interpret_output(self.model(t), entry.postprocess).logits
                 return (logits[:, cls] * mask).sum((1, 2))[:, None]
 
-        layer = getattr(model, "last_conv_stage", None) or _grad_cam_layer(model, a.records, int(a.logits.shape[0]))
         with self.model_lock(a.model_name), torch.enable_grad():
+            layer = getattr(model, "last_conv_stage", None) or _grad_cam_layer(
+                model, a.records, int(a.logits.shape[0]), xin, lambda o: interpret_output(o, entry.postprocess).logits)
             cam = grad_cam(Target(), layer, xin, 0)[0].detach().float().cpu().numpy()
         img = self.overlay_map(a, cam, style, point=(fx, fy), unit="Grad-CAM (ReLU)")
         return img, {"class": a.label(cls), "segment_area_share": round(float((labels == cls).mean()), 4), "layer": _module_name(model, layer),
@@ -721,7 +722,9 @@ class Engine:
         lock = self.model_lock(a.model_name)
         with lock, torch.enable_grad():
             if method == "Grad-CAM":
-                layer = getattr(model, "last_conv_stage", None) or _grad_cam_layer(model, a.records, int(a.logits.shape[0]))
+                post = self.catalog.entry(a.model_name).postprocess
+                layer = getattr(model, "last_conv_stage", None) or _grad_cam_layer(
+                    model, a.records, int(a.logits.shape[0]), x, lambda o: interpret_output(o, post).logits)
                 attr = grad_cam(model, layer, x, target)[0]
             elif method == "IntegratedGradients":
                 attr = integrated_gradients(model, x, target)[0]
@@ -784,12 +787,27 @@ def _module_name(model: nn.Module, layer: nn.Module) -> str:
     return type(layer).__name__
 
 
-def _grad_cam_layer(model: nn.Module, records: Mapping[str, Record], num_classes: int = -1) -> nn.Module:
-    """Grad-CAM target for a model without ``last_conv_stage``: its last Conv2d outside attention modules
-    that is not the 1×1 classifier."""
+def _grad_cam_layer(model: nn.Module, records: Mapping[str, Record], num_classes: int, x: torch.Tensor,
+                    logits_of: Callable[[Any], torch.Tensor]) -> nn.Module:
+    """Grad-CAM target for a model without ``last_conv_stage``: the last Conv2d *the output depends on*, in
+    execution order, outside attention modules and other than the 1×1 classifier (an auxiliary head that
+    is defined later but not used for the output, as in torchvision's segmentation models, is skipped)."""
     inside = tuple(r.name.split("#")[0].rsplit(".", 1)[0] + "." for r in records.values()) + tuple(r.name.split("#")[0] + "." for r in records.values())
-    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and not (name + ".").startswith(inside)]
+    convs = [m for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and not (name + ".").startswith(inside)]
     if not convs:
         raise UserError("Grad-CAM needs a convolutional layer; this model has none.")
-    feature = [(n, m) for n, m in convs if not (m.kernel_size == (1, 1) and m.out_channels == num_classes)]
-    return (feature or convs)[-1][1]
+    feature = [m for m in convs if not (m.kernel_size == (1, 1) and m.out_channels == num_classes)] or convs
+    order: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: order.append((mod, out)) if isinstance(out, torch.Tensor) else None)
+             for m in feature]
+    try:
+        with torch.enable_grad():
+            logits = logits_of(model(x.detach().requires_grad_(True)))
+            grads = torch.autograd.grad(logits.float().sum(), [o for _, o in order], allow_unused=True) if order else []
+    finally:
+        for h in hooks:
+            h.remove()
+    used = [m for (m, _), g in zip(order, grads) if g is not None]
+    if not used:
+        raise UserError("Grad-CAM needs a convolutional layer that the output depends on; this model has none.")
+    return used[-1]

@@ -1,0 +1,95 @@
+"""Serve your own model: torchvision and segmentation_models_pytorch segmentation networks, unregistered.
+
+Random weights (offline); the same code paths open the real weights when torchvision has them cached.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from attnviz.analysis import Catalog, Engine, Entry, UserError, export_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rgb = np.zeros((72, 96, 3), np.uint8)
+    rgb[10:50, 20:60] = (200, 60, 40)
+    rgb += (np.random.default_rng(0).random(rgb.shape) * 40).astype(np.uint8)
+    path = tmp_path_factory.mktemp("user") / "scene.png"
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def _tv(factory, size: int = 96):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    m = factory(weights=None, weights_backbone=None, num_classes=5, aux_loss=True).eval()
+    m.card = {"input_size": [size, size], "class_names": ["bg", "a", "b", "c", "d"]}
+    return m
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(0)
+    unet = smp.Unet("resnet18", encoder_weights=None, decoder_attention_type="scse", classes=4).eval()
+    unet.card = {"input_size": [64, 64]}
+    cat = Catalog([
+        Entry("deeplab", True, loader=lambda: _tv(torchvision.models.segmentation.deeplabv3_resnet50)),
+        Entry("fcn", True, loader=lambda: _tv(torchvision.models.segmentation.fcn_resnet50)),
+        Entry("unet", True, loader=lambda: unet),
+    ], torch.device("cpu"))
+    return Engine(cat, max_entries=4)
+
+
+@pytest.mark.parametrize("name", ["deeplab", "fcn"])
+def test_torchvision_segmentation_models_open_as_segmentation(engine: Engine, image: Path, name: str, tmp_path: Path) -> None:
+    a = engine.analyze(image, name)  # dict output {"out", "aux"}: "out" is read
+    assert a.task == "segmentation" and a.logits.shape[0] == 5
+    assert a.labels().shape == (72, 96)  # labels at the image's own size
+    legend = a.legend()
+    assert legend and abs(sum(float(r["area"]) for r in legend) - 1) < 1e-6
+    over, rows = engine.segmentation_view(a)
+    assert over.shape[:2] == (72 * a.display_scale, 96 * a.display_scale) or over.shape[:2] == (72, 96)
+    probs = a.probs_at(30, 20)
+    assert len(probs) == 3 and abs(sum(p for _, p in a.probs_at(30, 20, k=5)) - 1) < 1e-4
+    cam, info = engine.segment_gradcam(a, 30, 20)  # Grad-CAM of the clicked pixel's class over its segment
+    assert cam.ndim == 3 and info["class"] in a.class_names
+    with pytest.raises(UserError, match="nothing to show"):  # no attention modules: said, not drawn
+        engine.attention_at(a, 30, 20)
+    z = export_bundle(engine, a, None, folder=tmp_path)
+    import zipfile
+
+    with zipfile.ZipFile(z) as f:
+        assert "segmentation.png" in f.namelist()
+
+
+def test_smp_unet_scse_segmentation_with_its_gates(engine: Engine, image: Path) -> None:
+    a = engine.analyze(image, "unet")
+    assert a.task == "segmentation" and a.logits.shape[0] == 4
+    kinds = engine.summary(a)["kinds"]
+    assert kinds == {"channel": 9, "spatial": 9}  # cSE and sSE of every decoder scSE block
+    tiles = engine.spatial_gallery(a)
+    assert len(tiles) == 9 and all(t[0].ndim == 3 for t in tiles)
+    assert a.class_names == [] or len(a.class_names) in (0, 4)
+    assert a.label(3) == "class 3"
+
+
+def test_cli_analyze_a_torchvision_segmentation_model(image: Path, tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "attnviz", "analyze", str(image), "--model", "torchvision.models.segmentation:fcn_resnet50",
+         "--model-kwargs", json.dumps({"weights": None, "weights_backbone": None, "num_classes": 3}), "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "classes present" in r.stdout and "Traceback" not in r.stderr
+    assert list(tmp_path.glob("*.zip"))
