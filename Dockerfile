@@ -17,5 +17,10 @@ ENV HOME=/home/user \
     GRADIO_ANALYTICS_ENABLED=False \
     MPLCONFIGDIR=/tmp/matplotlib
 # ATTNVIZ_DEVICE=cuda / cpu overrides the automatic choice (CUDA when present)
+
+# Pre-warm: fetch the default real models at build time (the Space defaults to them). Without network the
+# build goes on and the app downloads them, with progress, when they are first chosen; the zoo is always there.
+ARG PREWARM="ccnet_r50_d8_cityscapes seresnet50"
+RUN if [ -n "$PREWARM" ]; then attnviz download $PREWARM || echo "pre-warm skipped: models download on first use"; fi
 EXPOSE 7860
 CMD ["python", "app.py"]

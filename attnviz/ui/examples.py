@@ -26,6 +26,7 @@ class Example:
     model: str
     click: tuple[float, float] | None = None
     expected: str | None = None  # the class its model should predict (checked by the test suite)
+    licence: str = ""  # for photos we did not make
 
 
 def load_examples(cat: Catalog, folder: Path = EXAMPLES) -> list[Example]:
@@ -41,5 +42,5 @@ def load_examples(cat: Catalog, folder: Path = EXAMPLES) -> list[Example]:
         if model is None or not path.exists():
             continue
         click = tuple(item["click"]) if item.get("click") else None
-        out.append(Example(path, item["group"], item["title"], model, click, item.get("expected")))  # type: ignore[arg-type]
+        out.append(Example(path, item["group"], item["title"], model, click, item.get("expected"), item.get("licence", "")))  # type: ignore[arg-type]
     return out

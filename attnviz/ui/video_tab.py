@@ -160,7 +160,7 @@ def wire(demo: gr.Blocks, vt: VideoTab, analyze_video: Callable[..., Any], eng: 
                           [vt.video, vt.over, vt.conf, vt.npz, vt.csv, vt.info], api_name="analyze_video")
     vt.cancel_btn.click(lambda: "Cancelled.", None, [vt.info], cancels=[ev], api_visibility="private")
 
-    def frame_api(video: Any, index: int = 0) -> np.ndarray:
+    def video_frame(video: Any, index: int = 0) -> np.ndarray:
         """One frame of a clip (to pick the query point on).
 
         Args:
@@ -172,7 +172,7 @@ def wire(demo: gr.Blocks, vt: VideoTab, analyze_video: Callable[..., Any], eng: 
             raise gr.Error("video is missing: upload a clip.", print_exception=False)
         return out
 
-    gr.Button(visible=False).click(frame_api, [gr.File(visible=False), gr.Number(visible=False)], [gr.Image(visible=False, format="png")],
+    gr.Button(visible=False).click(video_frame, [gr.File(visible=False), gr.Number(visible=False)], [gr.Image(visible=False, format="png")],
                                    api_name="video_frame")
 
 
