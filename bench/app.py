@@ -5,7 +5,7 @@
 1. Click handling — click layer row or CCNet reach at the query pixel, plus the overlay rendered at
    display size — vs one forward of the same model on the same input (target ≤ 0.1×), p50 and p95
    over ``--clicks`` random pixels. Models: the zoo's ccnet_resnet and nonlocal_resnet (64² input,
-   shown at 384²), a Non-Local ResNet-18 and timm's botnet26t_256 at ImageNet size (random weights:
+   shown at 384²), nonlocal_seg and ccnet_seg (segmentation, 128² input), a Non-Local ResNet-18 and timm's botnet26t_256 at ImageNet size (random weights:
    timing does not depend on them), shown at 768 px.
 2. Memory: RSS of the live app process after 10 and after ``--analyses`` analyze calls through
    gradio_client with distinct images (target: growth ≤ 50 MB).
@@ -29,7 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attnviz.modules import NonLocal2d
-from attnviz.ui.engine import Catalog, Engine, Entry, Style
+from attnviz.analysis import Catalog, Engine, Entry, Style
 
 
 def nonlocal_r18() -> nn.Module:
@@ -55,7 +55,7 @@ def bench_clicks(n: int) -> list[dict[str, object]]:
     from attnviz.models import load_pretrained
 
     entries = [Entry("nonlocal_r18", True, loader=nonlocal_r18), Entry("botnet26t_256", True, loader=botnet)]
-    for name in ("ccnet_resnet", "nonlocal_resnet"):
+    for name in ("ccnet_resnet", "nonlocal_resnet", "nonlocal_seg", "ccnet_seg"):
         entries.append(Entry(name, True, loader=lambda n=name: load_pretrained(n)))
     eng = Engine(Catalog(entries, torch.device("cpu")))
     rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def bench_clicks(n: int) -> list[dict[str, object]]:
     scene = str(next((Path(__file__).resolve().parents[1] / "examples").glob("scene_*.png")))
     rows = []
     for e in entries:
-        a = eng.analyze(scene if e.name.endswith("_resnet") else photo, e.name)
+        a = eng.analyze(scene if e.name.endswith(("_resnet", "_seg")) else photo, e.name)
         model = eng.catalog.get(e.name)
         h, w = a.hw
         fwd, click = [], []

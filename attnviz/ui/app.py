@@ -502,8 +502,13 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
             out[status] = f"{out.get(status, '')}  \nImage: `{html.escape(os.path.basename(str(path or file)))}`"
         return {c: out.get(c, gr.skip()) for c in all_outputs + [upload]}
 
-    def pick_example(ex: Example, cmap_v: str, alpha_v: float, scale_v: str, thr: float, seg_a: float, stamp: float, request: gr.Request) -> dict[Any, Any]:
-        return show_example(ex, cmap_v, alpha_v, scale_v, thr, seg_a, stamp, request)
+    def pick_example(ex: Example) -> Callable[..., dict[Any, Any]]:
+        """The click handler of one example button (a closure, so Gradio sees its real inputs and the request)."""
+
+        def picked(cmap_v: str, alpha_v: float, scale_v: str, thr: float, seg_a: float, stamp: float, request: gr.Request) -> dict[Any, Any]:
+            return show_example(ex, cmap_v, alpha_v, scale_v, thr, seg_a, stamp, request)
+
+        return picked
 
     def show_example(ex: Example, cmap_v: str, alpha_v: float, scale_v: str, thr: float, seg_a: float, stamp: float, request: gr.Request | None) -> dict[Any, Any]:
         sess = session(request)
@@ -690,7 +695,7 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         for btn, ex in example_buttons:
             # one event per example (no shared selection state); always_last: a pick made while another runs is
             # never dropped, and the stamps drop whichever result is older
-            btn.click(functools.partial(pick_example, ex), [*style_in, stamp], all_outputs + [upload, model], js=STAMP_JS,
+            btn.click(pick_example(ex), [*style_in, stamp], all_outputs + [upload, model], js=STAMP_JS,
                       api_visibility="private", trigger_mode="always_last")
         demo.load(on_load, None, all_outputs + [upload, model], api_visibility="private")
         # every click runs with its own coordinates ("multiple"); the stamps drop results overtaken by a newer click
