@@ -414,3 +414,24 @@ def test_work_folder_cleanup_ttl_and_cap(tmp_path: Path) -> None:
     res = cleanup(tmp_path, ttl_s=450, cap_bytes=3000, now=now)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["f0.zip", "f1.zip", "f2.zip"] and res["bytes"] == 3000  # f5…f9 too old, f3, f4 over the cap, the .part gone
+
+
+def test_cleanup_removes_servers_empty_staging_files_and_folders(tmp_path: Path) -> None:
+    """Gradio's upload route leaves a zero-byte temp file per upload and a folder per cached file: both go."""
+    from attnviz.analysis.workdirs import keep_clean
+
+    now = time.time()
+    old, fresh = tmp_path / "tmpabc123", tmp_path / "tmpfresh"
+    old.write_bytes(b"")
+    fresh.write_bytes(b"")
+    os.utime(old, (now - 120, now - 120))
+    (tmp_path / "d41d8cd9" / "sub").mkdir(parents=True)
+    os.utime(tmp_path / "d41d8cd9" / "sub", (now - 120, now - 120))
+    kept = tmp_path / "e3b0c442"
+    kept.mkdir()
+    (kept / "result.png").write_bytes(b"png")
+    cleanup(tmp_path, now=now)
+    assert not old.exists() and fresh.exists()  # a fresh empty file may be a write in progress
+    assert not (tmp_path / "d41d8cd9" / "sub").exists() and (kept / "result.png").exists()
+    keep_clean(tmp_path, every_s=3600)  # cleans at once and registers the folder for the periodic thread
+    assert fresh.exists() and (kept / "result.png").exists()

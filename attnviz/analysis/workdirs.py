@@ -20,8 +20,11 @@ from pathlib import Path
 TTL_S = float(os.environ.get("ATTNVIZ_WORK_TTL_S", "3600"))
 CAP_BYTES = int(float(os.environ.get("ATTNVIZ_WORK_CAP_MB", "2048")) * 2**20)
 ROOT = Path(os.environ.get("ATTNVIZ_WORK_DIR", Path(tempfile.gettempdir()) / "attnviz_work"))
+EVERY_S = float(os.environ.get("ATTNVIZ_CLEANUP_EVERY_S", "300"))
 _lock = threading.Lock()
 _last_cleanup: dict[str, float] = {}
+_kept_clean: set[Path] = set()
+_cleaner: threading.Thread | None = None
 
 
 def work_dir(name: str, root: Path | None = None) -> Path:
@@ -68,7 +71,8 @@ def cleanup(folder: Path, ttl_s: float = TTL_S, cap_bytes: int = CAP_BYTES, now:
     deleted = 0
     kept = []
     for mtime, size, p in files:
-        stale_part = p.name.endswith(".part") and now - mtime > 60
+        # a half-written file of ours, or an empty staging file a server left behind (Gradio's uploads leave one per file)
+        stale_part = (p.name.endswith(".part") or size == 0) and now - mtime > 60
         if now - mtime > ttl_s or stale_part:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
@@ -83,6 +87,11 @@ def cleanup(folder: Path, ttl_s: float = TTL_S, cap_bytes: int = CAP_BYTES, now:
             p.unlink()
             deleted += 1
             total -= size
+    dirs = [p for p in folder.rglob("*") if p.is_dir()]
+    for d in sorted(dirs, key=lambda p: -len(p.parts)):  # empty sub-folders left behind (deepest first), once a minute old
+        with contextlib.suppress(OSError):
+            if now - d.stat().st_mtime > 60:
+                d.rmdir()  # only succeeds when empty
     return {"deleted": deleted, "bytes": total}
 
 
@@ -94,3 +103,31 @@ def maybe_cleanup(folder: Path, every_s: float = 60.0) -> None:
             return
         _last_cleanup[key] = time.time()
     cleanup(folder)
+
+
+def keep_clean(*folders: Path, every_s: float = EVERY_S) -> None:
+    """Clean ``folders`` now and then every ``every_s`` seconds, in one daemon thread for the process.
+
+    For folders that fill without our writes triggering :func:`maybe_cleanup` (e.g. the web server's
+    own upload and output cache).
+    """
+    global _cleaner
+    for f in folders:
+        f.mkdir(parents=True, exist_ok=True)
+        cleanup(f)
+    with _lock:
+        _kept_clean.update(folders)
+        if _cleaner is not None and _cleaner.is_alive():
+            return
+
+        def loop() -> None:
+            while True:
+                time.sleep(every_s)
+                with _lock:
+                    todo = list(_kept_clean)
+                for f in todo:
+                    with contextlib.suppress(OSError):
+                        cleanup(f)
+
+        _cleaner = threading.Thread(target=loop, name="attnviz-cleanup", daemon=True)
+        _cleaner.start()

@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -27,7 +28,7 @@ from torch import nn
 from .. import render
 from ..analysis import Analysis, Catalog, Engine, Style, UserError, export_bundle
 from ..analysis.outputs import Postprocess
-from ..analysis.workdirs import cleanup, work_dir
+from ..analysis.workdirs import keep_clean, work_dir
 from ..maps import click_layers
 from ..models.inputs import pick_device
 from . import hover
@@ -144,8 +145,8 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
     """
     eng = engine or Engine(Catalog.from_registry(pick_device(), models, include_registry, postprocess))
     cat = eng.catalog
-    cleanup(work_dir("exports"))
-    cleanup(work_dir("videos"))
+    # our work folders and Gradio's own upload/output cache: TTL + size cap now and every few minutes
+    keep_clean(work_dir("exports"), work_dir("videos"), Path(gr.utils.get_upload_folder()))
     examples = load_examples(cat)
     sessions: dict[str, Session] = {}
     sessions_lock = threading.Lock()
