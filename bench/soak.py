@@ -2,7 +2,7 @@
 
     python bench/soak.py [--minutes 30] [--clients 8] [--cap-mb 40] [--ttl-s 240]
 
-Starts the app in this process on shipped zoo models (a classification and a segmentation model), then
+Starts the app in its own process (RSS is the server's alone) on shipped zoo models (a classification and a segmentation model), then
 every client loops over a random mix of analyze / click / export / video / cancelled video on its own
 image. Every result is checked against a reference computed alone before the soak: the prediction, the
 click answer and the click overlay's bytes, and the bytes of every NPZ and PNG inside the export zip
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,11 +31,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+SERVER = """
+import attnviz
+from attnviz.ui import build_demo
+models = {"cbam_resnet": attnviz.load_pretrained("cbam_resnet"), "nonlocal_seg": attnviz.load_pretrained("nonlocal_seg")}
+build_demo(models=models, include_registry=False).launch(server_port=7899, ssr_mode=False, quiet=True, max_threads=16)
+"""
 TIMING_KEYS = {"forward_ms", "seconds", "elapsed_s", "time", "created", "device"}
 
 
-def _rss_mb() -> float:
-    with open(f"/proc/{os.getpid()}/status") as f:
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
@@ -92,13 +99,15 @@ def main() -> None:
     from gradio_client import Client, handle_file
     from PIL import Image
 
-    import attnviz
-    from attnviz.ui import build_demo
 
-    models = {"cbam_resnet": attnviz.load_pretrained("cbam_resnet"), "nonlocal_seg": attnviz.load_pretrained("nonlocal_seg")}
-    demo = build_demo(models=models, include_registry=False)
-    demo.launch(server_port=7899, prevent_thread_lock=True, ssr_mode=False, quiet=True, max_threads=16)
+    server = subprocess.Popen([sys.executable, "-c", SERVER], cwd=ROOT, env=os.environ.copy())  # the app alone in its process
     url = "http://127.0.0.1:7899/"
+    for _ in range(600):
+        try:
+            Client(url, verbose=False)
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(1)
 
     rng = np.random.default_rng(0)
     imgs: list[tuple[Path, str, int, int]] = []
@@ -177,7 +186,7 @@ def main() -> None:
     while any(t.is_alive() for t in threads):
         time.sleep(30 if args.minutes >= 3 else 5)
         ours = _folder_bytes(work / "exports") + _folder_bytes(work / "videos")
-        samples.append({"t_s": round(time.time() - t0), "rss_mb": round(_rss_mb(), 1), "work_mb": round(ours / 2**20, 2),
+        samples.append({"t_s": round(time.time() - t0), "rss_mb": round(_rss_mb(server.pid), 1), "work_mb": round(ours / 2**20, 2),
                         "gradio_cache_mb": round(_folder_bytes(work / "gradio") / 2**20, 2),
                         "requests": sum(counts.values())})
         print(json.dumps(samples[-1]), flush=True)
@@ -194,12 +203,13 @@ def main() -> None:
     res = {
         "minutes": args.minutes, "clients": args.clients, "requests": counts, "wrong_results": len(wrong), "errors": len(errors),
         "first_errors": errors[:5], "first_wrong": wrong[:5],
-        "rss_mb_after_warmup": warm["rss_mb"], "rss_mb_end": round(_rss_mb(), 1), "rss_growth_mb": round(_rss_mb() - warm["rss_mb"], 1),
+        "rss_mb_after_warmup": warm["rss_mb"], "rss_mb_end": round(_rss_mb(server.pid), 1), "rss_growth_mb": round(_rss_mb(server.pid) - warm["rss_mb"], 1),
         "work_cap_mb_per_folder": args.cap_mb, "work_mb_max": max(s["work_mb"] for s in samples),
         "work_mb_end_after_cleanup": round(_folder_bytes(work / "exports") / 2**20 + _folder_bytes(work / "videos") / 2**20, 2),
         "gradio_cache_mb_max": max(s["gradio_cache_mb"] for s in samples), "part_files_left": len(parts), "samples": samples,
     }
-    demo.close()
+    server.terminate()
+    server.wait(30)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=1))

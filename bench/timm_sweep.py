@@ -1,6 +1,6 @@
 """Sweep timm's CNN / hybrid models with attention: is every attention module recorded with the right kind and geometry?
 
-    python bench/timm_sweep.py [--max-params 30e6] [--limit N] [--out bench/out/timm_sweep.json]
+    python bench/timm_sweep.py [--max-params 30e6] [--limit N] [--per-family K] [--out bench/out/timm_sweep.json]
 
 Every model of ``timm.list_models()`` outside the pure-transformer families is built with random weights;
 those with at most ``--max-params`` parameters that contain a known attention class are captured on one
@@ -78,9 +78,37 @@ def input_size(name: str) -> tuple[int, int]:
     return (min(size[0], 256), min(size[1], 256))
 
 
+def qualifies(name: str, max_params: float) -> bool | None:
+    """Whether the model is small enough and has a known attention class, from a build on the meta device (no memory, fast).
+
+    ``None`` when it cannot be built there (then the real build decides).
+    """
+    import timm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                m = timm.create_model(name, pretrained=False)
+        except Exception:
+            return None
+    n_params = sum(p.numel() for p in m.parameters())
+    return n_params <= max_params and any(qualname(mod) in EXPECT for mod in m.modules())
+
+
+def family(name: str) -> str:
+    """The model's family prefix (``seresnext26d_32x4d`` → ``seresnext``, ``tf_efficientnet_b0`` → ``tf_efficientnet``)."""
+    import re
+
+    m = re.match(r"(tf_|timm_|gluon_|legacy_)?[a-z]+", name)
+    return m.group(0) if m else name
+
+
 def check_model(name: str, max_params: float) -> dict[str, Any] | None:
     import timm
 
+    if qualifies(name, max_params) is False:
+        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -150,6 +178,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--max-params", type=float, default=30e6)
     p.add_argument("--limit", type=int, default=0, help="stop after this many qualifying models (0 = all)")
+    p.add_argument("--per-family", type=int, default=0, help="check at most this many qualifying models per family prefix (0 = all)")
     p.add_argument("--only", default="", help="comma-separated model names to check instead of the sweep")
     p.add_argument("--out", default="bench/out/timm_sweep.json")
     args = p.parse_args()
@@ -158,7 +187,10 @@ def main() -> int:
     per_class: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     models, failures, errors = [], [], []
     t0 = time.time()
+    per_family: dict[str, int] = defaultdict(int)
     for i, name in enumerate(names):
+        if args.per_family and per_family[family(name)] >= args.per_family:
+            continue
         res = check_model(name, args.max_params)
         if res is None:
             continue
@@ -166,6 +198,7 @@ def main() -> int:
             errors.append(res)
             continue
         models.append(res)
+        per_family[family(name)] += 1
         for mod in res["modules"]:
             per_class[mod["class"]][0] += mod["ok"]
             per_class[mod["class"]][1] += 1
@@ -191,7 +224,8 @@ def main() -> int:
         "models": len(models), "attention_modules": total, "right": right, "share_right": round(right / max(total, 1), 4),
         "per_class": {k: {"right": v[0], "total": v[1]} for k, v in sorted(per_class.items())},
         "models_without_attention": no_attn, "records_on_models_without_attention": sum(no_attn.values()),
-        "build_or_forward_errors": errors, "seconds": round(time.time() - t0, 1),
+        "build_or_forward_errors": errors, "seconds": round(time.time() - t0, 1), "per_family_limit": args.per_family,
+        "families": len(per_family) if args.per_family else len({family(m["model"]) for m in models}),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
