@@ -1,7 +1,7 @@
-"""README tables generated from the model cards (``pretrained/*.json``) and the mmseg CPU benchmark.
+"""README and BENCHMARKS tables generated from the model cards (``pretrained/*.json``) and the mmseg CPU benchmark.
 
-    python -m attnviz.docs           # rewrite the generated blocks of README.md
-    python -m attnviz.docs --check   # exit 1 if README.md is out of date (the test suite runs this)
+    python -m attnviz.docs           # rewrite the generated blocks of README.md and BENCHMARKS.md
+    python -m attnviz.docs --check   # exit 1 if one is out of date (the test suite checks the same)
 
 A generated block sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->``. Every number comes from a
 card's ``evaluation`` (written by ``attnviz evaluate --write-card``) or from ``pretrained/mmseg_cpu.json``
@@ -145,36 +145,78 @@ def mmseg_table() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"zoo-classification": classification_table, "zoo-segmentation": segmentation_table, "mmseg": mmseg_table}
+BLOCKS = {"zoo-classification": classification_table, "zoo-segmentation": segmentation_table, "mmseg": mmseg_table,
+          "per-family-classification": classification_per_family, "per-family-segmentation": segmentation_per_family}
+FILES = {"README.md": ("zoo-classification", "zoo-segmentation", "mmseg"),
+         "BENCHMARKS.md": ("per-family-classification", "per-family-segmentation")}
 
 
-def render(text: str) -> str:
-    """``text`` with every generated block replaced by its current content."""
+def _per_family(names: list[str], key: str, what: str) -> str:
+    """One row per evaluated model, one column per background family (held-out ones marked †)."""
+    cards = [(n, c) for n in names if (c := _card(n)) and "heldout" in c.get("evaluation", {})]
+    if not cards:
+        return "not evaluated"
+    fams = list(cards[0][1]["evaluation"]["per_family"])
+    held = set(cards[0][1]["evaluation"].get("heldout_families", []))
+    head = " | ".join(f"{f}†" if f in held else f for f in fams)
+    lines = [f"| model ({what}) | {head} |", "|---|" + "---|" * len(fams)]
+    for n, c in cards:
+        per = c["evaluation"]["per_family"]
+        lines.append(f"| {n} | " + " | ".join(_f(per.get(f, {}).get(key)) for f in fams) + " |")
+    n = cards[0][1]["evaluation"]["per_family_scenes"]
+    lines += ["", f"† never seen in training. {n} test scenes per family (t10k items), seed {cards[0][1]['evaluation']['seed']}; "
+              "`photos` = items pasted on the held-out natural photos."]
+    return "\n".join(lines)
+
+
+def classification_per_family() -> str:
+    """Accuracy of every classification zoo model on every background family."""
+    return _per_family(list(ZOO), "accuracy", "accuracy")
+
+
+def segmentation_per_family() -> str:
+    """mIoU of every segmentation zoo model on every background family."""
+    return _per_family(list(SEG_ZOO), "miou", "mIoU")
+
+
+def render(text: str, required: tuple[str, ...] = ()) -> str:
+    """``text`` with every generated block it contains replaced by its current content.
+
+    Raises:
+        ValueError: A block named in ``required`` is missing, or ``text`` has no block at all.
+    """
+    found = 0
     for name, fn in BLOCKS.items():
         pat = re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?)(<!-- END {name} -->)", re.S)
         if not pat.search(text):
-            raise ValueError(f"README has no block {name!r} (<!-- BEGIN {name} --> … <!-- END {name} -->)")
+            if name in required:
+                raise ValueError(f"no block {name!r} (<!-- BEGIN {name} --> … <!-- END {name} -->)")
+            continue
+        found += 1
         text = pat.sub(lambda m, fn=fn: m.group(1) + fn() + "\n" + m.group(3), text)
+    if not found:
+        raise ValueError("no generated block in this text")
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnviz.docs", description=__doc__.splitlines()[0])
-    ap.add_argument("--readme", default=str(ROOT / "README.md"))
-    ap.add_argument("--check", action="store_true", help="exit 1 if the README's generated blocks are out of date")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a generated block is out of date")
     args = ap.parse_args(argv)
-    path = Path(args.readme)
-    old = path.read_text()
-    new = render(old)
-    if args.check:
-        if new != old:
+    stale = 0
+    for fname, required in FILES.items():
+        path = ROOT / fname
+        old = path.read_text()
+        new = render(old, required)
+        if new == old:
+            continue
+        if args.check:
             print(f"{path} is out of date: run python -m attnviz.docs", file=sys.stderr)
-            return 1
-        return 0
-    if new != old:
-        path.write_text(new)
-        print(f"updated {path}")
-    return 0
+            stale += 1
+        else:
+            path.write_text(new)
+            print(f"updated {path}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@
 #   bash pretrained/train_zoo.sh            # two jobs at a time, one CPU thread each (how the shipped weights were made)
 #   JOBS=1 THREADS=2 bash pretrained/train_zoo.sh
 #
-# Classification: plain_resnet is trained from scratch (easy→full-scene curriculum), every attention
-# variant starts from it (its attention starts at or near the identity) and is fine-tuned on full scenes.
-# The STN first trains its localiser alone with the box loss, then jointly. Segmentation: fcn_seg from
-# scratch, then each attention head fine-tuned from it. The held-out background families (checks,
+# Stage 1 trains one shared backbone per task from scratch (easy→full-scene curriculum): plain_resnet
+# (classification) and fcn_seg (segmentation), into runs/. Stage 2 fine-tunes every shipped model from
+# it on full scenes with one recipe per task — fcn_seg too, so that every segmentation model has seen the
+# same data and ΔmIoU compares like with like. The classification baseline plain_resnet ships as the stage-1
+# backbone itself (its fine-tune did not fit this release's CPU budget; its card says so). Attention starts at or near the
+# identity and is never supervised. The STN first trains its localiser alone with the box loss, then
+# jointly. The held-out background families (checks,
 # speckle, cells) and the held-out photos are never seen. Runs are resumable (runs/NAME*/last.pt).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,27 +20,27 @@ JOBS=${JOBS:-2}
 THREADS=${THREADS:-1}
 T=(--threads "$THREADS")
 CLS=(se_resnet eca_resnet cbam_resnet scse_resnet gc_resnet sk_resnet nonlocal_resnet ccnet_resnet danet_resnet)
-SEG=(nonlocal_seg ccnet_seg danet_seg gc_seg ocr_seg)
+SEG=(nonlocal_seg ccnet_seg danet_seg gc_seg ocr_seg fcn_seg)
 
 backbones() {
   "$PY" -m attnviz train --model plain_resnet --steps 7000 --batch 128 --lr 2e-3 --warmup 100 --curriculum 0.3 --seed 0 "${T[@]}" \
-    --ckpt-every 250 --out pretrained > runs/plain_resnet.train.log 2>&1 &
+    --ckpt-every 250 --out runs/stage1 > runs/plain_resnet.train.log 2>&1 &
   "$PY" -m attnviz train --model fcn_seg --steps 8000 --batch 16 --lr 2e-3 --warmup 200 --curriculum 0.2 --seed 0 "${T[@]}" \
-    --ckpt-every 250 --out pretrained > runs/fcn_seg.train.log 2>&1 &
+    --ckpt-every 250 --out runs/seg1 > runs/fcn_seg.train.log 2>&1 &
   wait
 }
 cls_variant() {
-  "$PY" -m attnviz train --model "$1" --init pretrained/plain_resnet.safetensors --steps 2000 --batch 128 --lr 1e-3 --warmup 50 \
+  "$PY" -m attnviz train --model "$1" --init runs/stage1/plain_resnet.safetensors --steps 2000 --batch 128 --lr 1e-3 --warmup 50 \
     --curriculum 0 --seed 1 "${T[@]}" --ckpt-every 250 --workdir "runs/$1-ft" --out pretrained
 }
 stn() {
-  "$PY" -m attnviz train --model stn_resnet --init pretrained/plain_resnet.safetensors --stn-only --steps 800 --batch 128 --lr 1e-3 \
+  "$PY" -m attnviz train --model stn_resnet --init runs/stage1/plain_resnet.safetensors --stn-only --steps 800 --batch 128 --lr 1e-3 \
     --stn-lr-mult 1.0 --warmup 50 --curriculum 0 --seed 3 "${T[@]}" --workdir runs/stn-loc --out runs/stn-loc
   "$PY" -m attnviz train --model stn_resnet --init runs/stn-loc/stn_resnet.safetensors --steps 1500 --batch 128 --lr 5e-4 \
     --stn-lr-mult 1.0 --stn-box-weight 10 --warmup 50 --curriculum 0 --seed 4 "${T[@]}" --workdir runs/stn-joint --out pretrained
 }
 seg_variant() {
-  "$PY" -m attnviz train --model "$1" --init pretrained/fcn_seg.safetensors --steps 5000 --batch 16 --lr 1e-3 --warmup 100 \
+  "$PY" -m attnviz train --model "$1" --init runs/seg1/fcn_seg.safetensors --steps 5000 --batch 16 --lr 1e-3 --warmup 100 \
     --curriculum 0 --seed 1 "${T[@]}" --ckpt-every 250 --workdir "runs/$1-ft" --out pretrained
 }
 queue() {  # run "$@" with at most JOBS at a time
@@ -47,6 +50,7 @@ queue() {  # run "$@" with at most JOBS at a time
 
 main() {
   [[ "${SKIP_BACKBONES:-0}" == 1 ]] || backbones  # set when the two backbones already exist
+  cp runs/stage1/plain_resnet.safetensors runs/stage1/plain_resnet.json pretrained/  # the classification baseline is the stage-1 backbone
   for m in "${SEG[@]}"; do queue seg_variant "$m"; done
   for m in "${CLS[@]}"; do queue cls_variant "$m"; done
   queue stn stn_resnet

@@ -20,7 +20,7 @@ from pathlib import Path
 TTL_S = float(os.environ.get("ATTNVIZ_WORK_TTL_S", "3600"))
 CAP_BYTES = int(float(os.environ.get("ATTNVIZ_WORK_CAP_MB", "2048")) * 2**20)
 ROOT = Path(os.environ.get("ATTNVIZ_WORK_DIR", Path(tempfile.gettempdir()) / "attnviz_work"))
-EVERY_S = float(os.environ.get("ATTNVIZ_CLEANUP_EVERY_S", "300"))
+EVERY_S = float(os.environ.get("ATTNVIZ_CLEANUP_EVERY_S", "60"))
 _lock = threading.Lock()
 _last_cleanup: dict[str, float] = {}
 _kept_clean: set[Path] = set()
