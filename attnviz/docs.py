@@ -43,6 +43,13 @@ def _f(v: Any, nd: int = 2) -> str:
     return "—" if v is None else f"{v:.{nd}f}"
 
 
+NOT_SHIPPED = "not shipped in this release (`bash pretrained/train_zoo.sh` trains it)"
+
+
+def _shipped(name: str) -> bool:
+    return (PRETRAINED / f"{name}.safetensors").is_file()
+
+
 def _card(name: str) -> dict[str, Any] | None:
     p = PRETRAINED / f"{name}.json"
     if not p.is_file():
@@ -64,6 +71,9 @@ def classification_table() -> str:
     for name in ZOO:
         card = _card(name)
         ev = (card or {}).get("evaluation")
+        if not _shipped(name):
+            lines.append(f"| {name} | {ATTENTION[name]} | — | {NOT_SHIPPED} | | |")
+            continue
         if not ev or "heldout" not in ev:
             lines.append(f"| {name} | {ATTENTION[name]} | {_params(card or {})} | not evaluated | | |")
             continue
@@ -107,6 +117,9 @@ def segmentation_table() -> str:
     for name in SEG_ZOO:
         card = _card(name)
         ev = (card or {}).get("evaluation")
+        if not _shipped(name):
+            lines.append(f"| {name} | {ATTENTION[name]} | — | {NOT_SHIPPED} | | | | |")
+            continue
         if not ev or "heldout" not in ev:
             lines.append(f"| {name} | {ATTENTION[name]} | {_params(card or {})} | not evaluated | | | | |")
             continue
@@ -153,7 +166,7 @@ FILES = {"README.md": ("zoo-classification", "zoo-segmentation", "mmseg"),
 
 def _per_family(names: list[str], key: str, what: str) -> str:
     """One row per evaluated model, one column per background family (held-out ones marked †)."""
-    cards = [(n, c) for n in names if (c := _card(n)) and "heldout" in c.get("evaluation", {})]
+    cards = [(n, c) for n in names if _shipped(n) and (c := _card(n)) and "heldout" in c.get("evaluation", {})]
     if not cards:
         return "not evaluated"
     fams = list(cards[0][1]["evaluation"]["per_family"])
