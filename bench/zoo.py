@@ -1,4 +1,4 @@
-"""Zoo benchmark: parameters and CPU inference time per image (batch 1, median of 30), 2 threads.
+"""Zoo benchmark: parameters and CPU inference time per image (batch 1, median of 30), 2 threads; both zoos.
 
     python bench/zoo.py
 """
@@ -13,16 +13,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from attnviz.models import ZOO, build
+from attnviz.models import SEG_ZOO, ZOO, build, build_seg
 
 
 def main() -> None:
     torch.set_num_threads(2)
-    x = torch.randn(1, 3, 64, 64)
-    print("| model | parameters | CPU ms / image (batch 1) |")
-    print("|---|---|---|")
-    for name in ZOO:
-        m = build(name).eval()
+    print("| model | input | parameters | CPU ms / image (batch 1) |")
+    print("|---|---|---|---|")
+    for name in [*ZOO, *SEG_ZOO]:
+        seg = name in SEG_ZOO
+        m = (build_seg(name) if seg else build(name)).eval()
+        side = 128 if seg else 64
+        x = torch.randn(1, 3, side, side)
         ts = []
         with torch.inference_mode():
             for i in range(35):
@@ -30,7 +32,7 @@ def main() -> None:
                 m(x)
                 if i >= 5:
                     ts.append(time.perf_counter() - t)
-        print(f"| {name} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M | {statistics.median(ts) * 1e3:.1f} |")
+        print(f"| {name} | {side}² | {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M | {statistics.median(ts) * 1e3:.1f} |")
 
 
 if __name__ == "__main__":
