@@ -47,11 +47,12 @@ def _rss_mb(pid: int) -> float:
 
 def _folder_bytes(folder: Path) -> int:
     total = 0
-    for p in folder.rglob("*"):
-        try:
-            total += p.stat().st_size if p.is_file() else 0
-        except FileNotFoundError:
-            pass
+    for root, _, files in os.walk(folder):  # os.walk ignores folders deleted while it walks (the server cleans them)
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
     return total
 
 
@@ -185,8 +186,13 @@ def main() -> None:
     samples: list[dict[str, float]] = []
     while any(t.is_alive() for t in threads):
         time.sleep(30 if args.minutes >= 3 else 5)
-        ours = _folder_bytes(work / "exports") + _folder_bytes(work / "videos")
-        samples.append({"t_s": round(time.time() - t0), "rss_mb": round(_rss_mb(server.pid), 1), "work_mb": round(ours / 2**20, 2),
+        try:
+            ours = _folder_bytes(work / "exports") + _folder_bytes(work / "videos")
+            rss = _rss_mb(server.pid)
+        except OSError as e:  # never lose the clients' results to a measurement
+            print(f"sample skipped: {e}", flush=True)
+            continue
+        samples.append({"t_s": round(time.time() - t0), "rss_mb": round(rss, 1), "work_mb": round(ours / 2**20, 2),
                         "gradio_cache_mb": round(_folder_bytes(work / "gradio") / 2**20, 2),
                         "requests": sum(counts.values())})
         print(json.dumps(samples[-1]), flush=True)

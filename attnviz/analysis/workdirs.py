@@ -61,12 +61,15 @@ def cleanup(folder: Path, ttl_s: float = TTL_S, cap_bytes: int = CAP_BYTES, now:
     """
     now = time.time() if now is None else now
     files = []
-    for p in folder.rglob("*"):
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            continue
-        if p.is_file():
+    dirs = []
+    for root, dnames, fnames in os.walk(folder):  # tolerates entries deleted meanwhile (another cleaner, the web server)
+        dirs += [Path(root) / d for d in dnames]
+        for name in fnames:
+            p = Path(root) / name
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
             files.append((st.st_mtime, st.st_size, p))
     deleted = 0
     kept = []
@@ -87,7 +90,6 @@ def cleanup(folder: Path, ttl_s: float = TTL_S, cap_bytes: int = CAP_BYTES, now:
             p.unlink()
             deleted += 1
             total -= size
-    dirs = [p for p in folder.rglob("*") if p.is_dir()]
     for d in sorted(dirs, key=lambda p: -len(p.parts)):  # empty sub-folders left behind (deepest first), once a minute old
         with contextlib.suppress(OSError):
             if now - d.stat().st_mtime > 60:
