@@ -5,7 +5,8 @@
 - Zoo scenes (segmentation): 128×128 scenes v2 with several items, one per showcased segmentation model,
   kept only when the paired model's prediction matches the label map (pixel accuracy ≥ 0.9 and every
   item's class predicted on most of its pixels).
-- Photos: scikit-image's bundled photos for the ImageNet models (shown only when those are available).
+- Photos: scikit-image's bundled photos we may redistribute (licence in each entry) for the ImageNet models
+  and, indoors / a person, for the published ADE20K segmentation models (shown only when available).
 
 Each entry names the models it suits (in order), the pixel clicked first (the centre of the object)
 and, for zoo scenes, the class the model must predict (the test suite checks it). Deterministic.
@@ -26,7 +27,15 @@ from attnviz.data.backgrounds import _load
 from attnviz.models.seg_zoo import SEG_CLASSES
 
 HERE = Path(__file__).resolve().parent
-PHOTOS = {"astronaut": "astronaut", "coffee": "coffee", "chelsea": "chelsea", "rocket": "rocket", "motorcycle": "stereo_motorcycle"}
+# scikit-image's bundled photos that we may redistribute (licences from skimage.data's docstrings); the
+# Middlebury motorcycle is left out (research use only)
+PHOTOS = {
+    "astronaut": ("astronaut", "public domain (NASA)"),
+    "coffee": ("coffee", "CC0 (Rachel Michetti, via scikit-image)"),
+    "chelsea": ("chelsea", "CC0 (Stéfan van der Walt, via scikit-image)"),
+    "rocket": ("rocket", "public domain (SpaceX)"),
+}
+ADE20K = {"coffee": ["ccnet_r50_d8_ade20k", "nonlocal_r50_d8_ade20k"], "astronaut": ["danet_r50_d8_ade20k", "ccnet_r50_d8_ade20k"]}
 IMAGENET = ["seresnet50", "botnet26t_256", "gcresnet50t", "efficientnet_b0"]
 CLS_SHOW = ["ccnet_resnet", "nonlocal_resnet", "cbam_resnet", "danet_resnet", "stn_resnet", "scse_resnet"]
 SEG_SHOW = ["ccnet_seg", "nonlocal_seg", "ocr_seg", "danet_seg", "gc_seg"]
@@ -48,7 +57,11 @@ def classification_examples() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     fams = list(HELDOUT_FAMILIES) + [f for f in FAMILIES if f not in HELDOUT_FAMILIES]
     for i, name in enumerate(CLS_SHOW):
-        model = attnviz.load_pretrained(name)
+        try:
+            model = attnviz.load_pretrained(name)
+        except Exception as e:  # not shipped in this release
+            print(f"{name}: {e}; skipped")
+            continue
         gen = SceneGenerator("test", SceneConfig(size=64, families=(fams[i % len(fams)],)))
         batch = gen.generate(64, seed=2024 + i)
         with torch.no_grad():
@@ -59,7 +72,7 @@ def classification_examples() -> list[dict[str, object]]:
             continue
         j = int(torch.nonzero(ok)[0])
         label = CLASSES[int(batch.labels[j])]
-        fname = _save(batch.images[j], f"scene_{i}_{label.replace('/', '-').replace(' ', '_')}.png")
+        fname = _save(batch.images[j], f"scene_{name}.png")  # a fixed name per model (the README uses them)
         out.append({"file": fname, "group": "Zoo scenes (classification)", "title": f"{label} on {fams[i % len(fams)]}",
                     "models": [name], "click": _centre(batch.masks[j]), "expected": label})
     return out
@@ -89,7 +102,7 @@ def segmentation_examples() -> list[dict[str, object]]:
         else:
             print(f"{name}: no scene it segments well in this batch; skipped")
             continue
-        fname = _save(batch.images[j], f"segscene_{i}_{fam}.png")
+        fname = _save(batch.images[j], f"segscene_{name}.png")
         present = [SEG_CLASSES[c] for c in batch.label_map[j].unique().tolist() if c > 0]
         out.append({"file": fname, "group": "Zoo scenes (segmentation)", "title": f"{len(present)} items on {fam}",
                     "models": [name], "click": _centre(batch.instance_masks[j, 0] if batch.instance_masks[j, 0].any() else batch.label_map[j] > 0),
@@ -99,16 +112,19 @@ def segmentation_examples() -> list[dict[str, object]]:
 
 def photo_examples() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
-    for name, key in PHOTOS.items():
+    for name, (key, licence) in PHOTOS.items():
         img = Image.fromarray(_load(key))
         img.thumbnail((512, 512), Image.Resampling.LANCZOS)
         img.save(HERE / f"photo_{name}.png")
-        out.append({"file": f"photo_{name}.png", "group": "Photos", "title": name, "models": IMAGENET, "click": None})
+        out.append({"file": f"photo_{name}.png", "group": "Photos", "title": name, "models": IMAGENET, "click": None, "licence": licence})
+    for name, models in ADE20K.items():  # indoor / person photos for the published ADE20K segmentation models
+        out.append({"file": f"photo_{name}.png", "group": "Photos (ADE20K segmentation)", "title": f"{name} (ADE20K)", "models": models,
+                    "click": None, "licence": PHOTOS[name][1]})
     return out
 
 
 def main() -> None:
-    for old in list(HERE.glob("scene_*.png")) + list(HERE.glob("segscene_*.png")):
+    for old in list(HERE.glob("scene_*.png")) + list(HERE.glob("segscene_*.png")) + list(HERE.glob("photo_*.png")):
         old.unlink()
     seg = segmentation_examples()
     cls = classification_examples()

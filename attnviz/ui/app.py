@@ -11,10 +11,12 @@ fix stay in the status line until the next action; nothing shows a stack trace.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import html
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -131,6 +133,25 @@ class Session:
     model: str | None = None
 
 
+def _long_running_server_settings() -> None:
+    """Settings that keep a busy server's memory flat (measured by ``bench/soak.py``); the environment can override them.
+
+    - Gradio keeps analytics for its last ``GRADIO_ANALYTICS_MAX_EVENTS`` events (default 10,000) and rebuilds
+      a pandas summary of all of them after every event; we keep 500 and summarise every 100 events.
+    - glibc gives each thread its own malloc arena (up to 8 per core); with the server's thread pool the
+      freed memory of many arenas stays mapped. ``ATTNVIZ_MALLOC_ARENA_MAX`` (default 2, 0 = leave alone)
+      caps them through ``mallopt`` — Linux/glibc only, ignored elsewhere.
+    """
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "500")
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
+    arenas = int(os.environ.get("ATTNVIZ_MALLOC_ARENA_MAX", "2") or 0)
+    if arenas > 0 and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
 def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None = None, include_registry: bool = True,
                engine: Engine | None = None, postprocess: Mapping[str, Postprocess] | None = None) -> gr.Blocks:
     """The attnviz app.
@@ -143,6 +164,7 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         engine: Use this engine instead of building one (tests).
         postprocess: Per user model, a function turning its output into logits.
     """
+    _long_running_server_settings()
     eng = engine or Engine(Catalog.from_registry(pick_device(), models, include_registry, postprocess))
     cat = eng.catalog
     # our work folders and Gradio's own upload/output cache: TTL + size cap now and every few minutes
