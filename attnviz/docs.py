@@ -158,11 +158,6 @@ def mmseg_table() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"zoo-classification": classification_table, "zoo-segmentation": segmentation_table, "mmseg": mmseg_table,
-          "per-family-classification": classification_per_family, "per-family-segmentation": segmentation_per_family}
-FILES = {"README.md": ("zoo-classification", "zoo-segmentation", "mmseg"),
-         "BENCHMARKS.md": ("per-family-classification", "per-family-segmentation")}
-
 
 def _per_family(names: list[str], key: str, what: str) -> str:
     """One row per evaluated model, one column per background family (held-out ones marked †)."""
@@ -210,6 +205,12 @@ def render(text: str, required: tuple[str, ...] = ()) -> str:
     if not found:
         raise ValueError("no generated block in this text")
     return text
+
+
+BLOCKS = {"zoo-classification": classification_table, "zoo-segmentation": segmentation_table, "mmseg": mmseg_table,
+          "per-family-classification": classification_per_family, "per-family-segmentation": segmentation_per_family}
+FILES = {"README.md": ("zoo-classification", "zoo-segmentation", "mmseg"),
+         "BENCHMARKS.md": ("per-family-classification", "per-family-segmentation")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,7 +63,8 @@ def bench_clicks(n: int) -> list[dict[str, object]]:
     scene = str(next((Path(__file__).resolve().parents[1] / "examples").glob("scene_*.png")))
     rows = []
     for e in entries:
-        a = eng.analyze(scene if e.name.endswith(("_resnet", "_seg")) else photo, e.name)
+        seg_scene = Path(__file__).resolve().parents[1] / "examples" / f"segscene_{e.name}.png"
+        a = eng.analyze(str(seg_scene) if seg_scene.exists() else scene if e.name.endswith(("_resnet", "_seg")) else photo, e.name)
         model = eng.catalog.get(e.name)
         h, w = a.hw
         fwd, click = [], []
