@@ -195,7 +195,7 @@ def render(text: str, required: tuple[str, ...] = ()) -> str:
     """
     found = 0
     for name, fn in BLOCKS.items():
-        pat = re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?)(<!-- END {name} -->)", re.S)
+        pat = re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?)(<!-- END {name} -->)", re.DOTALL)
         if not pat.search(text):
             if name in required:
                 raise ValueError(f"no block {name!r} (<!-- BEGIN {name} --> … <!-- END {name} -->)")
