@@ -62,6 +62,17 @@ def _params(card: dict[str, Any]) -> str:
     return "—" if n is None else f"{n / 1e6:.2f} M"
 
 
+def _evaluation(name: str, columns: int) -> tuple[dict[str, Any], dict[str, Any]] | str:
+    """``(card, evaluation)`` of a shipped, evaluated zoo model, else its table row saying why there is none."""
+    card = _card(name) or {}
+    ev = card.get("evaluation")
+    if not _shipped(name):
+        return f"| {name} | {ATTENTION[name]} | — | {NOT_SHIPPED} |" + " |" * (columns - 4)
+    if not ev or "heldout" not in ev:
+        return f"| {name} | {ATTENTION[name]} | {_params(card)} | not evaluated |" + " |" * (columns - 4)
+    return card, ev
+
+
 def classification_table() -> str:
     """Classification zoo: accuracy and the native map's score, in-family | held-out families | photos."""
     lines = [
@@ -69,14 +80,11 @@ def classification_table() -> str:
         "|---|---|---|---|---|---|",
     ]
     for name in ZOO:
-        card = _card(name)
-        ev = (card or {}).get("evaluation")
-        if not _shipped(name):
-            lines.append(f"| {name} | {ATTENTION[name]} | — | {NOT_SHIPPED} | | |")
+        got = _evaluation(name, 6)
+        if isinstance(got, str):
+            lines.append(got)
             continue
-        if not ev or "heldout" not in ev:
-            lines.append(f"| {name} | {ATTENTION[name]} | {_params(card or {})} | not evaluated | | |")
-            continue
+        card, ev = got
         i, h, p = ev["in_family"], ev["heldout"], ev["photos"]
         native = "—"
         for key, label in NATIVE:
@@ -115,14 +123,11 @@ def segmentation_table() -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in SEG_ZOO:
-        card = _card(name)
-        ev = (card or {}).get("evaluation")
-        if not _shipped(name):
-            lines.append(f"| {name} | {ATTENTION[name]} | — | {NOT_SHIPPED} | | | | |")
+        got = _evaluation(name, 8)
+        if isinstance(got, str):
+            lines.append(got)
             continue
-        if not ev or "heldout" not in ev:
-            lines.append(f"| {name} | {ATTENTION[name]} | {_params(card or {})} | not evaluated | | | | |")
-            continue
+        card, ev = got
         i, h, p = ev["in_family"], ev["heldout"], ev["photos"]
         vs = h.get("vs_baseline")
         delta = "—" if not vs else f"{vs['delta_miou']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}]"
@@ -158,10 +163,9 @@ def mmseg_table() -> str:
     return "\n".join(lines)
 
 
-
 def _per_family(names: list[str], key: str, what: str) -> str:
     """One row per evaluated model, one column per background family (held-out ones marked †)."""
-    cards = [(n, c) for n in names if _shipped(n) and (c := _card(n)) and "heldout" in c.get("evaluation", {})]
+    cards = [(n, got[0]) for n in names if not isinstance(got := _evaluation(n, 4), str)]
     if not cards:
         return "not evaluated"
     fams = list(cards[0][1]["evaluation"]["per_family"])

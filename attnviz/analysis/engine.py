@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -206,6 +207,7 @@ class Engine:
         self._lock = threading.Lock()
         self._model_locks: dict[str, threading.Lock] = {}
         self._key_locks: dict[str, threading.Lock] = {}
+        self._cam_layers: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 
     def model_lock(self, model_name: str) -> threading.Lock:
         """The lock that serialises runs of one model (hooks and in-place state are per model)."""
@@ -568,8 +570,7 @@ class Engine:
                 return (logits[:, cls] * mask).sum((1, 2))[:, None]
 
         with self.model_lock(a.model_name), torch.enable_grad():
-            layer = getattr(model, "last_conv_stage", None) or _grad_cam_layer(
-                model, a.records, int(a.logits.shape[0]), xin, lambda o: interpret_output(o, entry.postprocess).logits)
+            layer = self._cam_layer(a, model, xin)
             cam = grad_cam(Target(), layer, xin, 0)[0].detach().float().cpu().numpy()
         img = self.overlay_map(a, cam, style, point=(fx, fy), unit="Grad-CAM (ReLU)")
         return img, {"class": a.label(cls), "segment_area_share": round(float((labels == cls).mean()), 4), "layer": _module_name(model, layer),
@@ -702,6 +703,16 @@ class Engine:
             maps.append(np.mean(rows, axis=0))
         return dict(zip(self.native_map_names(a), maps))
 
+    def _cam_layer(self, a: Analysis, model: nn.Module, x: torch.Tensor) -> nn.Module:
+        """The model's Grad-CAM layer: ``last_conv_stage`` if it names one, else found once per loaded model
+        (finding it costs a forward and a backward). Call with the model's lock held."""
+        layer = getattr(model, "last_conv_stage", None) or self._cam_layers.get(model)
+        if layer is None:
+            post = self.catalog.entry(a.model_name).postprocess
+            layer = _grad_cam_layer(model, a.records, int(a.logits.shape[0]), x, lambda o: interpret_output(o, post).logits)
+            self._cam_layers[model] = layer
+        return layer
+
     def compare(self, a: Analysis, method: str = "Grad-CAM", native: str | None = None, style: Style | None = None, topk: float = 0.1) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """An attribution (captum) beside a native map, with Spearman and top-k% IoU agreement."""
         style = (style or Style()).check()
@@ -722,9 +733,7 @@ class Engine:
         lock = self.model_lock(a.model_name)
         with lock, torch.enable_grad():
             if method == "Grad-CAM":
-                post = self.catalog.entry(a.model_name).postprocess
-                layer = getattr(model, "last_conv_stage", None) or _grad_cam_layer(
-                    model, a.records, int(a.logits.shape[0]), x, lambda o: interpret_output(o, post).logits)
+                layer = self._cam_layer(a, model, x)
                 attr = grad_cam(model, layer, x, target)[0]
             elif method == "IntegratedGradients":
                 attr = integrated_gradients(model, x, target)[0]
