@@ -90,6 +90,7 @@ def test_first_result_without_interaction(server, browser) -> None:  # type: ign
     text = page.locator("#answer").inner_text()
     assert "peaks at" in text and "top 5%" in text
     SHOTS.mkdir(exist_ok=True)
+    settle(page)  # no event pending: Gradio greys out components while one runs
     page.screenshot(path=str(SHOTS / "first_result.png"))
     assert not errors, errors
     page.close()
@@ -140,6 +141,7 @@ def test_upload_click_reports_image_pixels(server, browser) -> None:  # type: ig
     m = re.search(r"Pixel \(([0-9.]+), ([0-9.]+)\)", text)
     assert m, text
     assert abs(float(m.group(1)) - fx * a.hw[1]) <= 1.5 and abs(float(m.group(2)) - fy * a.hw[0]) <= 1.5  # the image's own pixels
+    settle(page)  # no event pending: Gradio greys out components while one runs
     page.screenshot(path=str(SHOTS / "screenshot.png"))
     assert not errors, errors
     page.close()
@@ -181,6 +183,7 @@ def test_segmentation_click_and_legend(server, browser) -> None:  # type: ignore
     select_tab(page, "Segmentation")
     legend = page.locator("#seg_legend").inner_text()
     assert "class" in legend and "%" in legend
+    settle(page)  # no event pending: Gradio greys out components while one runs
     page.screenshot(path=str(SHOTS / "segmentation.png"), full_page=False)
     assert not errors, errors
     page.close()
@@ -216,6 +219,7 @@ def test_phone_width(server, browser) -> None:  # type: ignore[no-untyped-def]
     assert page.locator("#view_image img").is_visible()
     overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 2, overflow
+    settle(page)  # no event pending: Gradio greys out components while one runs
     page.screenshot(path=str(SHOTS / "phone.png"), full_page=False)
     assert not errors, errors
     page.close()
