@@ -230,9 +230,11 @@ class Capture:
         calls: list[dict[str, Any]] = []  # one entry per active call (modules may recurse)
         self._call_stacks.append(calls)
 
-        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # both hook forms are accepted: see _attach_frame
+        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
             if not self._mine():
                 return
+            kwargs = kwargs or {}
             x = _first_tensor(args, kwargs)
             call: dict[str, Any] = {"x": x, "version": _version(x), "stash": {}}
             if spec.on_input is not None and x is not None:
@@ -240,9 +242,10 @@ class Capture:
                     call["stash"].update(spec.on_input(mod, x))
             calls.append(call)
 
-        def post(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        def post(mod: nn.Module, args: tuple[Any, ...], *kwargs_out: Any) -> None:
             if not self._mine() or not calls:
                 return
+            out = kwargs_out[-1]
             call = calls.pop()
             with torch.no_grad():
                 built = spec.build(mod, call["x"], out, call["stash"])
@@ -318,9 +321,13 @@ class Capture:
     def _attach_frame(self, name: str, module: nn.Module, adapted: bool) -> None:
         self._modules[name] = module
 
-        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # PyTorch registers a with_kwargs hook in two steps (the hook, then its with_kwargs flag) and removes
+        # it in two, so a forward running in another thread while a capture on the same model starts or
+        # ends can call these hooks without ``kwargs``. Those calls are never ours (``_mine``): accept both forms.
+        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
             if not self._mine():
                 return
+            kwargs = kwargs or {}
             if name == "":
                 self._stack.clear()  # a new top-level forward: drop frames left by an earlier exception
                 self._depth, self._hold = 0, None
@@ -338,9 +345,10 @@ class Capture:
                 self._depth += 1
                 self._set_mode(True)
 
-        def post(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        def post(mod: nn.Module, args: tuple[Any, ...], *kwargs_out: Any) -> None:  # (kwargs, out), or (out,) in the race above
             if not self._mine() or not self._stack or self._stack[-1].name != name:
                 return
+            out = kwargs_out[-1]
             frame = self._stack.pop()
             self._after_frame(frame)
             if self._tracker is not None:
