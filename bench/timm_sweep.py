@@ -147,6 +147,8 @@ def check_model(name: str, max_params: float) -> dict[str, Any] | None:
     for path, mod in attn.items():
         q = qualname(mod)
         want = EXPECT[q]
+        if q == "timm.layers.split_attn.SplitAttn" and getattr(mod, "radix", 2) == 1:
+            want = {"channel"}  # radix 1: no branches, rSoftMax is a sigmoid gate over the conv's channels (an SE gate)
         recs = [cap.records[r] for r in names if r.split("#")[0] == path or r.split("#")[0].startswith(path + ".")]
         kinds = {r.kind for r in recs}
         inp = shapes.get(path)
