@@ -34,7 +34,7 @@ ATTENTION = {  # zoo model -> what its attention is
 }
 # classification: the native-map score shown per model (key in the evaluation, label, is it a ratio)
 NATIVE: list[tuple[str, str]] = [
-    ("stn_iou", "STN IoU"), ("ccnet_reach_mass_ratio", "CCNet two-hop mass ratio"), ("affinity_centre_mass_ratio", "NL centre-query mass ratio"),
+    ("stn_iou", "STN IoU"), ("ccnet_reach_mass_ratio", "CCNet two-hop mass ratio"), ("affinity_centre_mass_ratio", "centre-query mass ratio"),
     ("spatial_pointing", "mask pointing"), ("gate_class_selectivity", "gate class selectivity"),
 ]
 
@@ -97,6 +97,11 @@ def classification_table() -> str:
                 elif key == "stn_iou":
                     native += f"; centre corr. {_f(h.get('stn_centre_correlation'))}"
                 break
+        else:
+            sk = [(layer, d["sk_size_spearman"]) for layer, d in (h.get("layers") or {}).items() if "sk_size_spearman" in d]
+            if sk:
+                native = ("widest-branch weight vs item size, Spearman per SK layer: "
+                          f"{', '.join(_f(i['layers'][layer].get('sk_size_spearman')) for layer, _ in sk)} / {', '.join(_f(v) for _, v in sk)}")
         lines.append(f"| {name} | {ATTENTION[name]} | {_params(card)} | {_f(i['accuracy'])} / **{_f(h['accuracy'])}** / {_f(p['accuracy'])} | "
                      f"{native} | {_f(h.get('gradcam_pointing'))} |")
     return "\n".join(lines)

@@ -8,7 +8,9 @@ of a larger run are exactly an ``n``-scene run, which the test suite re-measures
 Classification: accuracy, top-1 on clean scenes, and map faithfulness (CBAM/scSE/GC mask pointing and
 mass ratio; Non-Local/DANet centre-query mass ratio and query dependence; CCNet two-hop mass ratio next
 to what uniform criss-cross weights score from the same query; STN IoU and centre correlation; gate
-class selectivity; captum Grad-CAM as the reference), always beside the centre-point baseline.
+class selectivity; SK: per layer, the Spearman correlation between item size and the weight on the widest
+branch, which the SK paper reports growing with object size; captum Grad-CAM as the reference), always
+beside the centre-point baseline.
 
 Segmentation: pixel accuracy, mIoU, per-class IoU, foreground/background IoU, and per attention layer
 the same-class mass ratio of queries inside objects (CCNet: beside the uniform-weight geometry) and
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .capture import Affinity, CrissCross, SamplingGrid, SpatialMask, capture
+from .capture import Affinity, BranchWeights, CrissCross, SamplingGrid, SpatialMask, capture
 from .capture.records import RegionAttention
 from .data import (
     FAMILIES,
@@ -48,6 +50,7 @@ from .maps import (
     query_dependence,
     same_class_mass,
     sampled_quad,
+    spearman,
     uniform_reach,
     upsample_map,
 )
@@ -133,9 +136,15 @@ def _native(model: nn.Module, x: torch.Tensor, boxes: torch.Tensor, gen: torch.G
     gates = [r for r in recs if r.kind == "channel"]
     if gates:
         out["gates"] = gates[-1].weights.tolist()
+    branches = [r for r in recs if isinstance(r, BranchWeights)]
+    if branches:  # zoo SK: branch m is dilated m + 1, so the last branch has the widest receptive field
+        out["item_size"] = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().sqrt().div(size).tolist()
+        for r in branches:
+            out[f"{SK_WEIGHT}{r.name}"] = r.weights[:, -1].mean(1).tolist()  # (B,) mean over channels
     return logits, out
 
 
+SK_WEIGHT = "sk_widest_weight:"  # per-scene score key prefix, one per SK layer
 CLS_KEYS = ("accuracy", "centre_baseline_pointing", "spatial_pointing", "spatial_mass_ratio", "spatial_mean", "affinity_centre_mass_ratio",
             "affinity_query_js", "affinity_same_peak", "ccnet_reach_mass_ratio", "ccnet_uniform_reach_mass_ratio", "ccnet_loop1_mass_ratio",
             "stn_iou", "gradcam_pointing", "gradcam_mass_ratio")
@@ -168,6 +177,10 @@ def _classification_family(model: nn.Module, family: str, n: int, seed: int, gra
         res["stn_centre_correlation"] = round(sum(float(torch.corrcoef(torch.stack([sc[:, i], bc[:, i]]))[0, 1]) for i in range(2)) / 2, 4)
     if "gates" in agg:
         res["gate_class_selectivity"] = round(nearest_centroid_accuracy(torch.tensor(agg["gates"]), torch.tensor(labels_all), NUM_CLASSES), 4)
+    sk = {k[len(SK_WEIGHT):]: torch.tensor(v) for k, v in agg.items() if k.startswith(SK_WEIGHT)}
+    if sk:
+        size = torch.tensor(agg["item_size"])
+        res["layers"] = {name: {"sk_size_spearman": round(spearman(size, w), 4)} for name, w in sk.items()}
     return res
 
 

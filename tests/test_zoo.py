@@ -141,3 +141,10 @@ def test_shipped_checkpoint_matches_its_card(name: str) -> None:
         for key, value in ref[group].items():
             if isinstance(value, float) and key not in (main, "centre_baseline_pointing", "n"):
                 assert within(res[group][key], value, 0.05, 0.10), (group, key, res[group][key], value)
+        for layer, scores in (ref[group].get("layers") or {}).items():  # per-layer map scores (segmentation heads, SK)
+            for key, value in scores.items():
+                got = res[group]["layers"][layer][key]
+                assert (got != got and value != value) or within(got, value, 0.05, 0.10), (group, layer, key, got, value)
+    if name == "sk_resnet":  # one size correlation per SK layer
+        layers = res["heldout"]["layers"]
+        assert len(layers) == 3 and all(-1 <= d["sk_size_spearman"] <= 1 for d in layers.values())

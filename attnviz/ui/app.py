@@ -45,9 +45,9 @@ STAMP_JS = "(...args) => { args[args.length - 1] = Date.now() + Math.random(); r
 HINTS = {
     "click": "Click needs a Non-Local, CCNet, DANet, BotNet or OCR layer. Try `ccnet_resnet`, `nonlocal_resnet` or a `*_seg` model.",
     "segmentation": "This model is a classifier: it predicts one label per image. The segmentation models (`fcn_seg`, `ccnet_seg`, `nonlocal_seg`, `danet_seg`, `gc_seg`, `ocr_seg`) predict a class per pixel.",
-    "spatial": "No spatial masks in this model. CBAM, scSE and GC blocks have them: try `cbam_resnet`, `scse_resnet` or `gc_seg`.",
+    "spatial": "No spatial masks in this model. CBAM, scSE and GC blocks have them: try `cbam_resnet`, `scse_resnet`, `gc_resnet` or `gc_seg`.",
     "gates": "No channel gates in this model. SE, ECA and CBAM blocks have them: try `se_resnet`, `eca_resnet` or `cbam_resnet`.",
-    "others": "No SK branch weights or DANet channel affinity in this model: try `skresnet18` (ImageNet) or `danet_seg`.",
+    "others": "No SK branch weights or DANet channel affinity in this model: try `sk_resnet`, `danet_resnet`, `danet_seg` or `skresnet18` (ImageNet).",
     "stn": "No spatial transformer in this model: try `stn_resnet`.",
     "compare": "Compare needs a spatial mask or a click layer; for segmentation models the click view already shows Grad-CAM of the clicked class.",
 }
