@@ -2,7 +2,8 @@
 
     python bench/capture.py [--repeats 15] [--out BENCHMARKS-capture.json]
 
-1. capture-on forward / plain forward at batch 1 and 8 (target ≤ 1.05×): gate-heavy nets (CBAM-ResNet18
+1. capture-on forward / plain forward at batch 1 and 8 (target ≤ 1.05×), beside the floor an empty
+   ``TorchFunctionMode`` costs (what watching every torch call costs before any bookkeeping): gate-heavy nets (CBAM-ResNet18
    and SE-ResNet50 from timm, torchvision efficientnet_b0), a Non-Local ResNet18, timm's BotNet and
    HaloNet (explicit q·kᵀ softmax in this timm) and two timm models whose attention runs through
    ``F.scaled_dot_product_attention`` (CoAtNet, MobileNetV4-hybrid).
@@ -26,6 +27,7 @@ import timm
 import torch
 import torchvision
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attnviz  # noqa: E402
@@ -69,8 +71,15 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0
 
 
+class EmptyMode(TorchFunctionMode):
+    """A ``TorchFunctionMode`` that only calls through: the floor cost of watching every torch call."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        return func(*args, **(kwargs or {}))
+
+
 def overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median plain and captured forward times, interleaved."""
+    """Median plain, captured and empty-TorchFunctionMode forward times, interleaved."""
     model.eval()
 
     def plain() -> None:
@@ -80,15 +89,20 @@ def overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float
         with attnviz.capture(model):
             model(x)
 
+    def empty_mode() -> None:
+        with EmptyMode():
+            model(x)
+
     with torch.inference_mode():
         for _ in range(2):
-            plain(), captured()
-        tp, tc = [], []
+            plain(), captured(), empty_mode()
+        tp, tc, tm = [], [], []
         for _ in range(repeats):
             tp.append(timed(plain))
             tc.append(timed(captured))
-    p, c = statistics.median(tp), statistics.median(tc)
-    return {"plain_ms": 1e3 * p, "capture_ms": 1e3 * c, "ratio": c / p}
+            tm.append(timed(empty_mode))
+    p, c, m = statistics.median(tp), statistics.median(tc), statistics.median(tm)
+    return {"plain_ms": 1e3 * p, "capture_ms": 1e3 * c, "ratio": c / p, "empty_mode_ms": 1e3 * m, "empty_mode_ratio": m / p}
 
 
 def query_costs(repeats: int) -> dict[str, float]:
@@ -162,11 +176,13 @@ def main() -> None:
         model = factory()  # type: ignore[operator]
         with torch.inference_mode(), attnviz.capture(model.eval()) as cap:
             model(torch.randn(1, 3, side, side))
+            results[f"{name} watches every op"] = cap._mode is not None  # generic discovery pushed its TorchFunctionMode
         results[f"{name} records"] = len(cap.records)
         for b in (1, 8):
             r = overhead(model, torch.randn(b, 3, side, side), args.repeats if b == 1 else max(5, args.repeats // 3))
             results[f"{name} b{b}"] = r
-            print(f"{name:32s} batch {b}: plain {r['plain_ms']:8.1f} ms  capture {r['capture_ms']:8.1f} ms  ratio {r['ratio']:.3f}", flush=True)
+            print(f"{name:32s} batch {b}: plain {r['plain_ms']:8.1f} ms  capture {r['capture_ms']:8.1f} ms  ratio {r['ratio']:.3f}  "
+                  f"empty mode {r['empty_mode_ratio']:.3f} (capture watches every op: {results[f'{name} watches every op']})", flush=True)
     if args.only:
         print(json.dumps(results, indent=1))
         return
