@@ -79,6 +79,11 @@ def _feature_point(boxes: torch.Tensor, hw: tuple[int, int], size: int) -> tuple
     return cy.long().clamp(0, hw[0] - 1), cx.long().clamp(0, hw[1] - 1)
 
 
+def item_side(boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Item size per scene: √(box area) as a share of the canvas side. ``boxes``: (B, 4) x0, y0, x1, y1."""
+    return ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().sqrt() / size  # (B,)
+
+
 def _mean(values: list[float]) -> float:
     v = [x for x in values if x == x]  # drop NaN
     return round(float(np.mean(v)), 4) if v else float("nan")
@@ -138,7 +143,7 @@ def _native(model: nn.Module, x: torch.Tensor, boxes: torch.Tensor, gen: torch.G
         out["gates"] = gates[-1].weights.tolist()
     branches = [r for r in recs if isinstance(r, BranchWeights)]
     if branches:  # zoo SK: branch m is dilated m + 1, so the last branch has the widest receptive field
-        out["item_size"] = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().sqrt().div(size).tolist()
+        out["item_size"] = item_side(boxes, size).tolist()
         for r in branches:
             out[f"{SK_WEIGHT}{r.name}"] = r.weights[:, -1].mean(1).tolist()  # (B,) mean over channels
     return logits, out

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attnviz  # noqa: E402
 from attnviz.data import FAMILIES, HELDOUT_FAMILIES, normalize  # noqa: E402
-from attnviz.evaluate import test_scenes  # noqa: E402
+from attnviz.evaluate import item_side, test_scenes  # noqa: E402
 from attnviz.models.zoo import INPUT_SIZE, NUM_CLASSES  # noqa: E402
 
 SIZE_BINS = (0.0, 0.25, 0.35, 1.01)  # item side (√ box area) as a share of the canvas side
@@ -32,7 +32,7 @@ def confusion(model: torch.nn.Module, families: list[str], per_family: int, seed
             with torch.inference_mode():
                 pred = model(normalize(b.images)).argmax(1)
             conf.index_put_((b.labels, pred), torch.ones_like(pred), accumulate=True)
-            side = ((b.boxes[:, 2] - b.boxes[:, 0]) * (b.boxes[:, 3] - b.boxes[:, 1])).float().sqrt() / INPUT_SIZE
+            side = item_side(b.boxes, INPUT_SIZE)
             ok = (pred == b.labels).float()
             for i in range(len(SIZE_BINS) - 1):
                 by_size[i] += ok[(side >= SIZE_BINS[i]) & (side < SIZE_BINS[i + 1])].tolist()
