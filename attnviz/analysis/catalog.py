@@ -115,7 +115,8 @@ class Catalog:
         """The loaded model (eval mode, on the device); a downloadable one is fetched first (``progress(done, total)``)."""
         e = self.entry(name)
         if not e.available and e.downloadable:
-            from ..models.hub import DownloadError, download
+            from ..models.hub import DownloadError
+            from ..models.registry import download
 
             try:
                 download(name, progress=progress or False)

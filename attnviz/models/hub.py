@@ -68,9 +68,8 @@ def cached(remote: Remote) -> Path | None:
     side = path.with_name(path.name + ".sha256")
     if not path.is_file():
         return None
-    if side.is_file() and side.read_text().strip().startswith(remote.sha256_prefix):
-        if side.stat().st_mtime >= path.stat().st_mtime:
-            return path
+    if side.is_file() and side.read_text().strip().startswith(remote.sha256_prefix) and side.stat().st_mtime >= path.stat().st_mtime:
+        return path
     digest = _hash_file(path)
     if not digest.startswith(remote.sha256_prefix):
         return None
@@ -86,7 +85,7 @@ def _hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch(remote: Remote, name: str, progress: bool | Progress = False, timeout: float = 30.0) -> Path:
+def fetch(remote: Remote, name: str, progress: bool | Progress = False, timeout: float = 30.0) -> Path:  # noqa: PLR0915  (resume, verify, atomic rename read best as one sequence)
     """The verified local file of ``remote``, downloading it first when needed.
 
     Args:
@@ -167,33 +166,3 @@ def fetch(remote: Remote, name: str, progress: bool | Progress = False, timeout:
     os.replace(part, where)  # atomic: the final name only ever holds a verified file
     where.with_name(where.name + ".sha256").write_text(digest)
     return where
-
-
-def download(name: str, progress: bool | Progress = False) -> Path:
-    """Fetch the weights of a registry model (``attnviz download NAME``); returns where they are."""
-    from .registry import TIMM_MODELS, TORCHVISION_MODELS, registry_remote
-
-    if name in TIMM_MODELS or name in TORCHVISION_MODELS:
-        if offline():
-            raise DownloadError(f"{name}: ATTNVIZ_OFFLINE is set")
-        try:
-            if name in TIMM_MODELS:
-                import timm
-
-                timm.create_model(name, pretrained=True)
-            else:
-                import torchvision
-
-                torchvision.models.get_model(name, weights="DEFAULT")
-        except Exception as e:
-            raise DownloadError(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-        from .registry import _imagenet_status
-
-        info = _imagenet_status(name, "timm" if name in TIMM_MODELS else "torchvision")
-        if not info.available:
-            raise DownloadError(f"{name}: downloaded, but not found in the cache afterwards")
-        return Path(info.reason or ".")
-    remote = registry_remote(name)
-    if remote is None:
-        raise DownloadError(f"{name}: nothing to download (zoo models ship with attnviz; unknown names are listed by `attnviz models`)")
-    return fetch(remote, name, progress)

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .hub import Remote, cached, offline
+from .hub import DownloadError, Progress, Remote, cached, fetch, offline
 from .mmseg import MMSEG, load_mmseg
 from .seg_zoo import SEG_INPUT_SIZE, SEG_ZOO, build_seg
 from .zoo import INPUT_SIZE, ZOO, build
@@ -220,7 +220,8 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
         model = build_imagenet(name)
         model.load_state_dict(_read_state(path))
         size = 256 if name == "botnet26t_256" else 224
-        card = {"name": name, "source": source, "task": "classification", "trained_on": "ImageNet-1k photos (1000 classes)", "input_size": [size, size], "mean": [0.485, 0.456, 0.406],
+        card = {"name": name, "source": source, "task": "classification", "trained_on": "ImageNet-1k photos (1000 classes)", "input_size": [size, size],
+                "mean": [0.485, 0.456, 0.406],
                 "std": [0.229, 0.224, 0.225], "class_names": imagenet_classes(), "weights": str(path)}
     else:
         valid = list(ZOO) + list(SEG_ZOO) + list(MMSEG) + list(TIMM_MODELS) + list(TORCHVISION_MODELS)
@@ -229,3 +230,29 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def download(name: str, progress: bool | Progress = False) -> Path:
+    """Fetch the weights of a registry model (``attnviz download NAME``); returns where they are."""
+    if name in TIMM_MODELS or name in TORCHVISION_MODELS:
+        if offline():
+            raise DownloadError(f"{name}: ATTNVIZ_OFFLINE is set")
+        try:
+            if name in TIMM_MODELS:
+                import timm
+
+                timm.create_model(name, pretrained=True)
+            else:
+                import torchvision
+
+                torchvision.models.get_model(name, weights="DEFAULT")
+        except Exception as e:
+            raise DownloadError(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        info = _imagenet_status(name, "timm" if name in TIMM_MODELS else "torchvision")
+        if not info.available:
+            raise DownloadError(f"{name}: downloaded, but not found in the cache afterwards")
+        return Path(info.reason or ".")
+    remote = registry_remote(name)
+    if remote is None:
+        raise DownloadError(f"{name}: nothing to download (zoo models ship with attnviz; unknown names are listed by `attnviz models`)")
+    return fetch(remote, name, progress)
