@@ -20,10 +20,9 @@ from .capture import (
     SpatialMask,
     capture,
 )
+from .inspect import InspectReport, inspect  # noqa: E402, F401  (eager: the function, not the submodule, is attnviz.inspect)
 from .maps import criss_cross_reach
 from .modules import create_attn
-
-from .inspect import InspectReport, inspect  # noqa: E402  (eager: the function, not the submodule, is attnviz.inspect)
 
 __version__ = "0.1.0"
 

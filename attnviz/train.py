@@ -21,8 +21,9 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -99,7 +100,7 @@ def build_any(name: str) -> nn.Module:
     return build(name) if task_of(name) == "classification" else build_seg(name)
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+def train(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915  (the training loop; not yet split into stages)
     """Run (or resume) one training run and write the checkpoint and model card."""
     torch.manual_seed(args.seed)
     if args.threads:
@@ -187,7 +188,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return card
 
 
-def make_card(args: argparse.Namespace, model: nn.Module, task: str, families: tuple[str, ...], seconds: float, device: torch.device, has_stn: bool) -> dict[str, Any]:
+def make_card(args: argparse.Namespace, model: nn.Module, task: str, families: tuple[str, ...], seconds: float, device: torch.device,
+              has_stn: bool) -> dict[str, Any]:
     """The model card of a finished run (evaluation is added by ``attnviz evaluate --write-card``)."""
     seg = task == "segmentation"
     size = SEG_INPUT_SIZE if seg else INPUT_SIZE

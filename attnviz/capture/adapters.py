@@ -9,8 +9,8 @@ registered by their qualified name, so neither timm nor torchvision is imported 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -76,7 +76,7 @@ def find_adapter(module: nn.Module) -> Callable[[nn.Module], AdapterSpec] | None
     return _adapter_for_class(type(module), len(_REGISTRY))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapter_for_class(cls: type, _registry_size: int) -> Callable[[nn.Module], AdapterSpec] | None:
     # cached per class; the registry size in the key invalidates it when adapters are registered later
     for klass in cls.__mro__:

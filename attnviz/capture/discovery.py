@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ def _code_names(code: types.CodeType, globs: dict[str, Any], depth: int, seen: s
     return names
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def class_uses_gates(cls: type) -> bool:
     """Whether any method of ``cls`` (below ``nn.Module``) names a gate function."""
     names: set[str] = set()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -121,7 +122,7 @@ class Capture:
         self._span_start = 0  # tracker candidates before the current watched span
 
     # ---- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         if self._active:
             raise RuntimeError("this Capture is already active; use a new capture() for nested use")
         target = self._prepare(self.model)
@@ -370,10 +371,10 @@ class Capture:
             self._hold = None
         if frame.name in self._watched:
             self._depth -= 1
-            if self._depth == 0 and self._hold is None and self._stack and self._tracker is not None:
-                # a gate or weights made here and not yet used: its consumer is usually the parent (``x * self.sa(x)``)
-                if any(not c.used and not c.reasons for c in self._tracker.cands[self._span_start:]):
-                    self._hold = self._stack[-1]
+            # a gate or weights made here and not yet used: its consumer is usually the parent (``x * self.sa(x)``)
+            if self._depth == 0 and self._hold is None and self._stack and self._tracker is not None and any(
+                    not c.used and not c.reasons for c in self._tracker.cands[self._span_start:]):
+                self._hold = self._stack[-1]
         if self._depth == 0 and self._hold is None:
             self._set_mode(False)
 

@@ -244,7 +244,7 @@ def _einsum_labels(eq: str, ops: Sequence[torch.Tensor], labels: Sequence[Labels
     return out if any(o is not None for o in out) else None
 
 
-def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Any) -> Labels | None:
+def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Any) -> Labels | None:  # noqa: PLR0915  (one dispatch over op kinds; to be split by op family with the token-provenance rework, issue 20)
     """Labels of ``out`` (a tensor) from the labels of the inputs (``get(t)``), or None when unknown."""
     x = args[0] if args else kwargs.get("input")
     xl = get(x) if isinstance(x, torch.Tensor) else None
@@ -281,7 +281,8 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         if name in ("t", "mT"):
             d0, d1 = len(xl) - 2, len(xl) - 1
         else:
-            d0, d1 = _norm_dim(int(args[1] if len(args) > 1 else kwargs["dim0"]), len(xl)), _norm_dim(int(args[2] if len(args) > 2 else kwargs["dim1"]), len(xl))
+            d0 = _norm_dim(int(args[1] if len(args) > 1 else kwargs["dim0"]), len(xl))
+            d1 = _norm_dim(int(args[2] if len(args) > 2 else kwargs["dim1"]), len(xl))
         lb = list(xl)
         lb[d0], lb[d1] = lb[d1], lb[d0]
         return tuple(lb)

@@ -414,7 +414,7 @@ class WindowAffinity(Record):
                 digits[name] = (rem // inner) % s
         lead_idx: list[Any] = []
         head_dims = []
-        for d, (name, s) in enumerate(self.lead_atoms):
+        for d, (name, _s) in enumerate(self.lead_atoms):
             if name == "b":
                 lead_idx.append(batch)
             elif name in digits:
@@ -436,7 +436,7 @@ class WindowAffinity(Record):
         xs = torch.zeros(w.shape[0], dtype=torch.long)
         for base, target in (("h", ys), ("w", xs)):
             radix = self._radix(base)
-            for j, (name, s, _) in enumerate(radix):
+            for j, (name, _s, _) in enumerate(radix):
                 inner = int(torch.tensor([t[1] for t in radix[j + 1 :]]).prod()) if j + 1 < len(radix) else 1
                 digit = ki[name] if name in ki else torch.full((w.shape[0],), digits[name])
                 target += digit * inner

@@ -19,6 +19,7 @@ Whatever cannot be placed exactly is reported as *seen, not drawn* with the reas
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import Callable
@@ -161,10 +162,8 @@ class Tracker:
     def set(self, t: torch.Tensor, labels: Labels | None) -> None:
         if labels is None or len(labels) != t.ndim:
             return
-        try:
+        with contextlib.suppress(TypeError):  # tensors that cannot be weakly referenced are not labelled
             self._labels[id(t)] = (weakref.ref(t), labels)
-        except TypeError:
-            pass
 
     def label_input(self, x: torch.Tensor, top: bool) -> None:
         """Fresh NCHW labels for a 4-D tensor entering a module without labels (the model input at the top)."""
@@ -196,10 +195,8 @@ class Tracker:
         return hit[1]
 
     def _mark(self, t: torch.Tensor, d: _Derived) -> None:
-        try:
+        with contextlib.suppress(TypeError):
             self._derived[id(t)] = (weakref.ref(t), d)
-        except TypeError:
-            pass
 
     # ---- the op hook
     def propagate_only(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
@@ -214,7 +211,9 @@ class Tracker:
             for o, lb in zip(out, propagate_multi(name, args, kwargs, list(out), self.get)):
                 self.set(o, lb)
 
-    def on_op(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame | None, in_adapted: bool) -> None:
+    def on_op(  # noqa: PLR0915  (one dispatch over op kinds; to be split by op family with the token-provenance rework, issue 20)
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame | None, in_adapted: bool
+    ) -> None:
         name = func_name(func)
         if name == "scaled_dot_product_attention":
             if frame is not None and not in_adapted:
@@ -322,11 +321,10 @@ class Tracker:
                 d.cand.reasons.append("stacked into a tensor of several branches")
 
     # ---- decisions: gates
-    def _gate_used(self, g: torch.Tensor, d: _Derived, p: torch.Tensor, out: torch.Tensor, op: str) -> None:
+    def _gate_used(self, g: torch.Tensor, d: _Derived, p: torch.Tensor, out: torch.Tensor, op: str) -> None:  # noqa: PLR0915  (one dispatch over op kinds; to be split by op family with the token-provenance rework, issue 20)
         c = d.cand
         if c.used:
             return
-        frame = c.frame
         pl = self.get(p)
         gl = self.get(g)
         n = out.ndim
@@ -334,7 +332,8 @@ class Tracker:
             return
         if c.arg is not None and c.arg() is p:
             c.used = True  # x · σ(x): Swish / SiLU, an activation
-            self.report_seen(Seen(c.frame.name, c.op, tuple(c.source.shape), "x·σ(x) multiplies the very tensor it was computed from: an activation (Swish/SiLU), not a gate"))
+            self.report_seen(Seen(c.frame.name, c.op, tuple(c.source.shape),
+                                  "x·σ(x) multiplies the very tensor it was computed from: an activation (Swish/SiLU), not a gate"))
             return
         if pl is None:
             c.reasons.append(f"multiplies a tensor of shape {tuple(p.shape)} whose axes cannot be traced to the image")
@@ -678,7 +677,8 @@ class Tracker:
         if (qp is None or kp is None) and ql is not None and kl is not None and self._sdpa_window(q, k, ql, kl, mask, causal, scale, frame):
             return
         if qp is None or kp is None:
-            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), "queries or keys are not traceable to image positions (e.g. tokens)"))
+            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape),
+                                  "queries or keys are not traceable to image positions (e.g. tokens)"))
             return
         qq = self._arrange(q, ql, q.ndim - 2, q.ndim - 1, query=True)
         kk = self._arrange(k.transpose(-1, -2), tuple(list(kl[:-2]) + [kl[-1], kl[-2]]) if kl else None, k.ndim - 1, k.ndim - 2, query=False)
@@ -708,7 +708,8 @@ class Tracker:
         a = logits.softmax(-1)
         full = a.reshape([at[2] for at in lead] + [int(a.shape[-2]), int(a.shape[-1])])
         if full.numel() > MAX_MATRIX:
-            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), f"window-local attention with {full.numel() / 1e6:.0f} M weights, over the keep limit"))
+            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape),
+                                  f"window-local attention with {full.numel() / 1e6:.0f} M weights, over the keep limit"))
             return True
         rec = WindowAffinity(weights=keep(full), lead_atoms=[(at[1], at[2]) for at in lead], query_atoms=[(at[1], at[2]) for at in qa],
                              key_atoms=[(at[1], at[2]) for at in ka])

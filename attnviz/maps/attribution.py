@@ -33,5 +33,6 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int, win
     side = min(x.shape[-2:])
     win = window or max(4, side // 8)
     stride = max(2, win // 2)
-    attr = Occlusion(model).attribute(x, sliding_window_shapes=(x.shape[1], win, win), strides=(x.shape[1], stride, stride), target=target, perturbations_per_eval=16)
+    attr = Occlusion(model).attribute(x, sliding_window_shapes=(x.shape[1], win, win), strides=(x.shape[1], stride, stride), target=target,
+                                      perturbations_per_eval=16)
     return attr.detach().sum(1).clamp_min(0)  # (B, H, W)

@@ -56,7 +56,8 @@ def quad_iou(quads: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int], supe
     cross = (b[..., 0] - a[..., 0]) * (pts[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (pts[..., 0] - a[..., 0])  # (N, 4, P)
     inside_q = (cross >= 0).all(1) | (cross <= 0).all(1)  # (N, P)
     bx = boxes.float()
-    inside_b = (pts[0, 0, :, 0][None] >= bx[:, :1]) & (pts[0, 0, :, 0][None] < bx[:, 2:3]) & (pts[0, 0, :, 1][None] >= bx[:, 1:2]) & (pts[0, 0, :, 1][None] < bx[:, 3:4])
+    px, py = pts[0, 0, :, 0][None], pts[0, 0, :, 1][None]
+    inside_b = (px >= bx[:, :1]) & (px < bx[:, 2:3]) & (py >= bx[:, 1:2]) & (py < bx[:, 3:4])
     inter = (inside_q & inside_b).sum(1).float()
     union = (inside_q | inside_b).sum(1).float().clamp_min(1)
     return inter / union

@@ -89,7 +89,8 @@ class ZooNet(nn.Module):
         num_classes: Output classes.
     """
 
-    def __init__(self, spec: ZooSpec, widths: tuple[int, int, int] = (32, 64, 128), depths: tuple[int, int, int] = (1, 1, 1), num_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, spec: ZooSpec, widths: tuple[int, int, int] = (32, 64, 128), depths: tuple[int, int, int] = (1, 1, 1),
+                 num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.spec = spec
         kw = dict(spec.kwargs)

@@ -106,7 +106,8 @@ def logit_change(class_names: Sequence[str], before: np.ndarray, after: np.ndarr
     return fig
 
 
-def series_heatmap(mat: np.ndarray, times: np.ndarray, ylabel: str, title: str, cmap: str = "viridis", vmin: float | None = 0.0, vmax: float | None = 1.0) -> Figure:
+def series_heatmap(mat: np.ndarray, times: np.ndarray, ylabel: str, title: str, cmap: str = "viridis", vmin: float | None = 0.0,
+                   vmax: float | None = 1.0) -> Figure:
     """A (rows × time) heatmap, e.g. one block's channel gates over the frames of a clip."""
     fig = _fig(8, 3)
     ax = fig.add_subplot()
