@@ -11,8 +11,9 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ def load_user_model(spec: str, weights: str | None = None, labels: str | None = 
             raise SystemExit(f"--weights {weights} does not fit {spec}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     card = dict(getattr(model, "card", None) or {})
     if labels:
-        names = [ln.strip() for ln in open(labels, encoding="utf-8") if ln.strip()]
+        names = [ln.strip() for ln in Path(labels).read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not names:
             raise SystemExit(f"--labels {labels} has no labels (one per line)")
         card["class_names"] = names
@@ -123,6 +124,8 @@ def _add_model(p: argparse.ArgumentParser, required: bool = True, factory_option
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse one image: print the prediction and the click's answer, write the same bundle as the app's export."""
     from .analysis import Catalog, Engine, Entry, Style, UserError, export_bundle
+    from .analysis.views import click as click_view
+    from .analysis.views import modules
     from .models.inputs import pick_device
 
     name, model = resolve_model(args)
@@ -138,17 +141,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         a = eng.analyze(args.image, name)
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = export_bundle(eng, a, click, args.layer, Style(cmap=args.cmap), folder=out_dir)
-        summary = eng.summary(a)
-        print(eng.status_line(a))
+        path = export_bundle(a, click, args.layer, Style(cmap=args.cmap), folder=out_dir)
+        summary = modules.summary(a)
+        print(modules.status_line(a))
         for n in a.notes:
             print("note:", n)
         if a.task == "segmentation":
             print("classes present (share of the image):", json.dumps(a.top(10)))
         else:
             print("prediction:", json.dumps(a.top(5)))
-        if click is not None and eng.click_choices(a):
-            _, info, _ = eng.attention_at(a, click[0], click[1], args.layer)
+        if click is not None and click_view.click_choices(a):
+            _, info, _ = click_view.attention_at(a, click[0], click[1], args.layer)
             print(info["text"].replace("**", ""))
         elif click is not None:
             print(f"no click layer in {name}: {summary['kinds'] or 'no attention modules'}")
@@ -186,7 +189,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Fetch registry weights into the local cache (progress bar, sha256 check)."""
-    from .models.hub import DownloadError, download
+    from .models.hub import DownloadError
+    from .models.registry import download
 
     failed = 0
     for name in args.names:
@@ -276,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     vd = sub.add_parser("video", help="attention over time: an overlay video, NPZ and CSV")
     vd.add_argument("input", help="mp4 / webm / mov / gif")
     _add_model(vd)
-    vd.add_argument("--kind", default=None, choices=["spatial", "channel", "grid", "query", "segmentation"], help="map to draw (default: the first the model has)")
+    vd.add_argument("--kind", default=None, choices=["spatial", "channel", "grid", "query", "segmentation"],
+                    help="map to draw (default: the first the model has)")
     vd.add_argument("--layer", default=None, help="default: the deepest layer of that kind")
     vd.add_argument("--query", type=float, nargs=2, metavar=("X", "Y"), help="query pixel (frame pixels) for --kind query/segmentation")
     vd.add_argument("--out", default="attnviz_video.mp4", help="output MP4 (NPZ and CSV are written next to it)")

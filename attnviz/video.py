@@ -28,7 +28,8 @@ from torch import nn
 
 from . import render
 from .analysis.errors import UserError
-from .analysis.frames import (
+from .analysis.outputs import Postprocess
+from .analysis.views.frames import (
     KIND_HELP,
     KINDS,
     forward_batch,
@@ -37,7 +38,6 @@ from .analysis.frames import (
     labels_of,
     pick_layer,
 )
-from .analysis.outputs import Postprocess
 from .capture.records import SamplingGrid
 from .maps import sampled_quad
 from .maps.geometry import normalized_to_pixels
@@ -234,6 +234,66 @@ def analyze_video(
             partial outputs and raises :class:`VideoCancelled`.
         postprocess: Turns the model's output into logits (see :mod:`attnviz.analysis.outputs`).
     """
+    job = _plan(path, model, kind, layer, query, Path(out), stride, max_frames, batch_size, vrange, cmap, alpha, device, postprocess)
+    stop = should_stop or (lambda: False)
+    try:
+        scale = _encode(job, progress, stop)
+    except BaseException:
+        _discard(job)
+        raise
+    if job.n_est and job.decoded < math.ceil(job.n_est / stride) - 1:
+        job.notes.append(f"the clip is truncated or damaged: {job.decoded} of about {math.ceil(job.n_est / stride)} frames could be read")
+    npz, csv_path = _write_tables(job, scale)
+    return VideoResult(job.out, npz, csv_path, job.rows, job.fps / stride, len(job.rows), job.chosen["layer"], scale, job.notes,
+                       job.chosen["kind"], job.chosen["task"])
+
+
+@dataclass
+class _Job:
+    """One video job: its settings, the clip's geometry, and what the stages accumulate (small per-frame maps and rows)."""
+
+    path: str | Path
+    model: nn.Module
+    kind: str | None
+    layer: str | None
+    out: Path
+    stride: int
+    max_frames: int
+    vrange: tuple[float, float] | None
+    cmap: str
+    alpha: float
+    device: torch.device
+    postprocess: Postprocess | None
+    card: dict[str, Any]
+    fps: float
+    n_est: int
+    src_wh: tuple[int, int]  # (W, H) of the source frames
+    out_wh: tuple[int, int]  # (W, H) written (even, at most MAX_SIDE)
+    query: tuple[float, float]
+    batch_size: int
+    notes: list[str] = field(default_factory=list)
+    maps: list[np.ndarray] = field(default_factory=list)
+    labels: list[bytes] = field(default_factory=list)  # segmentation: per-frame labels at the output size, zlib-compressed (memory stays flat)
+    small_labels: list[np.ndarray] = field(default_factory=list)  # the same at ≤ 256 px for the NPZ
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    extra: list[Any] = field(default_factory=list)  # per-frame geometry for grid (quad, lattice) in source pixels
+    chosen: dict[str, Any] = field(default_factory=dict)
+    decoded: int = 0
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.card.get("class_names") or [])
+
+    @property
+    def total(self) -> int:
+        return math.ceil(self.n_est / self.stride) if self.n_est else 0
+
+
+# ---------------------------------------------------------------------------------------------- plan
+def _plan(path: str | Path, model: nn.Module, kind: str | None, layer: str | None, query: tuple[float, float] | None, out: Path, stride: int,
+          max_frames: int, batch_size: int | None, vrange: tuple[float, float] | None, cmap: str, alpha: float, device: torch.device | None,
+          postprocess: Postprocess | None) -> _Job:
+    """Check the arguments, probe the clip and fix the output geometry."""
     if kind is not None and kind not in KINDS:
         raise VideoError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}.")
     if cmap not in render.CMAPS:
@@ -243,209 +303,239 @@ def analyze_video(
     if not isinstance(max_frames, int) or not 1 <= max_frames <= MAX_FRAMES:
         raise VideoError(f"max_frames must be an integer in [1, {MAX_FRAMES}]; got {max_frames!r}.")
     device = device or next(model.parameters()).device
-    card = card_of(model)
-    names = list(card.get("class_names") or [])
     fps, n_est, w0, h0 = probe(path)
     if n_est and math.ceil(n_est / stride) > max_frames:
         raise VideoError(f"The clip has about {n_est} frames ({math.ceil(n_est / stride)} at stride {stride}); the cap is "
                          f"{max_frames}. Raise the stride or trim the clip.")
-    total = math.ceil(n_est / stride) if n_est else 0
-    bs = batch_size or (32 if device.type == "cuda" else 8)
     notes = [f"stride {stride}: {fps / stride:.2f} fps"] if stride > 1 else []
     k = min(1.0, MAX_SIDE / max(w0, h0))
     ow, oh = _even(round(w0 * k)), _even(round(h0 * k))
     if (ow, oh) != (w0, h0):
         notes.append(f"written at {ow}×{oh} (source {w0}×{h0})")
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    qx, qy = query if query is not None else (w0 / 2, h0 / 2)
-    stop = should_stop or (lambda: False)
+    return _Job(path, model, kind, layer, out, stride, max_frames, vrange, cmap, alpha, device, postprocess, card_of(model), fps, n_est,
+                (w0, h0), (ow, oh), query if query is not None else (w0 / 2, h0 / 2), batch_size or (32 if device.type == "cuda" else 8), notes)
 
-    def peak(m: np.ndarray) -> dict[str, float]:
-        """Centre of a map's peak cell in source-frame pixels."""
-        py, px = np.unravel_index(int(m.argmax()), m.shape)
-        return {"peak_x": round(float((px + 0.5) / m.shape[1] * w0), 1), "peak_y": round(float((py + 0.5) / m.shape[0] * h0), 1)}
 
-    maps: list[np.ndarray] = []
-    labels: list[bytes] = []  # segmentation: per-frame labels at the output size, zlib-compressed (memory stays flat)
-    small_labels: list[np.ndarray] = []  # the same at ≤ 256 px for the NPZ
-    rows: list[dict[str, Any]] = []
-    extra: list[Any] = []  # per-frame geometry for grid (quad, lattice) in source pixels
-    chosen: dict[str, Any] = {}
+# ---------------------------------------------------------------------------------------------- decode → batches
+def _batches(job: _Job, stop: Callable[[], bool]) -> Iterator[list[tuple[int, float, np.ndarray]]]:
+    """Decoded frames (index, time, RGB) in batches of ``job.batch_size``."""
+    batch: list[tuple[int, float, np.ndarray]] = []
+    for item in iter_frames(job.path, job.stride, job.max_frames):
+        _check(stop)
+        job.decoded += 1
+        batch.append(item)
+        if len(batch) == job.batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
-    def run(batch: list[tuple[int, float, np.ndarray]]) -> None:
-        try:
-            res = forward_batch(model, [f for _, _, f in batch], card, device, postprocess)
-        except UserError as e:
-            raise VideoError(str(e)) from None
-        recs, task = res.records, res.output.task
-        if not chosen:
-            have = kinds_of(recs, task)
-            kd = kind or (have[0] if have else None)
-            if kd is None:
-                raise VideoError("The model has no attention layer attnviz can draw over time (no spatial mask, gate, STN or click layer).")
-            if kd == "segmentation" and task != "segmentation":
-                raise VideoError(f"kind 'segmentation' needs a segmentation model; this one is a classifier. Kinds it has: {', '.join(have) or 'none'}.")
-            if kd not in have:
-                raise VideoError(f"The model has no {KIND_HELP[kd]}. Kinds it has: {', '.join(have) or 'none'}.")
-            try:
-                chosen.update(kind=kd, layer=pick_layer(recs, kd, layer), task=task)
-            except UserError as e:
-                raise VideoError(str(e)) from None
-            if kd in ("query", "segmentation") and not (0 <= qx < w0 and 0 <= qy < h0):
-                raise VideoError(f"The query point ({qx:g}, {qy:g}) lies outside the {w0}×{h0} frame.")
-        kd, name = chosen["kind"], chosen["layer"]
-        logits = res.output.logits.float()
-        for b, (i, t, frame) in enumerate(batch):
-            row: dict[str, Any] = {"frame": i, "time": round(t, 4)}
-            if task == "classification":
-                p = logits[b].softmax(0)
-                c = int(p.argmax())
-                row.update(prediction=names[c] if c < len(names) else c, confidence=round(float(p[c]), 4))
-            else:
-                lab = labels_of(res.output, b, (oh, ow))
-                labels.append(zlib.compress(lab.astype(np.int16).tobytes(), 1))
-                step = max(1, math.ceil(max(oh, ow) / 256))
-                small_labels.append(lab[::step, ::step].astype(np.int16))
-                counts = np.bincount(lab.ravel())
-                c = int(counts.argmax())
-                qc = int(lab[min(oh - 1, int(qy * oh / h0)), min(ow - 1, int(qx * ow / w0))])
-                row.update(prediction=names[c] if c < len(names) else c, confidence=round(float(counts[c] / lab.size), 4),
-                           query_class=names[qc] if qc < len(names) else qc)
-            if kd == "grid":
-                g: SamplingGrid = recs[name]  # type: ignore[assignment]
-                in_hw = g.input_hw or (h0, w0)
-                scale = torch.tensor([w0 / in_hw[1], h0 / in_hw[0]])
-                quad = (sampled_quad(g, b) * scale).numpy()
-                lattice = (normalized_to_pixels(g.grid[b], in_hw, g.align_corners) * scale).numpy()
-                extra.append((quad, lattice[:: max(1, lattice.shape[0] // 8), :: max(1, lattice.shape[1] // 8)]))
-                m = quad
-                x0, y0 = quad.min(0)
-                x1, y1 = quad.max(0)
-                row.update(box_x0=round(float(x0), 1), box_y0=round(float(y0), 1), box_x1=round(float(x1), 1), box_y1=round(float(y1), 1))
-            elif kd == "segmentation" and not name:
-                m = np.zeros((1, 1), np.float32)
-            else:
-                m = frame_map(recs, kd, name, b, (qx, qy), (h0, w0))
-                if kd == "spatial":
-                    row.update(mean_mask=round(float(m.mean()), 4), **peak(m))
-                elif kd == "channel":
-                    top = np.argsort(-m)[:3]
-                    row.update(mean_gate=round(float(m.mean()), 4), top_channels=" ".join(map(str, top.tolist())))
-                else:
-                    row.update(query_x=qx, query_y=qy, **peak(m))
-            maps.append(np.asarray(m, dtype=np.float32))
-            rows.append(row)
 
-    def render_frame(j: int, frame: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
-        if frame.shape[1] != ow or frame.shape[0] != oh:
-            frame = cv2.resize(frame, (ow, oh), interpolation=cv2.INTER_AREA)
-        kd = chosen["kind"]
-        sx, sy = ow / w0, oh / h0
-        if kd == "grid":
-            quad, lattice = extra[j]
-            img = render.draw_lattice(frame, lattice * [sx, sy], every=1)
-            return render.draw_quad(img, quad * [sx, sy])
-        if kd == "channel":
-            strip = render.colorize(maps[j][None], cmap, lo, hi)  # (1, C, 3)
-            bar = cv2.resize(strip, (ow, max(8, oh // 12)), interpolation=cv2.INTER_NEAREST)
-            img = frame.copy()
-            img[-bar.shape[0]:] = bar
-            return _with_bar(img, cmap, lo, hi, "gate")
-        point = (rows[j].get("query_x", qx) * sx, rows[j].get("query_y", qy) * sy)
-        heat = None
-        if kd != "segmentation" or chosen["layer"]:
-            heat = render.overlay(frame, maps[j], cmap, alpha, lo, hi, point=None if kd == "spatial" else point)
-        if kd == "segmentation":
-            pal = np.asarray(card["palette"], np.uint8) if card.get("palette") is not None else render.default_palette(max(2, len(names)))
-            lab = np.frombuffer(zlib.decompress(labels[j]), np.int16).reshape(oh, ow)
-            seg = render.draw_point(render.label_overlay(frame, lab, pal, 0.5), *point)
-            if heat is None:
-                return seg
-            return np.concatenate([seg, np.full((oh, 4, 3), 255, np.uint8), _with_bar(heat, cmap, lo, hi, "attention of the query")], axis=1)
-        return _with_bar(heat, cmap, lo, hi, "attention weight" if kd == "query" else "mask value")
-
-    def _with_bar(img: np.ndarray, cm: str, lo: float | None, hi: float | None, unit: str) -> np.ndarray:
-        framed = render.with_colorbar(img, cm, float(lo or 0.0), float(hi if hi is not None else 1.0), unit)
-        return framed[:, : framed.shape[1] - framed.shape[1] % 2]
-
-    def written_size() -> tuple[int, int]:
-        probe_frame = np.zeros((oh, ow, 3), np.uint8)
-        return render_frame(0, probe_frame, 0.0, 1.0).shape[:2][::-1]  # (W, H)
-
-    def check() -> None:
-        if stop():
-            raise VideoCancelled("cancelled")
-
-    single = vrange is not None or (kind == "grid")
-    writer: _Writer | None = None
-    decoded = 0
+# ---------------------------------------------------------------------------------------------- maps
+def _choose(job: _Job, records: dict[str, Any], task: str) -> None:
+    """Fix the kind and layer from the first batch's records (a clear error when the model has neither)."""
+    have = kinds_of(records, task)
+    kd = job.kind or (have[0] if have else None)
+    if kd is None:
+        raise VideoError("The model has no attention layer attnviz can draw over time (no spatial mask, gate, STN or click layer).")
+    if kd == "segmentation" and task != "segmentation":
+        raise VideoError(f"kind 'segmentation' needs a segmentation model; this one is a classifier. Kinds it has: {', '.join(have) or 'none'}.")
+    if kd not in have:
+        raise VideoError(f"The model has no {KIND_HELP[kd]}. Kinds it has: {', '.join(have) or 'none'}.")
     try:
-        batch: list[tuple[int, float, np.ndarray]] = []
-        done = 0
+        job.chosen.update(kind=kd, layer=pick_layer(records, kd, job.layer), task=task)
+    except UserError as e:
+        raise VideoError(str(e)) from None
+    (qx, qy), (w0, h0) = job.query, job.src_wh
+    if kd in ("query", "segmentation") and not (0 <= qx < w0 and 0 <= qy < h0):
+        raise VideoError(f"The query point ({qx:g}, {qy:g}) lies outside the {w0}×{h0} frame.")
 
-        def flush() -> None:
-            nonlocal done, writer
-            start = len(maps)
-            run(batch)
-            if chosen["kind"] == "grid":
-                nonlocal_single[0] = True
-            if nonlocal_single[0]:
-                if writer is None:
-                    writer = _Writer(out, fps / stride, *written_size())
-                lo, hi = vrange if vrange is not None else (None, None)
+
+def _maps(job: _Job, batch: list[tuple[int, float, np.ndarray]]) -> None:
+    """One captured forward of a batch → per frame: the small map (feature resolution) and a table row."""
+    try:
+        res = forward_batch(job.model, [f for _, _, f in batch], job.card, job.device, job.postprocess)
+    except UserError as e:
+        raise VideoError(str(e)) from None
+    if not job.chosen:
+        _choose(job, res.records, res.output.task)
+    for b, (i, t, _) in enumerate(batch):
+        row: dict[str, Any] = {"frame": i, "time": round(t, 4)}
+        row.update(_prediction(job, res.output, b))
+        m, facts = _frame_facts(job, res.records, b)
+        row.update(facts)
+        job.maps.append(np.asarray(m, dtype=np.float32))
+        job.rows.append(row)
+
+
+def _prediction(job: _Job, output: Any, b: int) -> dict[str, Any]:
+    """Classification: the top class and its probability. Segmentation: the largest class, its area share, the query's class."""
+    names = job.names
+    if output.task == "classification":
+        p = output.logits.float()[b].softmax(0)
+        c = int(p.argmax())
+        return {"prediction": names[c] if c < len(names) else c, "confidence": round(float(p[c]), 4)}
+    (ow, oh), (w0, h0), (qx, qy) = job.out_wh, job.src_wh, job.query
+    lab = labels_of(output, b, (oh, ow))
+    job.labels.append(zlib.compress(lab.astype(np.int16).tobytes(), 1))
+    step = max(1, math.ceil(max(oh, ow) / 256))
+    job.small_labels.append(lab[::step, ::step].astype(np.int16))
+    counts = np.bincount(lab.ravel())
+    c = int(counts.argmax())
+    qc = int(lab[min(oh - 1, int(qy * oh / h0)), min(ow - 1, int(qx * ow / w0))])
+    return {"prediction": names[c] if c < len(names) else c, "confidence": round(float(counts[c] / lab.size), 4),
+            "query_class": names[qc] if qc < len(names) else qc}
+
+
+def _frame_facts(job: _Job, records: dict[str, Any], b: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The chosen map of sample ``b`` and its per-kind facts (STN box, mean mask and peak, mean gate and top channels, query peak)."""
+    kd, name = job.chosen["kind"], job.chosen["layer"]
+    (w0, h0), (qx, qy) = job.src_wh, job.query
+    if kd == "grid":
+        g: SamplingGrid = records[name]
+        in_hw = g.input_hw or (h0, w0)
+        scale = torch.tensor([w0 / in_hw[1], h0 / in_hw[0]])
+        quad = (sampled_quad(g, b) * scale).numpy()
+        lattice = (normalized_to_pixels(g.grid[b], in_hw, g.align_corners) * scale).numpy()
+        job.extra.append((quad, lattice[:: max(1, lattice.shape[0] // 8), :: max(1, lattice.shape[1] // 8)]))
+        (x0, y0), (x1, y1) = quad.min(0), quad.max(0)
+        return quad, {"box_x0": round(float(x0), 1), "box_y0": round(float(y0), 1), "box_x1": round(float(x1), 1), "box_y1": round(float(y1), 1)}
+    if kd == "segmentation" and not name:
+        return np.zeros((1, 1), np.float32), {}
+    m = frame_map(records, kd, name, b, (qx, qy), (h0, w0))
+    if kd == "spatial":
+        return m, {"mean_mask": round(float(m.mean()), 4), **_peak(m, job.src_wh)}
+    if kd == "channel":
+        top = np.argsort(-m)[:3]
+        return m, {"mean_gate": round(float(m.mean()), 4), "top_channels": " ".join(map(str, top.tolist()))}
+    return m, {"query_x": qx, "query_y": qy, **_peak(m, job.src_wh)}
+
+
+def _peak(m: np.ndarray, src_wh: tuple[int, int]) -> dict[str, float]:
+    """Centre of a map's peak cell in source-frame pixels."""
+    w0, h0 = src_wh
+    py, px = np.unravel_index(int(m.argmax()), m.shape)
+    return {"peak_x": round(float((px + 0.5) / m.shape[1] * w0), 1), "peak_y": round(float((py + 0.5) / m.shape[0] * h0), 1)}
+
+
+# ---------------------------------------------------------------------------------------------- colour scale
+def _colour_scale(job: _Job) -> tuple[float, float] | None:
+    """One colour scale for the whole clip: the given one, else the min/max over every frame's map (none for STN grids)."""
+    if job.chosen["kind"] == "grid":
+        return None
+    return job.vrange if job.vrange is not None else render.map_range(job.maps)
+
+
+# ---------------------------------------------------------------------------------------------- render
+def _render(job: _Job, j: int, frame: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
+    """Frame ``j`` with its map drawn (lattice, gate strip, overlay, or segmentation beside the query's attention)."""
+    (ow, oh), (w0, h0) = job.out_wh, job.src_wh
+    if frame.shape[1] != ow or frame.shape[0] != oh:
+        frame = cv2.resize(frame, (ow, oh), interpolation=cv2.INTER_AREA)
+    kd = job.chosen["kind"]
+    sx, sy = ow / w0, oh / h0
+    if kd == "grid":
+        quad, lattice = job.extra[j]
+        return render.draw_quad(render.draw_lattice(frame, lattice * [sx, sy], every=1), quad * [sx, sy])
+    if kd == "channel":
+        strip = render.colorize(job.maps[j][None], job.cmap, lo, hi)  # (1, C, 3)
+        bar = cv2.resize(strip, (ow, max(8, oh // 12)), interpolation=cv2.INTER_NEAREST)
+        img = frame.copy()
+        img[-bar.shape[0]:] = bar
+        return _with_bar(img, job.cmap, lo, hi, "gate")
+    point = (job.rows[j].get("query_x", job.query[0]) * sx, job.rows[j].get("query_y", job.query[1]) * sy)
+    heat = None
+    if kd != "segmentation" or job.chosen["layer"]:
+        heat = render.overlay(frame, job.maps[j], job.cmap, job.alpha, lo, hi, point=None if kd == "spatial" else point)
+    if kd != "segmentation":
+        return _with_bar(heat, job.cmap, lo, hi, "attention weight" if kd == "query" else "mask value")
+    pal = np.asarray(job.card["palette"], np.uint8) if job.card.get("palette") is not None else render.default_palette(max(2, len(job.names)))
+    lab = np.frombuffer(zlib.decompress(job.labels[j]), np.int16).reshape(oh, ow)
+    seg = render.draw_point(render.label_overlay(frame, lab, pal, 0.5), *point)
+    if heat is None:
+        return seg
+    return np.concatenate([seg, np.full((oh, 4, 3), 255, np.uint8), _with_bar(heat, job.cmap, lo, hi, "attention of the query")], axis=1)
+
+
+def _with_bar(img: np.ndarray, cm: str, lo: float | None, hi: float | None, unit: str) -> np.ndarray:
+    framed = render.with_colorbar(img, cm, float(lo or 0.0), float(hi if hi is not None else 1.0), unit)
+    return framed[:, : framed.shape[1] - framed.shape[1] % 2]
+
+
+# ---------------------------------------------------------------------------------------------- encode
+def _encode(job: _Job, progress: Callable[[int, int, str], None] | None, stop: Callable[[], bool]) -> tuple[float, float] | None:
+    """Pass 1: batches → maps (and, when the scale is known up front, render + encode at once). Pass 2: decode again, render with the
+    clip-wide scale, encode. Returns the colour scale used."""
+    single = job.vrange is not None or job.kind == "grid"
+    writer: _Writer | None = None
+    done = 0
+    try:
+        for batch in _batches(job, stop):
+            start = len(job.maps)
+            _maps(job, batch)
+            single = single or job.chosen["kind"] == "grid"
+            if single:
+                writer = writer or _Writer(job.out, job.fps / job.stride, *_written_size(job))
+                lo, hi = job.vrange if job.vrange is not None else (None, None)
                 for j, (_, _, f) in enumerate(batch):
-                    check()
-                    writer.write(render_frame(start + j, f, lo, hi))
+                    _check(stop)
+                    writer.write(_render(job, start + j, f, lo, hi))
             done += len(batch)
-            batch.clear()
             if progress:
-                progress(done, total, "analysing" if not nonlocal_single[0] else "analysing and encoding")
-
-        nonlocal_single = [single]
-        for item in iter_frames(path, stride, max_frames):
-            check()
-            decoded += 1
-            batch.append(item)
-            if len(batch) == bs:
-                flush()
-        if batch:
-            flush()
-        scale: tuple[float, float] | None = None
-        if chosen["kind"] != "grid":
-            scale = vrange if vrange is not None else render.map_range(maps)
-        if not nonlocal_single[0]:  # pass 2: the clip-wide colour scale is known now
+                progress(done, job.total, "analysing and encoding" if single else "analysing")
+        scale = _colour_scale(job)
+        if not single:  # pass 2: the clip-wide colour scale is known now
             assert scale is not None
-            writer = _Writer(out, fps / stride, *written_size())
-            for j, (_, _, f) in enumerate(iter_frames(path, stride, max_frames)):
-                check()
-                if j >= len(maps):
+            writer = _Writer(job.out, job.fps / job.stride, *_written_size(job))
+            for j, (_, _, f) in enumerate(iter_frames(job.path, job.stride, job.max_frames)):
+                _check(stop)
+                if j >= len(job.maps):
                     break
-                writer.write(render_frame(j, f, *scale))
-                if progress and (j + 1) % bs == 0:
-                    progress(j + 1, len(maps), "encoding")
+                writer.write(_render(job, j, f, *scale))
+                if progress and (j + 1) % job.batch_size == 0:
+                    progress(j + 1, len(job.maps), "encoding")
     except BaseException:
         if writer is not None:
             with contextlib.suppress(Exception):
                 writer.close()
-        for p in (out, out.with_suffix(".npz"), out.with_suffix(".csv")):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
         raise
     assert writer is not None
     writer.close()
-    if n_est and decoded < math.ceil(n_est / stride) - 1:
-        notes.append(f"the clip is truncated or damaged: {decoded} of about {math.ceil(n_est / stride)} frames could be read")
-    npz = out.with_suffix(".npz")
-    arrays = {"maps": np.stack(maps)}
-    if small_labels:
-        arrays["labels"] = np.stack(small_labels)  # predicted classes, every ceil(side / 256)-th pixel
+    return scale
+
+
+def _written_size(job: _Job) -> tuple[int, int]:
+    ow, oh = job.out_wh
+    return _render(job, 0, np.zeros((oh, ow, 3), np.uint8), 0.0, 1.0).shape[:2][::-1]  # (W, H)
+
+
+def _check(stop: Callable[[], bool]) -> None:
+    if stop():
+        raise VideoCancelled("cancelled")
+
+
+def _discard(job: _Job) -> None:
+    """Delete a failed or cancelled job's partial outputs."""
+    for p in (job.out, job.out.with_suffix(".npz"), job.out.with_suffix(".csv")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def _write_tables(job: _Job, scale: tuple[float, float] | None) -> tuple[Path, Path]:
+    """The NPZ of per-frame maps (and labels) and the CSV of per-frame rows, next to the MP4."""
+    rows = job.rows
+    npz = job.out.with_suffix(".npz")
+    arrays = {"maps": np.stack(job.maps)}
+    if job.small_labels:
+        arrays["labels"] = np.stack(job.small_labels)  # predicted classes, every ceil(side / 256)-th pixel
     np.savez_compressed(npz, **arrays, times=np.array([r["time"] for r in rows]), frames=np.array([r["frame"] for r in rows]),
                         confidence=np.array([r["confidence"] for r in rows]), prediction=np.array([str(r["prediction"]) for r in rows]),
-                        layer=np.array(chosen["layer"]), kind=np.array(chosen["kind"]), vrange=np.array(scale if scale else (np.nan, np.nan)))
-    csv_path = out.with_suffix(".csv")
+                        layer=np.array(job.chosen["layer"]), kind=np.array(job.chosen["kind"]), vrange=np.array(scale if scale else (np.nan, np.nan)))
+    csv_path = job.out.with_suffix(".csv")
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))
         wr.writeheader()
         wr.writerows(rows)
-    return VideoResult(out, npz, csv_path, rows, fps / stride, len(rows), chosen["layer"], scale, notes, chosen["kind"], chosen["task"])
+    return npz, csv_path

@@ -28,8 +28,9 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from attnviz.modules import NonLocal2d
 from attnviz.analysis import Catalog, Engine, Entry, Style
+from attnviz.analysis import click as click_view
+from attnviz.modules import NonLocal2d
 
 
 def nonlocal_r18() -> nn.Module:
@@ -78,10 +79,10 @@ def bench_clicks(n: int) -> list[dict[str, object]]:
                 fwd.append(time.perf_counter() - t)
             x, y = float(rng.integers(0, w)), float(rng.integers(0, h))
             t = time.perf_counter()
-            eng.attention_at(a, x, y, None, None, None, Style())
+            click_view.attention_at(a, x, y, None, None, None, Style())
             click.append(time.perf_counter() - t)
         f = statistics.median(fwd)
-        layer = eng.click_choices(a)[-1]
+        layer = click_view.click_choices(a)[-1]
         rows.append({"model": e.name, "layer": layer, "display": f"{w}×{h}", "input": "×".join(map(str, a.x.shape[-2:])),
                      "forward_ms": round(f * 1e3, 2), "click_p50_ms": round(pct(click, 50) * 1e3, 2),
                      "click_p95_ms": round(pct(click, 95) * 1e3, 2), "ratio_p50": round(pct(click, 50) / f, 4),

@@ -36,6 +36,7 @@ def main() -> None:
     from conftest import free_port
     from playwright.sync_api import sync_playwright
 
+    from attnviz.analysis import click
     from attnviz.ui import build_demo
     from attnviz.ui.examples import load_examples
 
@@ -49,7 +50,7 @@ def main() -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         for ex in examples:
             a = demo.engine.analyze(ex.path, ex.model)
-            if not demo.engine.click_choices(a):
+            if not click.click_choices(a):
                 continue
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)

@@ -17,7 +17,22 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from attnviz.analysis import Catalog, Engine, Entry, Style, UserError, cleanup, export_bundle, interpret_output
+from attnviz.analysis import (
+    Catalog,
+    Engine,
+    Entry,
+    Style,
+    UserError,
+    attributions,
+    cleanup,
+    click,
+    export_bundle,
+    gates,
+    interpret_output,
+    modules,
+    segmentation,
+    spatial,
+)
 from attnviz.analysis.images import load_image
 from attnviz.analysis.outputs import OutputError, logits_at, resized_labels
 from attnviz.models import build_seg
@@ -162,11 +177,11 @@ def test_click_uses_the_cached_forward(engine: Engine, images: dict[str, Path]) 
     try:
         a = engine.analyze(images["rgb"], "tiny")
         assert len(calls) == 1 and a.task == "classification" and a.hw == (60, 80)
-        assert engine.click_choices(a) == ["nl", "cc.cca"]
+        assert click.click_choices(a) == ["nl", "cc.cca"]
         for view in ("loop1", "loop2", "reach"):
-            rgb, info, m = engine.attention_at(a, 10, 50, "cc.cca", view)
+            rgb, info, m = click.attention_at(a, 10, 50, "cc.cca", view)
             assert rgb.shape[0] >= a.hw[0] and abs(m.sum() - 1) < 1e-4 and info["text"]
-        rgb, info, m = engine.attention_at(a, 70, 5, "nl")
+        rgb, info, m = click.attention_at(a, 70, 5, "nl")
         assert info["feature_cell"] == [int(5 * m.shape[0] / a.hw[0]), int(70 * m.shape[1] / a.hw[1])]
         assert info["x"] == 70 and info["y"] == 5  # image pixels, even though the image is drawn enlarged
         again = engine.analyze(images["rgb"], "tiny")
@@ -177,51 +192,51 @@ def test_click_uses_the_cached_forward(engine: Engine, images: dict[str, Path]) 
 
 def test_click_view_has_marks_colour_bar_and_readable_answer(engine: Engine, images: dict[str, Path]) -> None:
     a = engine.analyze(images["rgb"], "tiny")
-    rgb, info, m = engine.attention_at(a, 40, 30, "nl")
+    rgb, info, m = click.attention_at(a, 40, 30, "nl")
     k = a.display_scale
     assert k > 1 and rgb.shape[0] == a.hw[0] * k and rgb.shape[1] > 2 * a.hw[1] * k  # original | overlay | colour bar
     assert {"peak", "min", "max", "top5pct_share", "meaning"} <= set(info)
     assert "cell" in info["text"] and "top 5%" in info["text"] and "sums to 1" in info["text"]
-    thr, info2, _ = engine.attention_at(a, 40, 30, "nl", style=Style(threshold=0.5))
+    thr, info2, _ = click.attention_at(a, 40, 30, "nl", style=Style(threshold=0.5))
     assert thr.shape[0] > rgb.shape[0]  # the threshold is stated on the image (caption strip)
-    tiles = engine.click_grid(a, 40, 30)
+    tiles = click.click_grid(a, 40, 30)
     assert [c.split(" · ")[:2] for _, c in tiles] == [["nl", "row"], ["cc.cca", "loop1"], ["cc.cca", "loop2"], ["cc.cca", "reach"]]
-    qd = engine.query_dependence(a, "cc.cca")
+    qd = click.query_dependence(a, "cc.cca")
     assert 0 <= qd["mean_js"] <= np.log(2) + 1e-6 and 0 <= qd["same_peak_share"] <= 1 and qd["verdict"]
 
 
 def test_click_arguments_are_validated_by_name(engine: Engine, images: dict[str, Path]) -> None:
     a = engine.analyze(images["rgb"], "tiny")
     with pytest.raises(UserError, match="outside the 80×60 image"):
-        engine.attention_at(a, 83, 1, "nl")
+        click.attention_at(a, 83, 1, "nl")
     with pytest.raises(UserError, match="x and y must be numbers"):
-        engine.attention_at(a, "abc", 1, "nl")
+        click.attention_at(a, "abc", 1, "nl")
     with pytest.raises(UserError, match="finite"):
-        engine.attention_at(a, float("nan"), 1, "nl")
+        click.attention_at(a, float("nan"), 1, "nl")
     with pytest.raises(UserError, match="layer must be one of: nl, cc.cca"):
-        engine.attention_at(a, 1, 1, "cbam.spatial")
+        click.attention_at(a, 1, 1, "cbam.spatial")
     with pytest.raises(UserError, match="view must be one of loop1, loop2, reach"):
-        engine.attention_at(a, 1, 1, "cc.cca", "row")
+        click.attention_at(a, 1, 1, "cc.cca", "row")
     with pytest.raises(UserError, match="single head"):
-        engine.attention_at(a, 1, 1, "cc.cca", "reach", head=3)
+        click.attention_at(a, 1, 1, "cc.cca", "reach", head=3)
     with pytest.raises(UserError, match="alpha"):
-        engine.attention_at(a, 1, 1, style=Style(alpha=2))
+        click.attention_at(a, 1, 1, style=Style(alpha=2))
     with pytest.raises(UserError, match="model must be the name"):
         engine.analyze(images["rgb"], None)  # type: ignore[arg-type]
 
 
 def test_views_summaries_ablation_compare_export(engine: Engine, images: dict[str, Path], tmp_path: Path) -> None:
     a = engine.analyze(images["rgb"], "tiny")
-    assert len(engine.spatial_gallery(a, Style(shared=True))) == 1
-    assert engine.gates_heatmap(a) is not None and engine.gate_bars(a, "cbam.channel") is not None
-    table = engine.modules_table(a)
+    assert len(spatial.spatial_gallery(a, Style(shared=True))) == 1
+    assert gates.gates_heatmap(a) is not None and gates.gate_bars(a, "cbam.channel") is not None
+    table = modules.modules_table(a)
     assert {row[0] for row in table} >= {"cbam.channel", "cbam.spatial", "nl", "cc.cca", "cc.cca#2"}
-    fig, info = engine.ablate(a, "nl")
+    fig, info = modules.ablate(engine, a, "nl")
     assert info["max_abs_logit_change"] > 0
     for method in ("Grad-CAM", "IntegratedGradients", "Occlusion"):
-        nat, att, scores = engine.compare(a, method, "cbam.spatial")
+        nat, att, scores = attributions.compare(engine, a, method, "cbam.spatial")
         assert nat.shape == att.shape and -1 <= scores["spearman"] <= 1 and 0 <= scores["top10%_iou"] <= 1
-    path = export_bundle(engine, a, click=(12, 30), layer="cc.cca", folder=tmp_path)
+    path = export_bundle(a, click=(12, 30), layer="cc.cca", folder=tmp_path)
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         meta = json.loads(z.read("metadata.json"))
@@ -229,16 +244,16 @@ def test_views_summaries_ablation_compare_export(engine: Engine, images: dict[st
         assert npz["cbam.spatial/mask"].shape == (16, 16)  # feature resolution (32² input, stride 2), not image size
     assert any(n.startswith("overlays/click_cc.cca") for n in names) and "overlays/image.png" in names
     assert meta["click"]["x"] == 12 and meta["image_size"] == [80, 60] and meta["layers"]["nl"] == "affinity"
-    s = engine.summary(a)
+    s = modules.summary(a)
     assert s["task"] == "classification" and s["device"] == "cpu" and s["forward_ms"] > 0 and s["model_input_size"] == [32, 32]
 
 
 def test_model_without_attention_still_predicts(engine: Engine, images: dict[str, Path]) -> None:
     a = engine.analyze(images["rgb"], "plain")
     assert len(a.top(5)) == 3 and not a.records
-    assert any("no attention map attnviz can draw" in n for n in a.notes) and not engine.summary(a)["seen_not_drawn"]
+    assert any("no attention map attnviz can draw" in n for n in a.notes) and not modules.summary(a)["seen_not_drawn"]
     with pytest.raises(UserError, match="nothing to show"):
-        engine.attention_at(a, 1, 1)
+        click.attention_at(a, 1, 1)
     with pytest.raises(UserError, match="not available here.*run X"):
         engine.analyze(images["rgb"], "gone")
 
@@ -247,9 +262,9 @@ def test_seen_not_drawn_reaches_notes_modules_table_and_summary(engine: Engine, 
     a = engine.analyze(images["rgb"], "lambda")
     assert not a.records
     assert any("1 attention-like ops seen, not drawn" in n for n in a.notes)
-    rows = engine.modules_table(a)
+    rows = modules.modules_table(a)
     assert [r[1] for r in rows] == ["seen, not drawn"] and rows[0][0] == "lam" and "lambda layer" in rows[0][-1]
-    assert engine.summary(a)["seen_not_drawn"][0]["module"] == "lam"
+    assert modules.summary(a)["seen_not_drawn"][0]["module"] == "lam"
 
 
 # ---------------------------------------------------------------------------------------- segmentation
@@ -259,13 +274,13 @@ def test_segmentation_outputs_of_every_shape(engine: Engine, images: dict[str, P
         assert a.task == "segmentation" and a.labels().shape == a.hw
         legend = a.legend()
         assert abs(sum(float(r["area"]) for r in legend) - 1) < 1e-6 and all(str(r["colour"]).startswith("#") for r in legend)
-        img, rows = engine.segmentation_view(a, 0.4)
+        img, rows = segmentation.segmentation_view(a, 0.4)
         assert img.shape[:2] == (a.hw[0] * a.display_scale, a.hw[1] * a.display_scale) and rows == legend
 
 
 def test_segmentation_click_has_class_top3_and_same_class_mass(engine: Engine, images: dict[str, Path]) -> None:
     a = engine.analyze(images["rgb"], "ccseg")
-    rgb, info, m = engine.attention_at(a, 30, 20)
+    rgb, info, m = click.attention_at(a, 30, 20)
     assert info["view"] == "reach" and info["class"] == a.label(int(a.labels()[20, 30]))
     assert len(info["top3"]) == 3 and abs(sum(t["p"] for t in info["top3"])) <= 1 + 1e-6
     # same-class mass recomputed by hand from the map and the predicted labels
@@ -274,15 +289,15 @@ def test_segmentation_click_has_class_top3_and_same_class_mass(engine: Engine, i
     expected = float((up * same).sum() / up.sum() / same.float().mean())
     assert info["same_class_mass_ratio"] == pytest.approx(expected, rel=1e-3)
     assert "same_class_mass_ratio_uniform_geometry" in info and "only the excess" in info["text"]
-    cam, cinfo = engine.segment_gradcam(a, 30, 20)
+    cam, cinfo = segmentation.segment_gradcam(engine, a, 30, 20)
     assert cam.shape[0] == rgb.shape[0] and cinfo["class"] == info["class"]
-    fig, ab = engine.ablate(a, "decode_head.cca")
+    fig, ab = modules.ablate(engine, a, "decode_head.cca")
     assert 0 <= ab["pixels_changing_class"] <= 1
 
 
 def test_ocr_click_shows_region_distribution(engine: Engine, images: dict[str, Path]) -> None:
     a = engine.analyze(images["rgb"], "ocr")
-    _, info, m = engine.attention_at(a, 30, 20)
+    _, info, m = click.attention_at(a, 30, 20)
     assert info["view"] == "regions" and abs(m.sum() - 1) < 1e-4
     assert len(info["regions"]) == 5 and abs(sum(r["weight"] for r in info["regions"])) <= 1 + 1e-6
     assert info["regions"][0]["region"] in a.class_names
@@ -290,7 +305,7 @@ def test_ocr_click_shows_region_distribution(engine: Engine, images: dict[str, P
 
 def test_segmentation_export_has_label_png(engine: Engine, images: dict[str, Path], tmp_path: Path) -> None:
     a = engine.analyze(images["rgb"], "ocr")
-    path = export_bundle(engine, a, click=(10, 10), folder=tmp_path)
+    path = export_bundle(a, click=(10, 10), folder=tmp_path)
     with zipfile.ZipFile(path) as z:
         labels = np.asarray(Image.open(z.open("segmentation.png")))
         npz = np.load(z.open("maps.npz"))
@@ -361,7 +376,7 @@ def test_cache_key_is_the_upload_bytes(engine: Engine, tmp_path: Path) -> None:
 
 
 def test_image_is_decoded_once_per_upload(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from attnviz.analysis import engine as engine_mod
+    from attnviz.analysis import session as engine_mod
 
     p = tmp_path / "once.png"
     Image.fromarray(np.full((30, 30, 3), 7, np.uint8)).save(p)
@@ -387,7 +402,7 @@ def test_concurrent_exports_are_unique_and_complete(engine: Engine, images: dict
 
     def one(i: int) -> None:
         try:
-            paths.append(export_bundle(engine, a, click=(i % 80, 10), layer="nl", folder=tmp_path))
+            paths.append(export_bundle(a, click=(i % 80, 10), layer="nl", folder=tmp_path))
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -397,7 +412,7 @@ def test_concurrent_exports_are_unique_and_complete(engine: Engine, images: dict
     for t in threads:
         t.join()
     assert not errors and len(set(paths)) == 24
-    for i, p in enumerate(sorted(paths, key=lambda p: json.loads(zipfile.ZipFile(p).read("metadata.json"))["click"]["x"])):
+    for p in sorted(paths, key=lambda p: json.loads(zipfile.ZipFile(p).read("metadata.json"))["click"]["x"]):
         with zipfile.ZipFile(p) as z:
             assert z.testzip() is None
     assert not list(tmp_path.glob("*.part"))  # no temporary file left behind

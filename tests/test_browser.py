@@ -121,7 +121,8 @@ def test_upload_click_reports_image_pixels(server, browser) -> None:  # type: ig
     page, errors = open_page(browser, url)
     scene = next(e for e in examples if e.group.startswith("Zoo scenes (classification)"))
     page.set_input_files("#upload input[type=file]", str(scene.path))
-    page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('{page.locator('#model input').input_value().split(' ')[0]}')", timeout=60_000)
+    model = page.locator('#model input').input_value().split(' ')[0]
+    page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('{model}')", timeout=60_000)
     settle(page)
     img = page.locator("#view_image img")
     before = img.get_attribute("src")
@@ -135,7 +136,8 @@ def test_upload_click_reports_image_pixels(server, browser) -> None:  # type: ig
     px = (a.hw[1] * k + 6 + fx * a.hw[1] * k) / nat_w * box["width"]
     py = fy * a.hw[0] * k / nat_h * box["height"]
     page.mouse.click(box["x"] + px, box["y"] + py)
-    page.wait_for_function("([sel, old]) => { const i = document.querySelector(sel); return i && i.src !== old; }", arg=["#view_image img", before], timeout=60_000)
+    page.wait_for_function("([sel, old]) => { const i = document.querySelector(sel); return i && i.src !== old; }", arg=["#view_image img", before],
+                           timeout=60_000)
     settle(page)
     text = page.locator("#answer").inner_text()
     m = re.search(r"Pixel \(([0-9.]+), ([0-9.]+)\)", text)
@@ -241,7 +243,8 @@ def test_video_tab_plays_the_returned_clip(server, browser) -> None:  # type: ig
     video = page.locator("#video_out video")
     video.wait_for(state="attached", timeout=180_000)
     page.wait_for_function("() => { const v = document.querySelector('#video_out video'); return v && (v.readyState >= 2 || v.error); }", timeout=60_000)
-    state = page.evaluate("() => { const v = document.querySelector('#video_out video'); return [v.readyState, v.error && v.error.code, v.duration, v.videoWidth]; }")
+    state = page.evaluate("() => { const v = document.querySelector('#video_out video'); "
+                          "return [v.readyState, v.error && v.error.code, v.duration, v.videoWidth]; }")
     assert state[0] >= 2 and state[1] is None, state
     assert state[2] > 2.5 and state[3] >= 256, state  # the whole 3 s clip (plus its colour bar)
     assert "frames" in page.locator("#video_info").inner_text()

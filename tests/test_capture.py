@@ -8,12 +8,12 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import randomize_bn
 from torch import nn
 from torch.nn import functional as F
 
 import attnviz
 from attnviz.modules import criss_cross_logits
-from conftest import randomize_bn
 
 ATOL = 1e-5
 
@@ -329,14 +329,12 @@ def test_no_hooks_left_after_exit_and_after_exception() -> None:
     with attnviz.capture(m):
         m(torch.randn(1, 3, 8, 8))
     assert hook_state(m) == before
-    with pytest.raises(RuntimeError, match="boom"):
-        with attnviz.capture(m):
-            m(torch.randn(1, 3, 8, 8))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), attnviz.capture(m):
+        m(torch.randn(1, 3, 8, 8))
+        raise RuntimeError("boom")
     assert hook_state(m) == before
-    with pytest.raises(RuntimeError):  # an exception inside the forward itself
-        with attnviz.capture(m):
-            m(torch.randn(1, 5, 8, 8))
+    with pytest.raises(RuntimeError), attnviz.capture(m):  # an exception inside the forward itself
+        m(torch.randn(1, 5, 8, 8))
     assert hook_state(m) == before
     assert not torch.overrides._get_current_function_mode_stack()
     user_handle.remove()
@@ -443,9 +441,8 @@ def test_unwraps_compile_and_dataparallel() -> None:
 
 def test_torchscript_gets_clear_error() -> None:
     scripted = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 1)))
-    with pytest.raises(TypeError, match="TorchScript"):
-        with attnviz.capture(scripted):
-            pass
+    with pytest.raises(TypeError, match="TorchScript"), attnviz.capture(scripted):
+        pass
 
 
 def test_repeated_module_calls_are_numbered() -> None:

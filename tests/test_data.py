@@ -45,7 +45,7 @@ def test_deterministic_by_seed(train_gen: SceneGenerator, seg_gen: SceneGenerato
 def test_label_map_instances_and_boxes_agree(seg_gen: SceneGenerator) -> None:
     s = seg_gen.generate(48, seed=11)
     n, k, size = s.instance_masks.shape[:3]
-    assert s.images.shape == (48, 3, 96, 96) and 0 <= float(s.images.min()) and float(s.images.max()) <= 1
+    assert s.images.shape == (48, 3, 96, 96) and float(s.images.min()) >= 0 and float(s.images.max()) <= 1
     counts = (s.item_labels >= 0).sum(1)
     assert int(counts.min()) >= 1 and int(counts.max()) <= 6 and len(set(counts.tolist())) > 2
     for i in range(n):
@@ -101,7 +101,7 @@ def test_items_stand_out_by_brightness_or_hue() -> None:
 def test_item_scale_and_centre_baseline(train_gen: SceneGenerator) -> None:
     s = train_gen.generate(400, seed=1, clutter=False)
     side = torch.maximum(s.boxes[:, 2] - s.boxes[:, 0], s.boxes[:, 3] - s.boxes[:, 1]).float() / 64
-    assert 0.08 <= float(side.quantile(0.05)) and float(side.quantile(0.95)) <= 0.65
+    assert float(side.quantile(0.05)) >= 0.08 and float(side.quantile(0.95)) <= 0.65
     assert float(side.quantile(0.95)) - float(side.quantile(0.05)) > 0.2  # a real range of scales
     assert float(centre_in_box(s.boxes, 64).float().mean()) < 0.35
 

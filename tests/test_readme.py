@@ -19,7 +19,8 @@ SH = [line for block in re.findall(r"```bash\n(.*?)```", README, re.S) for line 
 
 def needs_zoo() -> None:
     for name in ("ccnet_resnet", "ccnet_seg"):
-        if not (ROOT / "pretrained" / f"{name}.safetensors").exists() or not (ROOT / "examples" / f"scene_{name.replace('_seg', '')}.png").exists() and name == "ccnet_resnet":
+        scene = ROOT / "examples" / f"scene_{name.replace('_seg', '')}.png"
+        if not (ROOT / "pretrained" / f"{name}.safetensors").exists() or not scene.exists() and name == "ccnet_resnet":
             pytest.skip("needs the shipped zoo and its examples")
 
 
@@ -28,7 +29,7 @@ def test_python_snippet_runs(i: int, monkeypatch: pytest.MonkeyPatch, tmp_path: 
     needs_zoo()
     monkeypatch.chdir(ROOT)
     namespace: dict[str, object] = {}
-    code = PY[i].replace("print(export_bundle(engine, a, click=(40, 60)))", f"print(export_bundle(engine, a, click=(40, 60), folder={str(tmp_path)!r}))")
+    code = PY[i].replace("print(export_bundle(a, click=(40, 60)))", f"print(export_bundle(a, click=(40, 60), folder={str(tmp_path)!r}))")
     exec(compile(code, f"README python block {i}", "exec"), namespace)  # noqa: S102 (our own README)
     out = capsys.readouterr().out
     assert out.strip(), "a README snippet should print something real"

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from attnviz.analysis import Catalog, Engine, Entry, UserError, export_bundle
+from attnviz.analysis import Catalog, Engine, Entry, UserError, click, export_bundle, modules, segmentation, spatial
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,15 +59,15 @@ def test_torchvision_segmentation_models_open_as_segmentation(engine: Engine, im
     assert a.labels().shape == (72, 96)  # labels at the image's own size
     legend = a.legend()
     assert legend and abs(sum(float(r["area"]) for r in legend) - 1) < 1e-6
-    over, rows = engine.segmentation_view(a)
+    over, rows = segmentation.segmentation_view(a)
     assert over.shape[:2] == (72 * a.display_scale, 96 * a.display_scale) or over.shape[:2] == (72, 96)
     probs = a.probs_at(30, 20)
     assert len(probs) == 3 and abs(sum(p for _, p in a.probs_at(30, 20, k=5)) - 1) < 1e-4
-    cam, info = engine.segment_gradcam(a, 30, 20)  # Grad-CAM of the clicked pixel's class over its segment
+    cam, info = segmentation.segment_gradcam(engine, a, 30, 20)  # Grad-CAM of the clicked pixel's class over its segment
     assert cam.ndim == 3 and info["class"] in a.class_names
     with pytest.raises(UserError, match="nothing to show"):  # no attention modules: said, not drawn
-        engine.attention_at(a, 30, 20)
-    z = export_bundle(engine, a, None, folder=tmp_path)
+        click.attention_at(a, 30, 20)
+    z = export_bundle(a, None, folder=tmp_path)
     import zipfile
 
     with zipfile.ZipFile(z) as f:
@@ -77,9 +77,9 @@ def test_torchvision_segmentation_models_open_as_segmentation(engine: Engine, im
 def test_smp_unet_scse_segmentation_with_its_gates(engine: Engine, image: Path) -> None:
     a = engine.analyze(image, "unet")
     assert a.task == "segmentation" and a.logits.shape[0] == 4
-    kinds = engine.summary(a)["kinds"]
+    kinds = modules.summary(a)["kinds"]
     assert kinds == {"channel": 9, "spatial": 9}  # cSE and sSE of every decoder scSE block
-    tiles = engine.spatial_gallery(a)
+    tiles = spatial.spatial_gallery(a)
     assert len(tiles) == 9 and all(t[0].ndim == 3 for t in tiles)
     assert a.class_names == [] or len(a.class_names) in (0, 4)
     assert a.label(3) == "class 3"

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import attnviz
-from attnviz.models import SEG_ZOO, ZOO, WeightsUnavailable, available, build, build_imagenet, build_seg
-from attnviz.models import registry
+from attnviz.models import SEG_ZOO, ZOO, WeightsUnavailable, available, build, build_imagenet, build_seg, registry
 
 EXPECTED_KINDS = {
     "plain_resnet": set(), "se_resnet": {"channel"}, "eca_resnet": {"channel"}, "cbam_resnet": {"channel", "spatial"},

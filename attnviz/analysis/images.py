@@ -13,6 +13,7 @@ import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -136,6 +137,42 @@ def _open(path: str, max_side: int, budget: int) -> tuple[Image.Image, str, tupl
     return im, mode, size
 
 
+def _from_array(source: np.ndarray, budget: int) -> tuple[Image.Image, str, tuple[int, int], str]:
+    """An ``(H, W[, C])`` array (any integer or float range) as a PIL image, its mode, (W, H) and digest."""
+    a = source
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or min(a.shape[:2]) < 1:
+        raise ImageError(f"An image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {source.shape}.")
+    if a.nbytes > budget:
+        raise ImageError(f"The array takes {a.nbytes / 2**20:.0f} MB, over the {budget / 2**20:.0f} MB limit.")
+    digest = array_digest(source)
+    if a.dtype != np.uint8:
+        f = a.astype(np.float32)
+        hi = float(f.max()) if f.size else 1.0
+        f = f / (65535 if hi > 255 else 255 if hi > 1 else 1) * 255
+        a = f.clip(0, 255).round().astype(np.uint8)
+    return Image.fromarray(a[..., :3] if a.shape[2] != 1 else a[..., 0]), "array", (a.shape[1], a.shape[0]), digest
+
+
+def _from_file(source: str | os.PathLike[str], max_side: int, budget: int, notes: list[str]) -> tuple[Any, str, tuple[int, int], str, str]:
+    """A file checked for existence and size, then opened within the budget: (image, mode, (W, H), digest, file name)."""
+    path = os.fspath(source)
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise ImageError(f"The file {name!r} does not exist.")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ImageError("The file is empty (0 bytes).")
+    if size > MAX_BYTES:
+        raise ImageError(f"The file is {size / 2**20:.0f} MB; images up to {MAX_BYTES // 2**20} MB are accepted.")
+    digest = file_digest(path)
+    im, mode, original = _open(path, max_side, budget)
+    if getattr(im, "n_frames", 1) > 1:
+        notes.append("animated/multi-page image: the first frame is used")
+    return im, mode, original, digest, name
+
+
 def load_image(source: str | os.PathLike[str] | np.ndarray | Image.Image, max_side: int = MAX_SIDE, budget: int | None = None) -> LoadedImage:
     """Read an upload (path, array or PIL image) as RGB uint8, downscaled to ``max_side``.
 
@@ -153,39 +190,14 @@ def load_image(source: str | os.PathLike[str] | np.ndarray | Image.Image, max_si
     if source is None:
         raise ImageError("No image was given. Upload an image or pick an example.")
     if isinstance(source, np.ndarray):
-        a = source
-        if a.ndim == 2:
-            a = a[..., None]
-        if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or min(a.shape[:2]) < 1:
-            raise ImageError(f"An image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {source.shape}.")
-        if a.nbytes > budget:
-            raise ImageError(f"The array takes {a.nbytes / 2**20:.0f} MB, over the {budget / 2**20:.0f} MB limit.")
-        digest = array_digest(source)
-        if a.dtype != np.uint8:
-            f = a.astype(np.float32)
-            hi = float(f.max()) if f.size else 1.0
-            f = f / (65535 if hi > 255 else 255 if hi > 1 else 1) * 255
-            a = f.clip(0, 255).round().astype(np.uint8)
-        im: Image.Image | np.ndarray = Image.fromarray(a[..., :3] if a.shape[2] != 1 else a[..., 0])
-        mode, original = "array", (a.shape[1], a.shape[0])
+        im: Image.Image | np.ndarray
+        im, mode, original, digest = _from_array(source, budget)
     elif isinstance(source, Image.Image):
         im, mode, original = source, source.mode, source.size
         if decoded_bytes(original, mode) > budget:
             raise ImageError(f"The image is {original[0]}×{original[1]} pixels, over the decoded-size limit.")
     else:
-        path = os.fspath(source)
-        name = os.path.basename(path)
-        if not os.path.isfile(path):
-            raise ImageError(f"The file {name!r} does not exist.")
-        size = os.path.getsize(path)
-        if size == 0:
-            raise ImageError("The file is empty (0 bytes).")
-        if size > MAX_BYTES:
-            raise ImageError(f"The file is {size / 2**20:.0f} MB; images up to {MAX_BYTES // 2**20} MB are accepted.")
-        digest = file_digest(path)
-        im, mode, original = _open(path, max_side, budget)
-        if getattr(im, "n_frames", 1) > 1:
-            notes.append("animated/multi-page image: the first frame is used")
+        im, mode, original, digest, name = _from_file(source, max_side, budget, notes)
     orientation = 1
     if isinstance(im, Image.Image):
         try:

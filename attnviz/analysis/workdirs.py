@@ -83,7 +83,7 @@ def cleanup(folder: Path, ttl_s: float = TTL_S, cap_bytes: int = CAP_BYTES, now:
         else:
             kept.append((mtime, size, p))
     total = sum(s for _, s, _ in kept)
-    for mtime, size, p in sorted(kept):
+    for _mtime, size, p in sorted(kept):
         if total <= cap_bytes:
             break
         with contextlib.suppress(FileNotFoundError):

@@ -1,7 +1,6 @@
 """Batches of frames through a model with capture on, and the one per-frame map of a chosen kind.
 
-The video pipeline calls these instead of re-implementing capture and map selection; the engine uses
-:func:`forward_batch` for single images too.
+The video pipeline and the Video tab call these instead of re-implementing capture and map selection.
 """
 
 from __future__ import annotations
@@ -13,12 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture import capture
-from ..capture.records import ChannelGate, Record, SamplingGrid, SpatialMask
-from ..maps import click_layers, click_map
-from ..models.inputs import preprocess
-from .errors import UserError
-from .outputs import ModelOutput, Postprocess, interpret_output, resized_labels
+from ...capture import capture
+from ...capture.records import ChannelGate, Record, SamplingGrid, SpatialMask
+from ...maps import click_layers, click_map
+from ...models.inputs import card_of, preprocess
+from ..errors import UserError
+from ..outputs import ModelOutput, Postprocess, interpret_output, resized_labels
+from ..session import Engine
 
 KINDS = ("spatial", "channel", "grid", "query", "segmentation")
 KIND_HELP = {
@@ -98,3 +98,16 @@ def frame_map(records: dict[str, Record], kind: str, layer: str, b: int, query: 
 def labels_of(output: ModelOutput, b: int, hw: tuple[int, int]) -> np.ndarray:
     """Segmentation: predicted class per pixel of sample ``b`` at ``hw``."""
     return resized_labels(output.logits[b].float().cpu(), hw).numpy()
+
+
+def kinds_for(engine: Engine, model_name: str) -> tuple[list[str], str]:
+    """The kinds a model supports (found with one tiny capture of a grey frame) and a one-line note."""
+    model = engine.catalog.get(model_name)
+    card = card_of(model)
+    h, w = (int(v) for v in card["input_size"])
+    with engine.model_lock(model_name):
+        res = forward_batch(model, [np.full((h, w, 3), 128, np.uint8)], card, engine.catalog.device, engine.catalog.entry(model_name).postprocess)
+    have = kinds_of(res.records, res.output.task)
+    if not have:
+        return [], f"{model_name} has no attention map attnviz can draw over time; choose another model."
+    return have, "Maps this model has: " + "; ".join(f"**{k}** — {KIND_HELP[k]}" for k in have) + "."

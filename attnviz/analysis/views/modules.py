@@ -1,0 +1,90 @@
+"""The modules view: every captured layer with its contribution, a JSON summary, and ablation of one layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from ... import render
+from ...maps import ablate as bypass
+from ...maps import click_layers
+from ..errors import UserError
+from ..outputs import interpret_output
+from ..session import Analysis, Engine
+
+NEAR_IDENTITY = 0.01  # contribution below which a block "barely changes its input"
+
+
+def modules_table(a: Analysis) -> list[list[Any]]:
+    """Rows: layer, kind, module, source, shape, contribution, note."""
+    rows = []
+    for name, r in a.records.items():
+        c = None if r.contribution is None else float(r.contribution[0])
+        note = ""
+        if c is not None and c < NEAR_IDENTITY:
+            note = (f"barely changes its input (‖out−x‖/‖x‖ = {c:.4f}): γ≈0, a zero-initialised last layer "
+                    "or a gate ≈ 1 — its maps are real but have almost no effect on the output")
+        main = [v for k, v in r.arrays().items() if k != "contribution"]
+        shape = "×".join(str(s) for s in main[0].shape[1:]) if main else ""
+        rows.append([name, r.kind, r.module_type, r.source, shape, None if c is None else round(c, 4), note])
+    for s in a.seen:
+        rows.append([s["module"] or "(model)", "seen, not drawn", s["op"], "provenance", "×".join(map(str, s["shape"][1:])), None, s["reason"]])
+    return rows
+
+
+def summary(a: Analysis) -> dict[str, Any]:
+    """JSON-able description of an analysis (what the API's ``analyze`` returns)."""
+    kinds: dict[str, int] = {}
+    for r in a.records.values():
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    out: dict[str, Any] = {
+        "model": a.model_name, "task": a.task, "image_size": [a.hw[1], a.hw[0]], "source_size": list(a.source_size),
+        "source_mode": a.source_mode, "model_input_size": [int(a.x.shape[-1]), int(a.x.shape[-2])], "device": a.device,
+        "forward_ms": round(a.forward_ms, 2), "notes": a.notes, "trained_on": a.trained_on,
+        "layers": {n: r.kind for n, r in a.records.items()}, "kinds": kinds, "seen_not_drawn": a.seen,
+        "click_layers": {n: {"views": list(cl.views), "heads": cl.heads, "feature_hw": list(cl.feature_hw)} for n, cl in click_layers(a.records).items()},
+    }
+    if a.task == "segmentation":
+        out["classes_present"] = [{"name": r["name"], "area": round(float(r["area"]), 4), "colour": r["colour"]} for r in a.legend()]  # type: ignore[arg-type]
+    else:
+        out["top5"] = a.top(5)
+    return out
+
+
+def status_line(a: Analysis) -> str:
+    """One line: device, forward time, input size and how the image was resized."""
+    h, w = a.hw
+    ih, iw = int(a.x.shape[-2]), int(a.x.shape[-1])
+    resize = "not resized" if (h, w) == (ih, iw) else f"resized {w}×{h} → {iw}×{ih}"
+    return f"{a.model_name} · {a.task} · {a.device.upper()} · forward {a.forward_ms:.1f} ms · image {w}×{h}, {resize}"
+
+
+def ablate(engine: Engine, a: Analysis, record_name: str) -> tuple[Figure, dict[str, Any]]:
+    """Bypass one module (gate = 1 / γ = 0) and show how the output changes."""
+    if record_name not in a.records:
+        raise UserError(f"layer must be one of: {', '.join(a.records)}; got {record_name!r}.")
+    model = engine.catalog.get(a.model_name)
+    entry = engine.catalog.entry(a.model_name)
+    lock = engine.model_lock(a.model_name)
+    try:
+        with lock:
+            before, after, what = bypass(model, a.x, record_name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    b = interpret_output(before, entry.postprocess).logits[0].float().cpu()
+    af = interpret_output(after, entry.postprocess).logits[0].float().cpu()
+    if a.task == "segmentation":  # compare per-class mean logits and the share of pixels whose class changes
+        changed = float((b.argmax(0) != af.argmax(0)).float().mean())
+        b, af = b.mean((1, 2)), af.mean((1, 2))
+    names = a.class_names or [f"class {i}" for i in range(b.numel())]
+    fig = render.logit_change(names, b.numpy(), af.numpy(), title=what + (" (mean logit per class)" if a.task == "segmentation" else ""))
+    pb, pa = b.softmax(0), af.softmax(0)
+    top = int(pb.argmax())
+    info = {"layer": record_name, "change": what, "max_abs_logit_change": round(float((af - b).abs().max()), 4)}
+    if a.task == "segmentation":
+        info["pixels_changing_class"] = round(changed, 4)
+    else:
+        info.update(top_class=a.label(top), top_prob_before=round(float(pb[top]), 4), top_prob_after=round(float(pa[top]), 4),
+                    prediction_after=a.label(int(pa.argmax())))
+    return fig, info

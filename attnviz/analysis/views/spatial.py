@@ -1,0 +1,26 @@
+"""Spatial masks (CBAM, scSE, GC, BAM, generic): every mask over the image."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ... import render
+from ...capture.records import SpatialMask
+from ..session import Analysis, Style
+from .draw import overlay_map
+
+
+def spatial_gallery(a: Analysis, style: Style | None = None) -> list[tuple[np.ndarray, str]]:
+    """Every spatial mask overlaid on the image (colour bar attached), with its layer and contribution."""
+    style = (style or Style()).check()
+    masks = [r for r in a.of(SpatialMask)]
+    if not masks:
+        return []
+    vr = render.map_range([r.mask[0].numpy() for r in masks]) if style.shared else None  # type: ignore[attr-defined]
+    out = []
+    for r in masks:
+        c = "" if r.contribution is None else f", contribution {float(r.contribution[0]):.3f}"
+        m = r.mask[0].numpy()  # type: ignore[attr-defined]
+        img = overlay_map(a, m, style, unit="gate / pooling weight", side_by_side=False, vrange=vr)
+        out.append((img, f"{r.name} ({r.module_type}, mean {float(m.mean()):.2f}{c})"))
+    return out

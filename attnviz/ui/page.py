@@ -1,0 +1,171 @@
+"""The page-wide events: a new image or model, an example, a click, a display change — each fills every tab.
+
+Results can never be stale: each input event carries a browser timestamp; a result is written only if
+no newer input of the same session has been seen (else every output is skipped). Errors the user can
+fix stay in the status line until the next action; nothing shows a stack trace.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from ..analysis import Analysis, UserError
+from ..maps import click_layers
+from .common import Shared, ViewState, log, path_of, style_of
+from .examples import Example
+from .sidebar import Sidebar
+
+STAMP_JS = "(...args) => { args[args.length - 1] = Date.now() + Math.random(); return args; }"
+
+
+def default_click(a: Analysis) -> tuple[float, float]:
+    """The most telling first click: the centre of the largest predicted object (segmentation), else the image centre."""
+    h, w = a.hw
+    if a.task == "segmentation":
+        labels = a.labels()
+        fg = labels > 0
+        if fg.any():
+            counts = np.bincount(labels[fg].ravel())
+            cls = int(counts.argmax())
+            ys, xs = np.nonzero(labels == cls)
+            i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+            return float(xs[i]) + 0.5, float(ys[i]) + 0.5
+    return w / 2, h / 2
+
+
+class Page:
+    """The sidebar and the tabs, filled together for one analysis (and one click)."""
+
+    def __init__(self, shared: Shared, sidebar: Sidebar, tabs: Sequence[Any]) -> None:
+        self.shared = shared
+        self.sidebar = sidebar
+        self.tabs = list(tabs)
+        s = shared
+        self.all_outputs = [*sidebar.outputs, *(c for t in self.tabs for c in t.outputs), s.xy_state, s.input_state]
+        self.click_outputs = [s.status, *(c for t in self.tabs for c in t.click_outputs), s.xy_state]
+
+    def fill(self, a: Analysis, v: ViewState) -> dict[Any, Any]:
+        """Every output of the page for one analysis; the click defaults to :func:`default_click` where a click layer exists."""
+        if v.click is None and click_layers(a.records):
+            v.click = default_click(a)
+        out = self.sidebar.fill(a, v)
+        for tab in self.tabs:
+            out.update(tab.fill(a, v))
+        out[self.shared.xy_state] = list(v.click) if v.click is not None else None
+        return out
+
+    def error(self, message: str) -> dict[Any, Any]:
+        return {self.shared.status: f"❌ {html.escape(message)}"}
+
+    def _view(self, click: Any, layer: Any, view: Any, head: Any, cmap: str, alpha: float, scale: str, thr: float, seg_a: float) -> ViewState:
+        return ViewState(tuple(click) if click else None, layer, view, head, style_of(cmap, alpha, scale, thr), seg_a)
+
+    # ------------------------------------------------------------------ handlers
+    def on_input(self, file: Any, model_name: str, cmap: str, alpha: float, scale: str, thr: float, seg_a: float, stamp: float,
+                 request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+        s = self.shared
+        visit, stamp = s.visits.stamp(request, stamp)
+
+        def downloading(done: int, total: int) -> None:
+            progress((done, total or None), desc=f"downloading {model_name}", unit="B")
+
+        try:
+            path = path_of(file if file is not None else visit.path)  # a model change re-analyses the current image
+            a = s.get(path, model_name, downloading)
+            out = self.fill(a, self._view(None, None, None, "mean", cmap, alpha, scale, thr, seg_a))
+        except UserError as e:
+            out, path = self.error(str(e)), None
+        except Exception as e:  # logged; one line on the page
+            log.exception("analysis failed")
+            out, path = self.error(f"Something went wrong ({type(e).__name__}: {e})."), None
+        targets = self.all_outputs + [s.upload]
+        if stamp < visit.latest:  # a newer input arrived meanwhile: this result is stale
+            return {c: gr.skip() for c in targets}
+        if path is not None:
+            visit.path, visit.model = str(path), model_name
+        out[s.input_state] = [visit.path, visit.model]
+        if file is not None:
+            out[s.upload] = None  # keep the drop zone ready; the image itself is shown in the view
+            out[s.status] = f"{out.get(s.status, '')}  \nImage: `{html.escape(os.path.basename(str(path or file)))}`"
+        return {c: out.get(c, gr.skip()) for c in targets}
+
+    def pick_example(self, ex: Example) -> Callable[..., dict[Any, Any]]:
+        """The click handler of one example button (a closure, so Gradio sees its real inputs and the request)."""
+
+        def picked(cmap: str, alpha: float, scale: str, thr: float, seg_a: float, stamp: float, request: gr.Request) -> dict[Any, Any]:
+            return self.show_example(ex, cmap, alpha, scale, thr, seg_a, stamp, request)
+
+        return picked
+
+    def show_example(self, ex: Example, cmap: str, alpha: float, scale: str, thr: float, seg_a: float, stamp: float,
+                     request: gr.Request | None) -> dict[Any, Any]:
+        s = self.shared
+        visit, stamp = s.visits.stamp(request, stamp)
+        try:
+            a = s.get(ex.path, ex.model)
+            out = self.fill(a, self._view(ex.click, None, None, "mean", cmap, alpha, scale, thr, seg_a))
+        except UserError as e:
+            out = self.error(str(e))
+        targets = self.all_outputs + [s.upload, s.model]
+        if stamp < visit.latest:
+            return {c: gr.skip() for c in targets}
+        visit.path, visit.model = str(ex.path), ex.model
+        out[s.input_state] = [visit.path, visit.model]
+        out[s.upload] = None  # the drop zone stays ready for the visitor's own image
+        out[s.model] = ex.model
+        return {c: out.get(c, gr.skip()) for c in targets}
+
+    def on_load(self, request: gr.Request) -> dict[Any, Any]:
+        if not self.sidebar.examples:
+            return {c: gr.skip() for c in self.all_outputs + [self.shared.upload, self.shared.model]}
+        return self.show_example(self.sidebar.examples[0], "inferno", 0.55, "per map", 0.0, 0.5, 0.0, request)
+
+    def on_click(self, evt: gr.SelectData, state: Any, layer: str, view: str, head: Any, cmap: str, alpha: float, scale: str, thr: float,
+                 seg_a: float, stamp: float, request: gr.Request) -> dict[Any, Any]:
+        visit, stamp = self.shared.visits.stamp(request, stamp)
+        try:
+            xy = self.pixel.click_xy(evt, state)
+        except UserError as e:
+            return {self.shared.status: f"❌ {html.escape(str(e))}"}
+        out = self.redraw(state, xy, layer, view, head, cmap, alpha, scale, thr, seg_a)
+        if stamp < visit.latest:  # a newer click or input arrived meanwhile
+            return {c: gr.skip() for c in self.click_outputs}
+        return out
+
+    def redraw(self, state: Any, xy: Any, layer: str, view: str, head: Any, cmap: str, alpha: float, scale: str, thr: float,
+               seg_a: float) -> dict[Any, Any]:
+        try:
+            a = self.shared.current(state)
+            out = self.fill(a, self._view(xy, layer, view, head, cmap, alpha, scale, thr, seg_a))
+        except UserError as e:
+            out = self.error(str(e))
+        return {c: out.get(c, gr.skip()) for c in self.click_outputs}
+
+    @property
+    def pixel(self) -> Any:
+        return next(t for t in self.tabs if t.id == "click")
+
+    # ------------------------------------------------------------------ events
+    def wire(self, demo: gr.Blocks) -> None:
+        s = self.shared
+        style_in = s.style_inputs
+        gr.on([s.upload.upload, s.model.input], self.on_input, [s.upload, s.model, *style_in, s.stamp], self.all_outputs + [s.upload], js=STAMP_JS,
+              api_visibility="private", trigger_mode="always_last")
+        for btn, ex in self.sidebar.example_buttons:
+            # one event per example (no shared selection state); always_last: a pick made while another runs is
+            # never dropped, and the stamps drop whichever result is older
+            btn.click(self.pick_example(ex), [*style_in, s.stamp], self.all_outputs + [s.upload, s.model], js=STAMP_JS,
+                      api_visibility="private", trigger_mode="always_last")
+        demo.load(self.on_load, None, self.all_outputs + [s.upload, s.model], api_visibility="private")
+        # every click runs with its own coordinates ("multiple"); the stamps drop results overtaken by a newer click
+        s.view_img.select(self.on_click, [s.input_state, s.layer_dd, s.view_dd, s.head_dd, *style_in, s.stamp], self.click_outputs, js=STAMP_JS,
+                          api_visibility="private", trigger_mode="multiple")
+        gr.on([s.layer_dd.input, s.view_dd.input, s.head_dd.input, s.cmap.change, s.alpha.release, s.scale.change, s.threshold.release,
+               s.seg_alpha.release], self.redraw, [s.input_state, s.xy_state, s.layer_dd, s.view_dd, s.head_dd, *style_in], self.click_outputs,
+              api_visibility="private")
