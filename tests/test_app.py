@@ -175,7 +175,8 @@ def test_client_video(client, tmp_path: Path) -> None:  # type: ignore[no-untype
 
     c, _ = client
     clip = handle_file(str(EXAMPLES / "clip_moving_item.mp4"))
-    video, over, conf, npz, csv, info = c.predict(clip, "tiny", "spatial", None, None, None, 3, 300, api_name="/analyze_video")
+    video, over, conf, npz, csv, info, details = c.predict(clip, "tiny", "spatial", None, None, None, 3, 300, api_name="/analyze_video")
+    assert details["frames"] == 15 and details["kind"] == "spatial" and details["layer"] and len(details["vrange"]) == 2 and details["fps"] > 0
     path = video["video"] if isinstance(video, dict) else video
     with av.open(path) as cont:
         s = cont.streams.video[0]
@@ -196,6 +197,41 @@ def test_client_video(client, tmp_path: Path) -> None:  # type: ignore[no-untype
         c.predict(clip, "tiny", "query", None, "abc", 3, 1, 10, api_name="/analyze_video")
     frame = c.predict(clip, 2, api_name="/video_frame")
     assert np.asarray(Image.open(frame)).shape == (256, 256, 3)
+
+
+def raw_call(base: str, name: str, body: str) -> str:
+    """POST a raw JSON body (NaN / Infinity literals, as curl or JavaScript clients send them) and return the event stream."""
+    import httpx
+
+    r = httpx.post(f"{base}/gradio_api/call/{name}", content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 200, r.text
+    return httpx.get(f"{base}/gradio_api/call/{name}/{r.json()['event_id']}", timeout=120).text
+
+
+@pytest.mark.parametrize(("name", "args", "message"), [
+    ("attention_at", '{img}, NaN, 5, null, null, "mean", "tiny", "inferno", 0.5, "per map", 0', "x and y must be finite"),
+    ("attention_at", '{img}, 5, Infinity, null, null, "mean", "tiny", "inferno", 0.5, "per map", 0', "x and y must be finite"),
+    ("attention_at", '{img}, 5, 5, null, null, "mean", "tiny", "inferno", NaN, "per map", 0', "alpha must be a number"),
+    ("export", '{img}, "tiny", NaN, 3, null, "inferno", 0.5, "per map"', "x and y must be finite"),
+    ("analyze_video", '{clip}, "tiny", "spatial", null, null, null, NaN, 300', "stride and max_frames must be whole numbers"),
+    ("analyze_video", '{clip}, "tiny", "spatial", null, null, null, 1, Infinity', "stride and max_frames must be whole numbers"),
+    ("analyze_video", '{clip}, "tiny", "query", null, NaN, 3, 1, 10', "x and y must be finite"),
+    ("video_frame", '{clip}, NaN', "index must be a whole number"),
+])
+def test_raw_json_nan_and_infinity_get_a_message(client, images: dict[str, Path], name: str, args: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    c, _ = client
+    base = c.src.rstrip("/")
+
+    def upload(p: Path) -> str:
+        with open(p, "rb") as f:
+            path = httpx.post(f"{base}/gradio_api/upload", files={"files": (p.name, f)}, timeout=60).json()[0]
+        return json.dumps({"path": path, "meta": {"_type": "gradio.FileData"}})
+
+    body = "{\"data\": [" + args.format(img=upload(images["rgb"]), clip=upload(EXAMPLES / "clip_moving_item.mp4")) + "]}"
+    out = raw_call(base, name, body)
+    assert "event: error" in out and message in out, out
 
 
 def test_serve_loads_a_user_model_safely(tmp_path: Path) -> None:

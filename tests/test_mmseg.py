@@ -191,3 +191,28 @@ def test_capture_reads_mmsegs_own_heads(method: str, kind: str) -> None:
     if method == "danet":
         (cam,) = [r for r in cap.records.values() if r.kind == "channel_affinity"]
         close(cam.matrix, next(t for t in softmaxes if t.shape[-1] == 512))
+
+
+@pytest.mark.parametrize(("typed", "ours"), [
+    ("gcnet_r50_d8_cityscapes", "gc_r50_d8_cityscapes"),  # mmsegmentation's method name
+    ("ocrnet_r101_d8_cityscapes", "ocr_r101_d8_cityscapes"),
+    ("gcnet_r50-d8_4xb2-80k_cityscapes-512x1024", "gc_r50_d8_cityscapes"),  # its 1.x config name
+    ("nonlocal_r101-d8_512x512_160k_ade20k", "nonlocal_r101_d8_ade20k"),  # its 0.x checkpoint folder
+    ("ccnet_r50_d8_ade20k", "ccnet_r50_d8_ade20k"),
+])
+def test_mmsegs_names_are_aliases(typed: str, ours: str) -> None:
+    from attnviz.analysis import Catalog
+
+    cat = Catalog.from_registry(torch.device("cpu"))
+    assert cat.entry(typed).name == ours
+
+
+def test_another_schedule_is_not_silently_our_checkpoint() -> None:
+    """mmsegmentation's 40k GCNet is another checkpoint than our 80k entry: refused, with the entry we do offer named."""
+    from attnviz.analysis import Catalog, UserError
+
+    cat = Catalog.from_registry(torch.device("cpu"))
+    with pytest.raises(UserError, match=r"another mmsegmentation checkpoint.*gc_r50_d8_cityscapes.*gcnet_r50-d8_4xb2-80k"):
+        cat.entry("gcnet_r50-d8_4xb2-40k_cityscapes-512x1024")
+    with pytest.raises(UserError, match="Unknown model 'nope'"):
+        cat.entry("nope")

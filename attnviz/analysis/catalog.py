@@ -108,12 +108,19 @@ class Catalog:
             raise UserError(f"model must be the name of a model, got {name!r}. Choose one of: {', '.join(self.available_names())}.")
         e = self.entries.get(name)
         if e is None:
-            raise UserError(f"Unknown model {name!r}. Choose one of: {', '.join(self.available_names())}.")
+            from ..models.mmseg import near_miss, resolve
+
+            alias = resolve(name)  # mmsegmentation's method and config names
+            if alias is not None and alias in self.entries:
+                return self.entries[alias]
+            hint = near_miss(name)
+            raise UserError(hint or f"Unknown model {name!r}. Choose one of: {', '.join(self.available_names())}.")
         return e
 
     def get(self, name: str, progress: Callable[[int, int], None] | None = None) -> nn.Module:
         """The loaded model (eval mode, on the device); a downloadable one is fetched first (``progress(done, total)``)."""
         e = self.entry(name)
+        name = e.name  # an alias (mmsegmentation's names) loads the entry it names
         if not e.available and e.downloadable:
             from ..models.hub import DownloadError
             from ..models.registry import download

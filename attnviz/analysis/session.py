@@ -226,6 +226,7 @@ class Engine:
             progress: ``progress(done, total)`` for a model whose weights are downloaded first.
         """
         entry = self.catalog.entry(model_name)
+        model_name = entry.name  # aliases share the cache and the lock of the entry they name
         img = self.load(source)
         key = f"{img.digest}:{model_name}"
         with self._lock:

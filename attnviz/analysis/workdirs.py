@@ -4,13 +4,19 @@ Every file gets a fresh name (``prefix_<random>.ext``) and is written to a tempo
 folder, then renamed, so concurrent requests never share or see a half-written file. :func:`cleanup`
 deletes files older than the TTL and, oldest first, whatever exceeds the size cap; it runs at start-up,
 then at most once a minute when new files are made.
+
+Each process writes under its own run folder ``ROOT/run-<pid>-<random>`` (:func:`run_dir`): it is removed
+when the process exits (:func:`end_run`, registered by :func:`start_run`), and the next start removes the
+run folders of processes that no longer exist (a crash, a kill).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -25,12 +31,61 @@ _lock = threading.Lock()
 _last_cleanup: dict[str, float] = {}
 _kept_clean: set[Path] = set()
 _cleaner: threading.Thread | None = None
+RUN = f"run-{os.getpid()}-{secrets.token_hex(4)}"  # this process's run folder under ROOT
+_ended: set[Path] = set()
+
+
+def run_dir(root: Path | None = None) -> Path:
+    """This process's run folder under ``root`` (default :data:`ROOT`)."""
+    return (root or ROOT) / RUN
 
 
 def work_dir(name: str, root: Path | None = None) -> Path:
-    """The folder ``root/name`` (created when missing)."""
-    d = (root or ROOT) / name
+    """The folder ``name`` in this process's run folder (created when missing)."""
+    d = run_dir(root) / name
     d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def prune_dead_runs(root: Path | None = None) -> int:
+    """Remove the run folders of processes that no longer exist; returns how many were removed."""
+    removed = 0
+    for d in (root or ROOT).glob("run-*-*"):
+        try:
+            pid = int(d.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def end_run(root: Path | None = None) -> None:
+    """Remove this process's run folder (at exit)."""
+    shutil.rmtree(run_dir(root), ignore_errors=True)
+
+
+def start_run(root: Path | None = None) -> Path:
+    """Prune dead runs, create this process's run folder and remove it again when the process exits."""
+    root = root or ROOT
+    prune_dead_runs(root)
+    d = run_dir(root)
+    d.mkdir(parents=True, exist_ok=True)
+    with _lock:
+        if d not in _ended:
+            _ended.add(d)
+            atexit.register(end_run, root)
     return d
 
 

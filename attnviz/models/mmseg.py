@@ -90,6 +90,42 @@ _ocr = MMSegEntry("ocr_r101_d8_cityscapes", "ocrnet", 101, "cityscapes",
                   Remote(f"{BASE}/ocrnet/ocrnet_r101-d8_512x1024_80k_b16_cityscapes/ocrnet_r101-d8_512x1024_80k_b16_cityscapes_20200723_192421-78688424.pth",
                          "78688424", 270.0), 80.81, "ocrnet_r101-d8_8xb2-80k_cityscapes-512x1024")
 MMSEG[_ocr.name] = _ocr
+_SHORT = {"nonlocal": "nonlocal", "nonlocal_net": "nonlocal", "nl": "nonlocal", "ccnet": "ccnet", "cc": "ccnet", "danet": "danet", "da": "danet",
+          "gcnet": "gc", "gc": "gc", "ocrnet": "ocr", "ocr": "ocr"}
+
+
+def resolve(name: str) -> str | None:
+    """Our entry name for what an mmsegmentation user types, or None when nothing matches.
+
+    Accepted: our names (``gc_r50_d8_cityscapes``), mmsegmentation's method names (``gcnet_r50_d8_cityscapes``,
+    ``ocrnet_r101_d8_cityscapes``), its 1.x config names (``gcnet_r50-d8_4xb2-80k_cityscapes-512x1024``) and its 0.x
+    checkpoint folder names (``gcnet_r50-d8_512x1024_80k_cityscapes``). A config of another schedule is another
+    checkpoint and does not match (see :func:`near_miss`).
+    """
+    key = name.strip().lower()
+    if key in MMSEG:
+        return key
+    for e in MMSEG.values():
+        if key in (e.config, e.remote.url.rsplit("/", 2)[-2]):
+            return e.name
+    m = re.fullmatch(r"([a-z_]+?)_r(50|101)[-_]d8_(cityscapes|ade20k)", key)
+    if m and m.group(1) in _SHORT:
+        cand = f"{_SHORT[m.group(1)]}_r{m.group(2)}_d8_{m.group(3)}"
+        return cand if cand in MMSEG else None
+    return None
+
+
+def near_miss(name: str) -> str | None:
+    """For an mmsegmentation config or checkpoint name we do not ship (another schedule or crop), the entry of the same
+    method, depth and dataset, said as a hint; None when there is none."""
+    m = re.match(r"([a-z_]+?)_r(50|101)-d8_.*?(cityscapes|ade20k)", name.strip().lower())
+    if not m or m.group(1) not in _SHORT:
+        return None
+    cand = MMSEG.get(f"{_SHORT[m.group(1)]}_r{m.group(2)}_d8_{m.group(3)}")
+    if cand is None:
+        return None
+    return (f"{name!r} is another mmsegmentation checkpoint (a different schedule or crop); attnviz offers {cand.name} "
+            f"(config {cand.config}, published mIoU {cand.miou}).")
 
 
 def build_mmseg(method: str, depth: int = 50, num_classes: int = 19) -> SegmentationNet:

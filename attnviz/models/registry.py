@@ -23,6 +23,7 @@ from torch import nn
 
 from .hub import DownloadError, Progress, Remote, cached, fetch, offline
 from .mmseg import MMSEG, load_mmseg
+from .mmseg import resolve as resolve_mmseg
 from .seg_zoo import SEG_INPUT_SIZE, SEG_ZOO, build_seg
 from .zoo import INPUT_SIZE, ZOO, build
 
@@ -185,6 +186,7 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
         ChecksumMismatch: the zoo checkpoint does not match its card.
         ValueError: unknown name.
     """
+    name = resolve_mmseg(name) or name  # mmsegmentation's method and config names
     if name in ZOO or name in SEG_ZOO:
         info = _zoo_status(name)
         if not info.available and weights is None:
@@ -234,6 +236,7 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
 
 def download(name: str, progress: bool | Progress = False) -> Path:
     """Fetch the weights of a registry model (``attnviz download NAME``); returns where they are."""
+    name = resolve_mmseg(name) or name
     if name in TIMM_MODELS or name in TORCHVISION_MODELS:
         if offline():
             raise DownloadError(f"{name}: ATTNVIZ_OFFLINE is set")

@@ -13,7 +13,9 @@ import contextlib
 import ctypes
 import inspect
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -136,7 +138,13 @@ def _api_inputs(fn: Callable[..., Any], n: int) -> list[gr.components.Component]
 
 
 def launch_kwargs() -> dict[str, Any]:
-    """Keyword arguments of ``demo.launch`` shared by ``app.py`` and ``attnviz serve``."""
+    """Keyword arguments of ``demo.launch`` shared by ``app.py`` and ``attnviz serve``.
+
+    Also makes SIGTERM (``docker stop``, a Space restart) exit like Ctrl-C, so exit handlers run and the run
+    folder with every upload, export and video of this process is removed.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     kw: dict[str, Any] = {"ssr_mode": False}
     try:
         import mcp  # noqa: F401  (gradio[mcp] installed)

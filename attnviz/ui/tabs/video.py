@@ -47,8 +47,9 @@ class VideoTab(Tab):
                 self.kind = gr.Dropdown([], label="Map", elem_id="video_kind", allow_custom_value=True)
                 self.layer = gr.Dropdown([], label="Layer (empty: the deepest of that kind)", allow_custom_value=True)
                 with gr.Row():
-                    self.stride = gr.Number(1, precision=0, label="Frame stride (≥ 1)")
-                    self.max_frames = gr.Number(300, precision=0, label="Frame cap (1–900)")
+                    # not precision=0: Gradio's integer rounding would turn a NaN from an API client into an unreadable error
+                    self.stride = gr.Number(1, step=1, label="Frame stride (≥ 1)")
+                    self.max_frames = gr.Number(300, step=1, label="Frame cap (1–900)")
                 self.note = gr.Markdown("", elem_id="video_note")
             with gr.Column():
                 self.slider = gr.Slider(0, 300, value=0, step=1, label="Frame for the query point")
@@ -70,6 +71,8 @@ class VideoTab(Tab):
             self.npz = gr.File(label="Per-frame maps (NPZ)")
             self.csv = gr.File(label="Per-frame table (CSV)")
         self.info = gr.Markdown("", elem_id="video_info")
+        with gr.Accordion("Raw numbers (JSON)", open=False):
+            self.details = gr.JSON(label="Video", elem_id="video_details")
 
     outputs: list[Any] = []  # the tab keeps its own state: a new image does not touch it
     def fill(self, a: Any, v: ViewState) -> dict[Any, Any]:
@@ -119,7 +122,7 @@ class VideoTab(Tab):
         self.frame.select(_to_xy, None, [self.x, self.y], api_visibility="private").then(self.show_frame, frame_in, [self.frame],
                                                                                           api_visibility="private")
         ev = self.run_btn.click(self.analyze_video, [self.clip, self.model, self.kind, self.layer, self.x, self.y, self.stride, self.max_frames],
-                                [self.video, self.over, self.conf, self.npz, self.csv, self.info], api_name="analyze_video")
+                                [self.video, self.over, self.conf, self.npz, self.csv, self.info, self.details], api_name="analyze_video")
         self.cancel_btn.click(lambda: "Cancelled.", None, [self.info], cancels=[ev], api_visibility="private")
         gr.Button(visible=False).click(self.video_frame, [gr.File(visible=False), gr.Number(visible=False)], [gr.Image(visible=False, format="png")],
                                        api_name="video_frame")
@@ -131,7 +134,10 @@ class VideoTab(Tab):
             video: The clip.
             index: Frame index (0 = first).
         """
-        out = self.show_frame(video, index, None, None)
+        i = _whole(index, 0)
+        if i is None or i < 0:
+            raise gr.Error(f"index must be a whole number ≥ 0; got {index!r}.", print_exception=False)
+        out = self.show_frame(video, i, None, None)
         if out is None:
             raise gr.Error("video is missing: upload a clip.", print_exception=False)
         return out
@@ -178,10 +184,8 @@ def _job_args(stride: Any, max_frames: Any, x: Any, y: Any) -> tuple[int, int, t
     def fail(msg: str) -> Any:
         raise gr.Error(msg, print_exception=False)
 
-    try:
-        stride_i = int(stride if stride not in (None, "") else 1)
-        cap_i = int(max_frames if max_frames not in (None, "") else 300)
-    except (TypeError, ValueError):
+    stride_i, cap_i = _whole(stride, 1), _whole(max_frames, 300)
+    if stride_i is None or cap_i is None:
         fail(f"stride and max_frames must be whole numbers; got stride={stride!r}, max_frames={max_frames!r}.")
     if stride_i < 1:
         fail(f"stride must be ≥ 1; got {stride!r}.")
@@ -196,6 +200,17 @@ def _job_args(stride: Any, max_frames: Any, x: Any, y: Any) -> tuple[int, int, t
         if not all(np.isfinite(query)):
             fail(f"x and y must be finite; got x={x!r}, y={y!r}.")
     return stride_i, cap_i, query
+
+
+def _whole(v: Any, default: int) -> int | None:
+    """A whole number from a page or API value (None for NaN, ±inf, fractions and text)."""
+    if v in (None, ""):
+        return default
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if np.isfinite(f) and f == int(f) else None
 
 
 def run(eng: Engine, gpu: Callable[..., Any], video: Any, model_name: str, kind: str, layer: str | None, x: Any, y: Any, stride: Any,
@@ -240,7 +255,7 @@ def run(eng: Engine, gpu: Callable[..., Any], video: Any, model_name: str, kind:
             worker.join(0.3)
             total = state["total"] or None
             progress((state["done"], total), desc=state["stage"], unit="frames")
-            yield (gr.skip(),) * 6
+            yield (gr.skip(),) * 7
     finally:
         stop.set()  # cancelled, disconnected or finished: the worker stops before its next frame
     err = state.get("error")
@@ -273,5 +288,7 @@ def _results(res: Any) -> tuple[Any, ...]:
     notes = "".join(f"  \n_{html.escape(n)}_" for n in res.notes)
     info = (f"**{res.frames} frames** at {res.fps:.2f} fps · map **{res.kind}** of `{html.escape(res.layer or '—')}` · one colour scale for the clip: {scale}"
             + notes)
-    return str(res.video), over, conf, str(res.npz), str(res.csv), info
+    details = {"frames": res.frames, "fps": round(res.fps, 4), "kind": res.kind, "layer": res.layer, "task": res.task, "notes": res.notes,
+               "vrange": list(res.vrange) if res.vrange else None, "rows": len(res.rows)}
+    return str(res.video), over, conf, str(res.npz), str(res.csv), info, details
 
