@@ -96,6 +96,7 @@ class Visit:
     latest: float = 0.0  # newest input stamp seen
     path: str | None = None
     model: str | None = None
+    pick: str | None = None  # the last example pick handled (the hidden pick box's value)
 
 
 class Visits:

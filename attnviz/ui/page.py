@@ -1,15 +1,20 @@
 """The page-wide events: a new image or model, an example, a click, a display change — each fills every tab.
 
-Results can never be stale: each input event carries a browser timestamp; a result is written only if
-no newer input of the same session has been seen (else every output is skipped). Errors the user can
-fix stay in the status line until the next action; nothing shows a stack trace.
+The last input always wins. Uploads, model changes and example picks are *one* event (an example button only
+writes its id into a hidden box, in the browser), so Gradio's ``always_last`` runs them one after another and
+delivers their results in order; a pick made while another runs waits for it, and only the newest waiting one
+runs. (Separate events per button raced: our handler checked the stamps, but Gradio post-processes and sends
+the outputs after the handler returns, and a slower first result could arrive after the second.) Clicks on
+the view are one ``always_last`` event too. Each input also carries a browser timestamp; a result is written
+only if no newer input of the same session has been seen. Errors the user can fix stay in the status line
+until the next action; nothing shows a stack trace.
 """
 
 from __future__ import annotations
 
 import html
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
@@ -67,13 +72,24 @@ class Page:
         return ViewState(tuple(click) if click else None, layer, view, head, style_of(cmap, alpha, scale, thr), seg_a)
 
     # ------------------------------------------------------------------ handlers
+    def on_page_input(self, file: Any, model_name: str, pick: Any, cmap: str, alpha: float, scale: str, thr: float, seg_a: float, stamp: float,
+                      request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+        """One handler for an upload, a model change and an example pick (a new value in the hidden pick box)."""
+        visit = self.shared.visits.of(request)
+        if pick and pick != visit.pick:
+            visit.pick = pick
+            idx = int(str(pick).split(":", 1)[0])
+            return self.show_example(self.sidebar.examples[idx], cmap, alpha, scale, thr, seg_a, stamp, request)
+        return self.on_input(file, model_name, cmap, alpha, scale, thr, seg_a, stamp, request, progress)
+
     def on_input(self, file: Any, model_name: str, cmap: str, alpha: float, scale: str, thr: float, seg_a: float, stamp: float,
-                 request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+                 request: gr.Request | None, progress: Any = None) -> dict[Any, Any]:
         s = self.shared
         visit, stamp = s.visits.stamp(request, stamp)
 
         def downloading(done: int, total: int) -> None:
-            progress((done, total or None), desc=f"downloading {model_name}", unit="B")
+            if progress is not None:
+                progress((done, total or None), desc=f"downloading {model_name}", unit="B")
 
         try:
             path = path_of(file if file is not None else visit.path)  # a model change re-analyses the current image
@@ -84,7 +100,7 @@ class Page:
         except Exception as e:  # logged; one line on the page
             log.exception("analysis failed")
             out, path = self.error(f"Something went wrong ({type(e).__name__}: {e})."), None
-        targets = self.all_outputs + [s.upload]
+        targets = self.all_outputs + [s.upload, s.model]
         if stamp < visit.latest:  # a newer input arrived meanwhile: this result is stale
             return {c: gr.skip() for c in targets}
         if path is not None:
@@ -94,14 +110,6 @@ class Page:
             out[s.upload] = None  # keep the drop zone ready; the image itself is shown in the view
             out[s.status] = f"{out.get(s.status, '')}  \nImage: `{html.escape(os.path.basename(str(path or file)))}`"
         return {c: out.get(c, gr.skip()) for c in targets}
-
-    def pick_example(self, ex: Example) -> Callable[..., dict[Any, Any]]:
-        """The click handler of one example button (a closure, so Gradio sees its real inputs and the request)."""
-
-        def picked(cmap: str, alpha: float, scale: str, thr: float, seg_a: float, stamp: float, request: gr.Request) -> dict[Any, Any]:
-            return self.show_example(ex, cmap, alpha, scale, thr, seg_a, stamp, request)
-
-        return picked
 
     def show_example(self, ex: Example, cmap: str, alpha: float, scale: str, thr: float, seg_a: float, stamp: float,
                      request: gr.Request | None) -> dict[Any, Any]:
@@ -155,17 +163,14 @@ class Page:
     def wire(self, demo: gr.Blocks) -> None:
         s = self.shared
         style_in = s.style_inputs
-        gr.on([s.upload.upload, s.model.input], self.on_input, [s.upload, s.model, *style_in, s.stamp], self.all_outputs + [s.upload], js=STAMP_JS,
-              api_visibility="private", trigger_mode="always_last")
-        for btn, ex in self.sidebar.example_buttons:
-            # one event per example (no shared selection state); always_last: a pick made while another runs is
-            # never dropped, and the stamps drop whichever result is older
-            btn.click(self.pick_example(ex), [*style_in, s.stamp], self.all_outputs + [s.upload, s.model], js=STAMP_JS,
-                      api_visibility="private", trigger_mode="always_last")
+        for btn, idx in self.sidebar.example_buttons:  # in the browser only: the pick box's new value starts the page event
+            btn.click(None, None, [self.sidebar.pick], js=f"() => '{idx}:' + Date.now() + ':' + Math.random()", api_visibility="private")
+        gr.on([s.upload.upload, s.model.input, self.sidebar.pick.change], self.on_page_input, [s.upload, s.model, self.sidebar.pick, *style_in, s.stamp],
+              self.all_outputs + [s.upload, s.model], js=STAMP_JS, api_visibility="private", trigger_mode="always_last")
         demo.load(self.on_load, None, self.all_outputs + [s.upload, s.model], api_visibility="private")
-        # every click runs with its own coordinates ("multiple"); the stamps drop results overtaken by a newer click
+        # a click made while one runs waits for it (results arrive in order); only the newest waiting click runs
         s.view_img.select(self.on_click, [s.input_state, s.layer_dd, s.view_dd, s.head_dd, *style_in, s.stamp], self.click_outputs, js=STAMP_JS,
-                          api_visibility="private", trigger_mode="multiple")
+                          api_visibility="private", trigger_mode="always_last")
         gr.on([s.layer_dd.input, s.view_dd.input, s.head_dd.input, s.cmap.change, s.alpha.release, s.scale.change, s.threshold.release,
                s.seg_alpha.release], self.redraw, [s.input_state, s.xy_state, s.layer_dd, s.view_dd, s.head_dd, *style_in], self.click_outputs,
               api_visibility="private")

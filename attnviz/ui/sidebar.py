@@ -27,7 +27,7 @@ class Sidebar:
     def __init__(self, shared: Shared, examples: list[Example]) -> None:
         self.shared = shared
         self.examples = examples
-        self.example_buttons: list[tuple[Any, Example]] = []
+        self.example_buttons: list[tuple[Any, int]] = []  # (button, index in examples)
 
     def build(self) -> None:
         cat = self.shared.engine.catalog
@@ -35,6 +35,7 @@ class Sidebar:
         self.model = gr.Dropdown(choices=cat.choices(), value=cat.default(), label="Model", elem_id="model")
         self.status = gr.Markdown("Loading the first example…", elem_id="status")
         self.label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
+        self.pick = gr.Textbox(visible=False, elem_id="example_pick")  # "<example index>:<time>", written by the example buttons
         self._example_buttons()
         with gr.Accordion("Display", open=False):
             cmap = gr.Dropdown(list(render.CMAPS), value="inferno", label="Colormap")
@@ -48,7 +49,7 @@ class Sidebar:
 
     def _example_buttons(self) -> None:
         for group in GROUPS:
-            items = [e for e in self.examples if e.group == group]
+            items = [(i, e) for i, e in enumerate(self.examples) if e.group == group]
             if not items:
                 continue
             gid = "ex_" + "".join(c for c in group.lower() if c.isalnum())[:24]
@@ -56,9 +57,9 @@ class Sidebar:
                 gr.Markdown(f"**Examples: {group}**", elem_classes=["examples-title"])
                 for start in range(0, len(items), 3):
                     with gr.Row(equal_height=True):
-                        for e in items[start : start + 3]:
+                        for i, e in items[start : start + 3]:
                             b = gr.Button(f"{e.title} · {e.model}", icon=str(e.path), size="sm", elem_classes=["example-btn"], min_width=80)
-                            self.example_buttons.append((b, e))
+                            self.example_buttons.append((b, i))
 
     @property
     def outputs(self) -> list[Any]:
