@@ -109,9 +109,9 @@ def test_two_examples_in_quick_succession_show_the_second_only(server, browser) 
     expected = demo.engine.analyze(b.path, b.model)  # what the HTTP API answers for the second pick
     top = max(expected.top(1), key=lambda k: expected.top(1)[k])
     status = page.locator("#status").inner_text()
-    pred = page.locator("#prediction").inner_text()
+    head = page.locator("#headline").inner_text()
     assert b.model in status and (a.model == b.model or a.model not in status)
-    assert pred.split("\n")[1].strip() == top, (pred, top)
+    assert head.split(" · ")[0].strip() == top, (head, top)
     assert not errors, errors
     page.close()
 
@@ -140,6 +140,50 @@ def test_the_last_example_picked_always_wins(server, browser) -> None:  # type: 
         if not head.startswith(f"{b.model} ·"):
             stale.append((k, a.model, b.model, round(gap, 2), head[:40]))
     assert not stale, stale
+    assert not errors, errors
+    page.close()
+
+
+def test_headlines_say_what_matters(server, browser) -> None:  # type: ignore[no-untyped-def]
+    """Segmentation: the classes found and the clicked pixel's class, not "background 89 %". A zoo classifier on a
+    photo: its label with the caution in the headline itself."""
+    url, demo, examples = server
+    page, errors = open_page(browser, url)
+    seg = next((e for e in examples if e.group == "Zoo scenes (segmentation)"), None)
+    if seg is not None:
+        page.locator("button.example-btn", has_text=f"{seg.title} · {seg.model}").first.click()
+        settle(page)
+        head = page.locator("#headline").inner_text()
+        assert head.startswith("Found:") and "Clicked pixel" in head and "background" not in head.split("\n")[0].lower(), head
+    photo = ROOT / "examples" / "photo_chelsea.png"
+    zoo = next((e.model for e in examples if e.group.startswith("Zoo scenes (classification)")), None)
+    if photo.exists() and zoo:
+        page.locator("#model input").click()
+        page.get_by_role("option", name=re.compile(f"^{zoo}")).first.click()
+        settle(page)
+        page.set_input_files("#upload input[type=file]", str(photo))
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('photo_chelsea')", timeout=60_000)
+        settle(page)
+        head = page.locator("#headline").inner_text()
+        assert "Caution:" in head and "not meaningful" in head, head
+    assert not errors, errors
+    page.close()
+
+
+def test_a_bad_upload_clears_the_previous_images_results(server, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, demo, examples = server
+    page, errors = open_page(browser, url)
+    assert page.locator("#headline").inner_text().strip()
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    page.set_input_files("#upload input[type=file]", str(bad))
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Error:')", timeout=60_000)
+    settle(page)
+    status = page.locator("#status").inner_text()
+    assert "notes.png" in status and "Nothing is shown" in status, status
+    assert page.locator("#view_image img").count() == 0 or not page.locator("#view_image img").is_visible()
+    assert page.locator("#answer").inner_text().strip() == "" and page.locator("#headline").inner_text().strip() == ""
+    assert "❌" not in status  # words, not an emoji that a font may lack
     assert not errors, errors
     page.close()
 
@@ -243,15 +287,34 @@ def test_hover_redraws_in_the_browser(server, browser) -> None:  # type: ignore[
     page.close()
 
 
+WIDER_THAN = """(W) => [...document.querySelectorAll('body *')].filter(el => { const r = el.getBoundingClientRect();
+    return r.width > 0 && r.height > 0 && (r.right > W + 1 || r.left < -1) && getComputedStyle(el).visibility !== 'hidden'; })
+    .map(el => `${el.tagName}#${el.id}.${String(el.className).slice(0, 30)}`)"""
+
+
 def test_phone_width(server, browser) -> None:  # type: ignore[no-untyped-def]
+    """At 390 px nothing is wider than the screen, the inputs and the prediction come first, then the result."""
     url, demo, examples = server
     page, errors = open_page(browser, url, 390, 844)
     assert page.locator("#view_image img").is_visible()
-    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 2, overflow
-    settle(page)  # no event pending: Gradio greys out components while one runs
+    assert page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth") <= 2
+    settle(page)
+    assert page.evaluate(WIDER_THAN, 390) == []
+    top = {sel: page.locator(sel).bounding_box()["y"] for sel in ("#upload", "#model", "#status", "#view_image", "#answer")}  # type: ignore[index]
+    assert top["#upload"] < top["#model"] < top["#status"] < top["#view_image"] < top["#answer"], top
+    assert top["#upload"] < 600, top  # the inputs are near the top, not below the result
+    tabs = page.locator("#results [role=tab]")
+    assert tabs.count() == 10 and all(tabs.nth(i).is_visible() for i in range(10))  # the tab strip wraps, nothing cut
     page.screenshot(path=str(SHOTS / "phone.png"), full_page=False)
     assert not errors, errors
+    page.close()
+
+
+def test_every_tab_is_in_the_strip_at_desktop_width(server, browser) -> None:  # type: ignore[no-untyped-def]
+    url, demo, examples = server
+    page, errors = open_page(browser, url)
+    names = [t.strip() for t in page.locator("#results [role=tab]").all_inner_texts()]
+    assert "Video" in names and "Export" in names, names
     page.close()
 
 

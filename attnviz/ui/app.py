@@ -52,7 +52,22 @@ CSS = """
 .example-btn img { width: 72px !important; height: 72px !important; max-height: 72px !important; object-fit: contain; margin: 0 !important; }
 .legend td, .legend th { padding: 2px 8px; }
 .note { color: #666; }
-@media (max-width: 760px) { #main_row { flex-direction: column-reverse; } }  /* phones: the result first, inputs below */
+#headline h3 { margin: 0; }
+/* every tab visible (no "⋯" menu hiding Video and Export at 1400 px): narrower tab padding, and the strip wraps on phones */
+#results .tab-container { flex-wrap: wrap; height: auto; overflow: visible; }
+#results .tab-container > button { flex-shrink: 0; min-width: auto; height: var(--size-8); padding: 0 var(--size-2); }
+/* phones: one column: upload, model, status and prediction, then the result, then the examples and settings;
+   nothing wider than the screen (the side-by-side view scales down) */
+@media (max-width: 760px) {
+  #main_row { flex-direction: column; flex-wrap: nowrap; }
+  #sidebar { display: contents; }
+  #sidebar > * { order: 3; }
+  #sidebar > #upload, #sidebar > .form:has(#model), #sidebar > #status, #sidebar > #headline, #sidebar > #prediction { order: 1; }
+  #results { order: 2; min-width: 0 !important; width: 100% !important; max-width: 100%; }
+  #main_row > *, #results *:not([role=tab]) { min-width: 0; max-width: 100%; }
+  #view_image img, #results img { max-width: 100%; height: auto; }
+  #upload { height: auto !important; }
+}
 """
 
 
@@ -96,9 +111,9 @@ def build_demo(models: Mapping[str, nn.Module | Callable[[], nn.Module]] | None 
         gr.Markdown(HEADER)
         shared.add(demo=demo, input_state=gr.State(None), xy_state=gr.State(None), stamp=gr.Number(0, visible=False))
         with gr.Row(elem_id="main_row"):
-            with gr.Column(scale=1, min_width=280):
+            with gr.Column(scale=1, min_width=280, elem_id="sidebar"):
                 sidebar.build()
-            with gr.Column(scale=3), gr.Tabs():
+            with gr.Column(scale=3, elem_id="results"), gr.Tabs():
                 for tab in tabs:
                     with gr.Tab(tab.title, id=tab.id):
                         tab.build()

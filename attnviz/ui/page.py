@@ -22,9 +22,16 @@ import numpy as np
 
 from ..analysis import Analysis, UserError
 from ..maps import click_layers
+from . import hover
 from .common import Shared, ViewState, log, path_of, style_of
 from .examples import Example
 from .sidebar import Sidebar
+
+
+def error_text(message: str) -> str:
+    """An error for the status line (words, not an emoji that renders as a box without an emoji font)."""
+    return f"**Error:** {html.escape(message)}"
+
 
 STAMP_JS = "(...args) => { args[args.length - 1] = Date.now() + Math.random(); return args; }"
 
@@ -66,7 +73,15 @@ class Page:
         return out
 
     def error(self, message: str) -> dict[Any, Any]:
-        return {self.shared.status: f"❌ {html.escape(message)}"}
+        return {self.shared.status: error_text(message)}
+
+    def cleared(self, message: str) -> dict[Any, Any]:
+        """Every output emptied (nothing of the previous image stays under a new file name), the error in the status line."""
+        out: dict[Any, Any] = {c: None for c in self.all_outputs}
+        out[self.pixel.hover] = hover.empty("No image.")
+        out[self.shared.status] = error_text(message) + "  \n_Nothing is shown until an image can be analysed._"
+        out[self.shared.input_state] = None
+        return out
 
     def _view(self, click: Any, layer: Any, view: Any, head: Any, cmap: str, alpha: float, scale: str, thr: float, seg_a: float) -> ViewState:
         return ViewState(tuple(click) if click else None, layer, view, head, style_of(cmap, alpha, scale, thr), seg_a)
@@ -96,16 +111,18 @@ class Page:
             a = s.get(path, model_name, downloading)
             out = self.fill(a, self._view(None, None, None, "mean", cmap, alpha, scale, thr, seg_a))
         except UserError as e:
-            out, path = self.error(str(e)), None
+            out, path = self.cleared(str(e)), None
         except Exception as e:  # logged; one line on the page
             log.exception("analysis failed")
-            out, path = self.error(f"Something went wrong ({type(e).__name__}: {e})."), None
+            out, path = self.cleared(f"Something went wrong ({type(e).__name__}: {e})."), None
         targets = self.all_outputs + [s.upload, s.model]
         if stamp < visit.latest:  # a newer input arrived meanwhile: this result is stale
             return {c: gr.skip() for c in targets}
         if path is not None:
             visit.path, visit.model = str(path), model_name
-        out[s.input_state] = [visit.path, visit.model]
+            out[s.input_state] = [visit.path, visit.model]
+        else:  # nothing is shown now; a model change waits for a new image
+            visit.path = None
         if file is not None:
             out[s.upload] = None  # keep the drop zone ready; the image itself is shown in the view
             out[s.status] = f"{out.get(s.status, '')}  \nImage: `{html.escape(os.path.basename(str(path or file)))}`"
@@ -140,7 +157,7 @@ class Page:
         try:
             xy = self.pixel.click_xy(evt, state)
         except UserError as e:
-            return {self.shared.status: f"❌ {html.escape(str(e))}"}
+            return {self.shared.status: error_text(str(e))}
         out = self.redraw(state, xy, layer, view, head, cmap, alpha, scale, thr, seg_a)
         if stamp < visit.latest:  # a newer click or input arrived meanwhile
             return {c: gr.skip() for c in self.click_outputs}

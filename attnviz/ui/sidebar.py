@@ -16,6 +16,24 @@ GROUPS = ("Zoo scenes (classification)", "Zoo scenes (segmentation)", "Photos", 
 PUBLISHED = ("ImageNet", "Cityscapes", "ADE20K")  # what models trained on these can be shown without a warning
 
 
+def headline(a: Analysis, click: tuple[float, float] | None) -> str:
+    """What matters, in one heading: the predicted class (classification) or the classes found and the clicked pixel's
+    class (segmentation), with a caution when the model was trained on images unlike this one."""
+    if a.task == "classification":
+        (name, p), = a.top(1).items()
+        text = f"### {html.escape(name)} · {p:.0%}"
+    else:
+        found = [str(r["name"]) for r in a.legend() if str(r["name"]).lower() != "background"]
+        text = "### Found: " + (html.escape(", ".join(found[:4])) + (f" and {len(found) - 4} more" if len(found) > 4 else "") if found else "background only")
+        if click is not None:
+            (cls, p), *_ = a.probs_at(click[0], click[1], k=1)
+            text += f"  \nClicked pixel ({click[0]:.0f}, {click[1]:.0f}): **{html.escape(cls)}** · {p:.0%}"
+    if a.trained_on and not a.trained_on.startswith(PUBLISHED[0]) and not any(p in a.trained_on for p in PUBLISHED[1:]) and is_photo(a):
+        text += (f"  \n**Caution:** {html.escape(a.model_name)} was trained on {html.escape(a.trained_on)}; "
+                 "on this image its output is not meaningful.")
+    return text
+
+
 def is_photo(a: Analysis) -> bool:
     """Whether the image looks unlike our synthetic scenes (larger than them), to warn about zoo models on photos."""
     return max(a.hw) > 160
@@ -34,7 +52,8 @@ class Sidebar:
         self.upload = gr.File(label="Upload an image (PNG, JPEG, WebP, GIF, BMP, TIFF)", file_types=["image"], type="filepath", elem_id="upload", height=110)
         self.model = gr.Dropdown(choices=cat.choices(), value=cat.default(), label="Model", elem_id="model")
         self.status = gr.Markdown("Loading the first example…", elem_id="status")
-        self.label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
+        self.headline = gr.Markdown("", elem_id="headline")
+        self.label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction", show_heading=False)
         self.pick = gr.Textbox(visible=False, elem_id="example_pick")  # "<example index>:<time>", written by the example buttons
         self._example_buttons()
         with gr.Accordion("Display", open=False):
@@ -63,18 +82,17 @@ class Sidebar:
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.status, self.label]
+        return [self.status, self.headline, self.label]
 
-    click_outputs: list[Any] = []  # the status line is written by every event (see Page)
+    @property
+    def click_outputs(self) -> list[Any]:
+        return [self.headline]  # the clicked pixel's class (segmentation)
 
     def fill(self, a: Analysis, v: ViewState) -> dict[Any, Any]:
-        warn = ""
-        if a.trained_on and not a.trained_on.startswith(PUBLISHED[0]) and not any(p in a.trained_on for p in PUBLISHED[1:]) and is_photo(a):
-            warn = f"  \n⚠️ {html.escape(a.model_name)} was trained on {html.escape(a.trained_on)}: on other images its output is not meaningful."
         status = (f"**{html.escape(a.model_name)}** · {html.escape(a.task)} · " + html.escape(modules.status_line(a).split(" · ", 2)[2])
-                  + ("" if not a.notes else "  \n_" + html.escape(" · ".join(a.notes)) + "_") + warn)
+                  + ("" if not a.notes else "  \n_" + html.escape(" · ".join(a.notes)) + "_"))
         label = a.top(5) if a.task == "classification" else {f"{k} (area)": val for k, val in a.top(5).items()}
-        return {self.status: status, self.label: label}
+        return {self.status: status, self.headline: headline(a, v.click), self.label: label}
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint(self.analyze, 2, lambda: [gr.Label(), gr.JSON()], "analyze")]

@@ -85,7 +85,7 @@ class VideoTab(Tab):
         try:
             have, note = frames.kinds_for(self.shared.engine, name)
         except UserError as e:
-            return gr.update(choices=[], value=None), f"❌ {html.escape(str(e))}"
+            return gr.update(choices=[], value=None), f"**Error:** {html.escape(str(e))}"
         return gr.update(choices=have, value=have[0] if have else None), note
 
     @staticmethod
@@ -95,7 +95,7 @@ class VideoTab(Tab):
         try:
             _, n, w, h = probe(_clip_path(clip))
         except VideoError as e:
-            return gr.update(), None, None, f"❌ {html.escape(str(e))}"
+            return gr.update(), None, None, f"**Error:** {html.escape(str(e))}"
         return (gr.update(maximum=max(1, n - 1) if n else 300, value=0), w / 2, h / 2,
                 f"Clip: {w}×{h}, about {n} frames. The query starts at the centre; click the frame to move it.")
 
