@@ -291,8 +291,22 @@ def test_segmentation_click_has_class_top3_and_same_class_mass(engine: Engine, i
     assert "same_class_mass_ratio_uniform_geometry" in info and "only the excess" in info["text"]
     cam, cinfo = segmentation.segment_gradcam(engine, a, 30, 20)
     assert cam.shape[0] == rgb.shape[0] and cinfo["class"] == info["class"]
+    assert cinfo["mass_on_segment"] is None or (0 <= cinfo["mass_on_segment"] <= 1 and cinfo["mass_ratio"] >= 0)
     fig, ab = modules.ablate(engine, a, "decode_head.cca")
     assert 0 <= ab["pixels_changing_class"] <= 1
+
+
+def test_mass_on_a_region_matches_a_brute_force_sum() -> None:
+    """The Grad-CAM share shown beside a segment: the map resized bilinearly (as drawn), its mass inside the region."""
+    from attnviz.analysis.views.segmentation import mass_on
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(7, 9, generator=g)
+    region = torch.zeros(40, 50, dtype=torch.bool)
+    region[5:25, 10:30] = True
+    up = F.interpolate(m[None, None], size=(40, 50), mode="bilinear", align_corners=False)[0, 0]
+    assert mass_on(m.numpy(), region.numpy()) == pytest.approx(float(up[region].sum() / up.sum()), rel=1e-4)
+    assert mass_on(np.zeros((7, 9)), region.numpy()) is None
 
 
 def test_ocr_click_shows_region_distribution(engine: Engine, images: dict[str, Path]) -> None:

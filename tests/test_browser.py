@@ -188,6 +188,37 @@ def test_a_bad_upload_clears_the_previous_images_results(server, browser, tmp_pa
     page.close()
 
 
+def test_answers_are_sentences_and_nothing_covers_the_colour_bar(server, browser) -> None:  # type: ignore[no-untyped-def]
+    """Attributions and Modules answer in words (numbers folded away), a classifier's Segmentation tab has no empty frames,
+    a segment's Grad-CAM says how much of it lies on the segment, and no image toolbar covers the colour bar's top tick."""
+    url, demo, examples = server
+    page, errors = open_page(browser, url)
+    img, bar = page.locator("#view_image img").bounding_box(), page.locator("#view_image .top-panel").bounding_box()
+    assert bar is None or bar["y"] + bar["height"] <= img["y"] + 1, (bar, img)  # type: ignore[index]
+    seg = next((e for e in examples if e.group == "Zoo scenes (segmentation)"), None)
+    if seg is not None:
+        page.locator("button.example-btn", has_text=f"{seg.title} · {seg.model}").first.click()
+        settle(page)
+        select_tab(page, "Segmentation")
+        assert "of the map's mass lies on the segment" in page.locator("[role=tabpanel]:visible").first.inner_text()
+    cls = next(e for e in examples if e.group == "Zoo scenes (classification)" and e.model in ("cbam_resnet", "scse_resnet", "gc_resnet"))
+    page.locator("button.example-btn", has_text=f"{cls.title} · {cls.model}").first.click()
+    settle(page)
+    select_tab(page, "Segmentation")
+    panel = page.locator("[role=tabpanel]:visible").first
+    assert panel.locator("img, input[type=range]").count() == 0 or not any(
+        panel.locator("img, input[type=range]").nth(i).is_visible() for i in range(panel.locator("img, input[type=range]").count()))
+    select_tab(page, "Attributions")
+    page.wait_for_function("() => document.querySelector('#compare_answer').innerText.includes('Spearman')", timeout=60_000)
+    assert "related" in page.locator("#compare_answer").inner_text() or "opposed" in page.locator("#compare_answer").inner_text()
+    select_tab(page, "Modules")
+    assert "press Ablate" in page.locator("#ablate_answer").inner_text()
+    page.get_by_role("button", name="Ablate").click()
+    page.wait_for_function("() => document.querySelector('#ablate_answer').innerText.includes('Bypassing')", timeout=60_000)
+    assert not errors, errors
+    page.close()
+
+
 def test_upload_click_reports_image_pixels(server, browser) -> None:  # type: ignore[no-untyped-def]
     url, demo, examples = server
     page, errors = open_page(browser, url)
@@ -315,6 +346,8 @@ def test_every_tab_is_in_the_strip_at_desktop_width(server, browser) -> None:  #
     page, errors = open_page(browser, url)
     names = [t.strip() for t in page.locator("#results [role=tab]").all_inner_texts()]
     assert "Video" in names and "Export" in names, names
+    pad = page.evaluate("() => parseFloat(getComputedStyle(document.querySelector('#model input')).paddingRight)")
+    assert pad >= 20, pad  # the model name stops before the dropdown arrow
     page.close()
 
 

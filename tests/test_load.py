@@ -99,8 +99,9 @@ def test_concurrent_clients_never_mix_results(server, tmp_path: Path) -> None:  
     assert not failures, failures[:5]
     assert _rss_mb() - rss0 < 300
     from attnviz.analysis import cleanup
+    from attnviz.analysis.workdirs import run_dir
 
-    exports = root / "exports"
+    exports = run_dir(root) / "exports"  # this process's run folder
     assert not list(exports.glob("*.part"))
     cap = 200_000
     cleanup(exports, cap_bytes=cap)
@@ -127,6 +128,8 @@ def test_cancelled_video_jobs_stop_and_leave_nothing(server) -> None:  # type: i
     assert not any(t.name == "attnviz-video" for t in threading.enumerate()), "a cancelled job kept running"
     _, s = c.predict(handle_file(str(EXAMPLES / "photo_coffee.png")), "tiny", api_name="/analyze")  # the queue serves again
     assert s["model"] == "tiny"
-    videos = root / "videos"
+    from attnviz.analysis.workdirs import run_dir
+
+    videos = run_dir(root) / "videos"
     leftovers = [p for p in videos.glob("*") if p.suffix in (".mp4", ".npz", ".csv", ".part")] if videos.exists() else []
     assert not leftovers, leftovers

@@ -67,3 +67,13 @@ def test_charts_are_figures() -> None:
         assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
     with pytest.raises(ValueError, match="differ in shape"):
         render.gate_bars("b", np.random.rand(16), other=np.random.rand(8))
+
+
+def test_colour_bar_text_grows_with_wide_images() -> None:
+    """A wide photo's overlay is shown shrunk: its colour bar (and tick text) is drawn larger in proportion."""
+    from attnviz.render.overlay import READABLE_WIDTH
+
+    narrow = render.with_colorbar(np.zeros((300, 384, 3), np.uint8), "inferno", 0.0, 1.0, "weight")
+    wide = render.with_colorbar(np.zeros((480, 3 * READABLE_WIDTH, 3), np.uint8), "inferno", 0.0, 1.0, "weight")
+    bar_narrow, bar_wide = narrow.shape[1] - 384, wide.shape[1] - 3 * READABLE_WIDTH
+    assert bar_wide >= 2.9 * (bar_narrow - 4) and wide.shape[0] == 480

@@ -162,33 +162,41 @@ def fmt_value(v: float, span: float | None = None) -> str:
     return f"{v:.{digits}g}"
 
 
-def colorbar(cmap: str, vmin: float, vmax: float, height: int, label: str = "", width: int = 96) -> np.ndarray:
-    """A vertical colour bar ``(height, width, 3)``: min / mid / max ticks, the caption written upwards beside it."""
+def colorbar(cmap: str, vmin: float, vmax: float, height: int, label: str = "", width: int = 96, k: float = 1.0) -> np.ndarray:
+    """A vertical colour bar ``(height, width·k, 3)``: min / mid / max ticks, the caption written upwards beside it.
+
+    ``k`` scales the bar and its text, for images that the page shows shrunk (wide photos), so ticks stay readable.
+    """
     height = max(60, int(height))
-    bar = np.full((height, width, 3), 255, np.uint8)
-    top, bottom = 10, height - 10
+    s = lambda v: int(round(v * k))  # noqa: E731
+    bar = np.full((height, s(width), 3), 255, np.uint8)
+    top, bottom = s(10), height - s(10)
     ramp = np.linspace(1.0, 0.0, max(2, bottom - top))[:, None]
     strip = colorize(ramp, cmap, 0.0, 1.0)  # (n, 1, 3)
-    x0 = 18 if label else 4
-    bar[top:bottom, x0 : x0 + 14] = cv2.resize(strip, (14, bottom - top), interpolation=cv2.INTER_NEAREST)
-    cv2.rectangle(bar, (x0, top), (x0 + 13, bottom - 1), (60, 60, 60), 1)
+    x0 = s(18) if label else s(4)
+    bar[top:bottom, x0 : x0 + s(14)] = cv2.resize(strip, (s(14), bottom - top), interpolation=cv2.INTER_NEAREST)
+    cv2.rectangle(bar, (x0, top), (x0 + s(14) - 1, bottom - 1), (60, 60, 60), max(1, s(1)))
     for frac in (0.0, 0.5, 1.0):
         y = int(round(bottom - 1 - frac * (bottom - top - 1)))
-        cv2.line(bar, (x0 + 14, y), (x0 + 18, y), (60, 60, 60), 1)
-        _text(bar, fmt_value(vmin + frac * (vmax - vmin), (vmax - vmin) / 2), (x0 + 20, min(height - 2, max(9, y + 4))), 0.36)
+        cv2.line(bar, (x0 + s(14), y), (x0 + s(18), y), (60, 60, 60), max(1, s(1)))
+        _text(bar, fmt_value(vmin + frac * (vmax - vmin), (vmax - vmin) / 2), (x0 + s(20), min(height - 2, max(s(9), y + s(4)))), 0.36 * k,
+              thick=max(1, s(1)))
     if label:  # written along the bar, bottom to top
-        side = np.full((16, height, 3), 255, np.uint8)
-        scale = 0.36
+        side = np.full((s(16), height, 3), 255, np.uint8)
+        scale = 0.36 * k
         while scale > 0.2 and cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > height - 8:
             scale -= 0.02
-        _text(side, label, (4, 11), scale, (80, 80, 80))
-        bar[:, :16] = np.rot90(side)[:height, :16]
+        _text(side, label, (4, s(11)), scale, (80, 80, 80))
+        bar[:, : s(16)] = np.rot90(side)[:height, : s(16)]
     return bar
 
 
+READABLE_WIDTH = 420  # overlays wider than this are shown shrunk: their colour bar is drawn larger in proportion
+
+
 def with_colorbar(image: np.ndarray, cmap: str, vmin: float, vmax: float, label: str = "") -> np.ndarray:
-    """The image with a colour bar (its value range and meaning) attached on the right."""
-    bar = colorbar(cmap, vmin, vmax, image.shape[0], label)
+    """The image with a colour bar (its value range and meaning) attached on the right; the bar's text grows with wide images."""
+    bar = colorbar(cmap, vmin, vmax, image.shape[0], label, k=max(1.0, image.shape[1] / READABLE_WIDTH))
     if bar.shape[0] != image.shape[0]:  # tiny images: the bar is drawn at its minimum height, then shrunk
         bar = cv2.resize(bar, (bar.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA)
     return np.concatenate([image, np.full((image.shape[0], 4, 3), 255, np.uint8), bar], axis=1)

@@ -52,6 +52,8 @@ CSS = """
 .example-btn img { width: 72px !important; height: 72px !important; max-height: 72px !important; object-fit: contain; margin: 0 !important; }
 .legend td, .legend th { padding: 2px 8px; }
 .note { color: #666; }
+#results .top-panel { position: static; margin: 0 0 4px auto; width: fit-content; }  /* image toolbars above the image, never over the colour bar */
+#model input { padding-right: 2.2em; text-overflow: ellipsis; }  /* the model name never runs under the dropdown arrow */
 #headline h3 { margin: 0; }
 /* every tab visible (no "⋯" menu hiding Video and Export at 1400 px): narrower tab padding, and the strip wraps on phones */
 #results .tab-container { flex-wrap: wrap; height: auto; overflow: visible; }

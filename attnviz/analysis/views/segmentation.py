@@ -60,5 +60,16 @@ def segment_gradcam(engine: Engine, a: Analysis, x: Any, y: Any, style: Style | 
         layer = cam_layer(engine, a, model, xin)
         cam = grad_cam(Target(), layer, xin, 0)[0].detach().float().cpu().numpy()
     img = overlay_map(a, cam, style, point=(fx, fy), unit="Grad-CAM (ReLU)")
-    return img, {"class": a.label(cls), "segment_area_share": round(float((labels == cls).mean()), 4), "layer": module_name(model, layer),
+    area = float((labels == cls).mean())
+    on = mass_on(cam, labels == cls)
+    return img, {"class": a.label(cls), "segment_area_share": round(area, 4), "layer": module_name(model, layer),
+                 "mass_on_segment": None if on is None else round(on, 4),
+                 "mass_ratio": None if on is None or area == 0 else round(on / area, 3),
                  "method": "captum LayerGradCam of the class logit summed over the predicted segment"}
+
+
+def mass_on(m: np.ndarray, region: np.ndarray) -> float | None:
+    """The share of a non-negative map's mass inside a boolean ``(H, W)`` region, the map resized bilinearly to it (None if the map is all 0)."""
+    up = np.clip(render.resize_map(np.asarray(m, np.float32), region.shape), 0, None)
+    total = float(up.sum())
+    return None if total <= 0 else float(up[region].sum()) / total

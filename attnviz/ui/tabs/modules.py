@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import gradio as gr
@@ -10,6 +11,18 @@ from ...analysis import Analysis, UserError, modules
 from ..common import Endpoint, Tab, ViewState, guard
 
 COLUMNS = ["layer", "kind", "module", "source", "shape", "contribution", "note"]
+
+
+def ablation_sentence(info: dict[str, Any]) -> str:
+    """What bypassing the layer did, in words."""
+    head = f"Bypassing **{html.escape(info['layer'])}** ({html.escape(info['change'])})"
+    if "pixels_changing_class" in info:
+        return (f"{head} changes the predicted class of **{info['pixels_changing_class']:.1%} of the pixels** "
+                f"(largest logit change {info['max_abs_logit_change']:.3g}).")
+    after = info["prediction_after"]
+    verdict = "the prediction stays" if after == info["top_class"] else f"the prediction becomes **{html.escape(after)}**"
+    return (f"{head} moves the probability of **{html.escape(info['top_class'])}** from {info['top_prob_before']:.1%} to {info['top_prob_after']:.1%}; "
+            f"{verdict} (largest logit change {info['max_abs_logit_change']:.3g}).")
 
 
 class ModulesTab(Tab):
@@ -22,8 +35,11 @@ class ModulesTab(Tab):
         with gr.Row():
             self.layer = gr.Dropdown([], label="Layer to bypass (gate = 1 / γ = 0)", allow_custom_value=True)
             self.button = gr.Button("Ablate")
+        self.answer = gr.Markdown("Choose a layer and press **Ablate**: the model runs again with that layer bypassed (gate = 1, γ = 0), "
+                                  "and the change in its output is shown here.", elem_id="ablate_answer")
         self.plot = gr.Plot(label="Logits before / after")
-        self.info = gr.JSON(label="Change")
+        with gr.Accordion("Raw numbers (JSON)", open=False):
+            self.info = gr.JSON(label="Change")
 
     @property
     def outputs(self) -> list[Any]:
@@ -34,8 +50,11 @@ class ModulesTab(Tab):
         return {self.table: modules.modules_table(a), self.layer: gr.update(choices=names, value=names[-1] if names else None)}
 
     def wire(self) -> None:
-        self.button.click(lambda state, layer: self.ablation(*(state or [None, None]), layer), [self.shared.input_state, self.layer],
-                          [self.plot, self.info], api_visibility="private")
+        def run(state: Any, layer: str) -> tuple[Any, Any, str]:
+            fig, info = self.ablation(*(state or [None, None]), layer)
+            return fig, info, ablation_sentence(info)
+
+        self.button.click(run, [self.shared.input_state, self.layer], [self.plot, self.info, self.answer], api_visibility="private")
 
     def endpoints(self) -> list[Endpoint]:
         return [

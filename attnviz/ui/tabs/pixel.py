@@ -27,7 +27,8 @@ class PixelTab(Tab):
             self.layer = gr.Dropdown([], label="Layer", elem_id="layer", allow_custom_value=True)
             self.view = gr.Dropdown([], label="View", elem_id="view", allow_custom_value=True)
             self.head = gr.Dropdown(["mean"], value="mean", label="Head", visible=False, allow_custom_value=True)
-        self.image = gr.Image(label="Original | attention of the clicked pixel (click either image)", interactive=False, format="png",
+        self.image = gr.Image(label="Original | attention of the clicked pixel · crosshair = clicked pixel, diamond = peak (click either image)",
+                              interactive=False, format="png",
                               type="numpy", elem_id="view_image", buttons=["download", "fullscreen"])
         self.answer = gr.Markdown("", elem_id="answer")
         with gr.Accordion("Hover to explore (maps drawn in the browser)", open=False):

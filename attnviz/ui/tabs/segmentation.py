@@ -24,6 +24,17 @@ def legend_html(rows: list[dict[str, object]]) -> str:
     return f"<table class='legend'><tr><th></th><th>class</th><th>area</th></tr>{items}</table>"
 
 
+def cam_sentence(info: dict[str, Any]) -> str:
+    """What the segment's Grad-CAM shows, and how much of it lies on the segment (so the visitor can judge it)."""
+    cls, area = html.escape(info["class"]), info["segment_area_share"]
+    text = (f"Grad-CAM of **{cls}** over its predicted segment ({area:.1%} of the image), layer `{info['layer']}`: where the features "
+            f"that raise the class's logit summed over the segment are. It is not a mask of the segment; mass elsewhere is context the model uses. ")
+    if info.get("mass_on_segment") is None:
+        return text + "The map is zero everywhere (no positive evidence at this layer)."
+    return text + (f"**{info['mass_on_segment']:.0%} of the map's mass lies on the segment** ({info['mass_ratio']:.2f}× its area share; "
+                   "1× = no preference).")
+
+
 class SegmentationTab(Tab):
     """Segmentation overlay, legend and segment Grad-CAM; its opacity slider is a shared display control."""
 
@@ -41,20 +52,25 @@ class SegmentationTab(Tab):
 
     @property
     def outputs(self) -> list[Any]:
+        return [self.view, self.legend, self.note, self.cam, self.cam_note, self.alpha]
+
+    @property
+    def click_outputs(self) -> list[Any]:
         return [self.view, self.legend, self.note, self.cam, self.cam_note]
 
-    click_outputs = outputs
-
     def fill(self, a: Analysis, v: ViewState) -> dict[Any, Any]:
-        if a.task != "segmentation":
-            return {self.view: None, self.legend: "", self.note: HINT, self.cam: None, self.cam_note: ""}
+        seg = a.task == "segmentation"
+        hidden = gr.update(value=None, visible=False)
+        if not seg:  # a classifier: the note only, no slider and no empty frames
+            return {self.view: hidden, self.legend: gr.update(value="", visible=False), self.note: HINT, self.cam: hidden,
+                    self.cam_note: gr.update(value="", visible=False), self.alpha: gr.update(visible=False)}
         seg_img, leg = segmentation.segmentation_view(a, v.seg_alpha)
-        out: dict[Any, Any] = {self.view: seg_img, self.legend: legend_html(leg), self.note: "", self.cam: None, self.cam_note: ""}
+        out: dict[Any, Any] = {self.view: gr.update(value=seg_img, visible=True), self.legend: gr.update(value=legend_html(leg), visible=True),
+                               self.note: "", self.cam: hidden, self.cam_note: gr.update(value="", visible=False), self.alpha: gr.update(visible=True)}
         if v.click is not None:
             cam, info = segmentation.segment_gradcam(self.shared.engine, a, v.click[0], v.click[1], v.style)
-            out[self.cam] = cam
-            out[self.cam_note] = (f"Grad-CAM of **{html.escape(info['class'])}** over its segment ({info['segment_area_share']:.1%} of the image), "
-                                  f"layer `{info['layer']}`.")
+            out[self.cam] = gr.update(value=cam, visible=True)
+            out[self.cam_note] = gr.update(value=cam_sentence(info), visible=True)
         return out
 
     def endpoints(self) -> list[Endpoint]:
