@@ -18,6 +18,7 @@ from .capture import (
     Record,
     SamplingGrid,
     SpatialMask,
+    TokenAttention,
     capture,
 )
 from .inspect import InspectReport, inspect  # noqa: E402, F401  (eager: the function, not the submodule, is attnviz.inspect)
@@ -36,5 +37,5 @@ def load_pretrained(name: str, device: object = None, weights: object = None):  
 
 __all__ = [
     "Affinity", "BranchWeights", "Capture", "ChannelAffinity", "ChannelGate", "CrissCross", "Record",
-    "SamplingGrid", "SpatialMask", "capture", "create_attn", "criss_cross_reach", "inspect", "load_pretrained", "__version__",
+    "SamplingGrid", "SpatialMask", "TokenAttention", "capture", "create_attn", "criss_cross_reach", "inspect", "load_pretrained", "__version__",
 ]

@@ -12,10 +12,11 @@ from .records import (
     RegionAttention,
     SamplingGrid,
     SpatialMask,
+    TokenAttention,
 )
 
 __all__ = [
     "AdapterSpec", "Affinity", "BranchWeights", "Capture", "ChannelAffinity", "ChannelGate", "CrissCross",
-    "Record", "RegionAttention", "SamplingGrid", "SpatialMask", "capture", "contribution", "find_adapter", "known_classes",
+    "Record", "RegionAttention", "SamplingGrid", "SpatialMask", "TokenAttention", "capture", "contribution", "find_adapter", "known_classes",
     "register_adapter", "unwrap",
 ]

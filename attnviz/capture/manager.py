@@ -290,6 +290,7 @@ class Capture:
             self._attach_frame(name, module, True)
         self._watched = set(candidates)
         self._tracker = Tracker(self._emit_generic, self._seen)
+        self._tracker.label_token_params(self.model)
         self._mode = GateMode(self._on_op)
         self._mode.__enter__()
 
@@ -317,7 +318,7 @@ class Capture:
             frame.pending.append((suffix, rec))  # emitted when the module returns (with its contribution)
         else:
             module = self._modules.get(frame.name)
-            self._emit(f"{frame.name}.{suffix}" if frame.name else suffix, rec, module if module is not None else nn.Identity(), "generic", None)
+            self._emit(_joined(frame.name, suffix), rec, module if module is not None else nn.Identity(), "generic", None)
 
     def _attach_frame(self, name: str, module: nn.Module, adapted: bool) -> None:
         self._modules[name] = module
@@ -335,10 +336,11 @@ class Capture:
                 self._set_mode(False)
             x = _first_tensor(args, kwargs)
             if self._tracker is not None:
-                for t in (*args, *kwargs.values()):
-                    if isinstance(t, torch.Tensor):
-                        self._tracker.label_input(t, top=name == "")
-            x4 = x if x is not None and x.ndim == 4 else None
+                for a in (*args, *kwargs.values()):
+                    for t in (a if isinstance(a, (list, tuple)) else (a,)):  # also the feature maps of a list (a decode head's inputs)
+                        if isinstance(t, torch.Tensor):
+                            self._tracker.label_input(t, top=name == "", module=mod)
+            x4 = x if x is not None and x.ndim in (3, 4) else None  # feature maps and token sequences (B, N, C)
             self._stack.append(Frame(name=name, x=x4, adapted=adapted, version=_version(x4)))
             if name in self._watched:
                 if self._depth == 0 and self._tracker is not None:
@@ -353,14 +355,14 @@ class Capture:
             frame = self._stack.pop()
             self._after_frame(frame)
             if self._tracker is not None:
-                self._tracker.label_output(frame.x, out)
+                self._tracker.label_output(frame.x, out, module=mod)
                 if name == "":
                     self._tracker.finish()  # the end of a forward: report what was seen and not drawn, forget labels
             if not frame.pending:
                 return
             contrib = contribution(frame.x, out, frame.version)
             for suffix, rec in frame.pending:
-                self._emit(f"{name}.{suffix}" if name else suffix, rec, mod, "generic", contrib)
+                self._emit(_joined(name, suffix), rec, mod, "generic", contrib)
 
         self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         self._handles.append(module.register_forward_hook(post, with_kwargs=True))
@@ -430,3 +432,10 @@ def capture(model: nn.Module, generic: Generic = "auto") -> Capture:
 
 
 __all__ = ["Capture", "capture", "contribution", "unwrap", "WATCHED"]
+
+
+def _joined(module: str, suffix: str) -> str:
+    """A generic record's name: the module that computes it, with a suffix for its kind where the module makes several."""
+    if not suffix:
+        return module or "model"
+    return f"{module}.{suffix}" if module else suffix

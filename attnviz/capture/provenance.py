@@ -9,6 +9,11 @@ of size 4 of ``h``, ``"h[8i]"`` the inner one). Labels follow views, reshapes, p
 splits, matmuls, einsums, elementwise ops and reductions; 4-D feature maps entering or leaving a module
 without labels get fresh NCHW labels (a new grid), so convolutional stages stay labelled.
 
+Token sequences are feature maps too: a sequence axis that concatenates named prefix tokens (class,
+distillation, register tokens: atoms ``(0, "pre:<name>", n)``, from the model's token parameters) with the
+positions of a grid becomes one *token axis* ``(t, "tok", P + H·W)`` whose :class:`TokenLayout` says which
+position is which; slicing the prefix off gives the grid's positions back.
+
 With labels, the questions of generic discovery have exact answers: a sigmoid that multiplies a feature
 map is a channel gate if it varies along ``c`` only, a spatial mask if along ``h, w`` only; a softmax
 contracted by a matmul against values is attention whose key axis is positions of a grid (or a window
@@ -33,6 +38,92 @@ Labels = tuple[Axis, ...]
 BATCH_GRID = 0
 _grid_ids = itertools.count(1)
 _SPLIT = re.compile(r"^(?P<base>.+)\[(?P<size>\d+)(?P<part>[oi])\]$")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """A token axis: ``prefix`` tokens (names in order) followed by the ``hw`` positions of ``grid`` in row-major order."""
+
+    prefix: tuple[str, ...]
+    grid: int
+    hw: tuple[int, int]
+
+    @property
+    def size(self) -> int:
+        return len(self.prefix) + self.hw[0] * self.hw[1]
+
+
+TOKENS: dict[int, TokenLayout] = {}  # token-axis id → layout (ids come from the grid counter: unique in the process)
+MAX_TOKEN_LAYOUTS = 100_000
+
+
+def token_axis(layout: TokenLayout) -> Axis:
+    """A new token axis for ``layout``."""
+    if len(TOKENS) > MAX_TOKEN_LAYOUTS:  # a long-running server: forget the oldest layouts (their forwards are over)
+        for k in list(TOKENS)[: MAX_TOKEN_LAYOUTS // 2]:
+            del TOKENS[k]
+    t = new_grid()
+    TOKENS[t] = layout
+    return ((t, "tok", layout.size),)
+
+
+def token_layout(axis: Axis) -> TokenLayout | None:
+    """The layout of a token axis, or (no prefix) of an axis that is exactly the positions of a grid; None otherwise."""
+    if axis and len(axis) == 1 and axis[0][1] == "tok":
+        return TOKENS.get(axis[0][0])
+    p = positions(axis)
+    return TokenLayout((), p[0], (p[1], p[2])) if p is not None else None
+
+
+def prefix_names(axis: Axis) -> tuple[str, ...] | None:
+    """The token names of an axis made of prefix-token atoms only (``pre:cls`` → ``cls``; ``pre:reg`` of 4 → ``reg0…reg3``)."""
+    if not axis or not all(a[1].startswith("pre:") for a in axis):
+        return None
+    names: list[str] = []
+    for _, n, s in axis:
+        base = n[4:]
+        names += [base] if s == 1 else [f"{base}{i}" for i in range(s)]
+    return tuple(names)
+
+
+def prefix_atoms(names: Sequence[str]) -> Axis:
+    """Atoms of named prefix tokens, one per token."""
+    return tuple((BATCH_GRID, f"pre:{n}", 1) for n in names) or None
+
+
+def _cat_tokens(parts: Sequence[Axis], sizes: Sequence[int]) -> Axis:
+    """A sequence axis joined from prefix tokens and then the positions of one grid (or an already joined token axis); else None.
+
+    Parts without labels before the positions are tokens we cannot name (``tok0``, …): their place is still exact.
+    """
+    if len(parts) < 2:
+        return None
+    last = token_layout(parts[-1])
+    if last is None:
+        return None
+    names: list[str] = []
+    for ax, s in zip(parts[:-1], sizes[:-1]):
+        pn = prefix_names(ax) if ax is not None else tuple(f"tok{len(names) + i}" for i in range(s))
+        if pn is None or len(pn) != s:
+            return None
+        names += pn
+    return token_axis(TokenLayout(tuple(names) + last.prefix, last.grid, last.hw))
+
+
+def _slice_tokens(layout: TokenLayout, sl: slice) -> Axis:
+    """The label of a slice of a token axis: the grid's positions (prefix dropped), or some prefix tokens; None otherwise."""
+    start, stop, step = sl.indices(layout.size)
+    p = len(layout.prefix)
+    if step != 1:
+        return None
+    if start == p and stop == layout.size:
+        h, w = layout.hw
+        return tuple(a for a in ((layout.grid, "h", h), (layout.grid, "w", w)) if a[2] > 1) or None
+    if stop <= p:
+        return prefix_atoms(layout.prefix[start:stop])
+    if start == 0 and stop == layout.size:
+        return token_axis(layout)
+    return None
 
 
 def new_grid() -> int:
@@ -151,6 +242,17 @@ def is_broadcast(axis: Axis) -> bool:
     return bool(axis) and all(a[1] == "bcast" for a in axis)  # type: ignore[union-attr]
 
 
+def _outer_base(name: str) -> str | None:
+    """``h`` for ``h[28o]`` or ``h[28o][14o]`` (outer parts of outer parts: block rows of block rows); None for any inner part."""
+    m = _SPLIT.match(name)
+    while m is not None:
+        if m["part"] != "o":
+            return None
+        name = m["base"]
+        m = _SPLIT.match(name)
+    return name if m is None and "[" not in name and name in ("h", "w") and name != "" else None
+
+
 def positions(axis: Axis) -> tuple[int, int, int] | None:
     """(grid, H, W) when an axis is exactly the image positions of a grid (row-major), else None."""
     if not axis:
@@ -158,6 +260,8 @@ def positions(axis: Axis) -> tuple[int, int, int] | None:
     atoms = merge_atoms(axis)
     if len(atoms) == 2 and atoms[0][0] == atoms[1][0] and atoms[0][1] == "h" and atoms[1][1] == "w":
         return atoms[0][0], atoms[0][2], atoms[1][2]
+    if len(atoms) == 2 and atoms[0][0] == atoms[1][0] and (_outer_base(atoms[0][1]), _outer_base(atoms[1][1])) == ("h", "w"):
+        return atoms[0][0], atoms[0][2], atoms[1][2]  # the block rows × block columns of a grid (patch merging): a coarser grid
     if len(atoms) == 1 and atoms[0][1] in ("h", "w"):  # a map with one side of length 1
         g, n, s = atoms[0]
         return (g, s, 1) if n == "h" else (g, 1, s)
@@ -324,8 +428,27 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         if keep:
             return tuple(None if i in dims else ax for i, ax in enumerate(xl))
         return tuple(ax for i, ax in enumerate(xl) if i not in dims) or None
+    if name == "pad":  # the last len(pad) / 2 axes are padded: those lose their meaning, the others keep it
+        if xl is None:
+            return None
+        pad = list(args[1] if len(args) > 1 else kwargs.get("pad", ()))
+        res = list(xl)
+        for i in range(len(pad) // 2):
+            if pad[2 * i] or pad[2 * i + 1]:
+                res[len(xl) - 1 - i] = None
+        return tuple(res)
+    if name == "roll":  # a cyclic shift moves positions: the shifted axes are no longer the grid they were (not drawn)
+        if xl is None:
+            return None
+        dims = args[2] if len(args) > 2 else kwargs.get("dims")
+        shifts = args[1] if len(args) > 1 else kwargs.get("shifts")
+        if dims is None:
+            return None
+        dims_l = [dims] if isinstance(dims, int) else list(dims)
+        shifts_l = [shifts] * len(dims_l) if isinstance(shifts, int) else list(shifts)
+        return tuple(None if any(_norm_dim(d, len(xl)) == i and s for d, s in zip(dims_l, shifts_l)) else ax for i, ax in enumerate(xl))
     if name in ("conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate", "conv_transpose2d",
-                "lp_pool2d", "pixel_shuffle", "pixel_unshuffle", "pad", "upsample", "upsample_bilinear", "upsample_nearest"):
+                "lp_pool2d", "pixel_shuffle", "pixel_unshuffle", "upsample", "upsample_bilinear", "upsample_nearest"):
         if xl is None or x.ndim != 4 or len(oshape) != 4:
             return None
         keep_c = name not in ("conv2d", "conv_transpose2d", "pixel_shuffle", "pixel_unshuffle")
@@ -357,8 +480,11 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
             elif isinstance(i, slice):
                 full = i == slice(None) or (i.start in (None, 0) and i.stop is None and i.step in (None, 1))
                 ax = xl[d]
+                layout = TOKENS.get(ax[0][0]) if ax and len(ax) == 1 and ax[0][1] == "tok" else None
                 if full:
                     res.append(ax)
+                elif layout is not None:
+                    res.append(_slice_tokens(layout, i))
                 else:
                     res.append(((new_grid(), "c", 0),) if is_channels(ax) else None)  # sized below
                 d += 1
@@ -374,10 +500,11 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         if not ts:
             return None
         lbs = [get(t) for t in ts]
-        if lbs[0] is None:
+        base = lbs[0] if lbs[0] is not None else lbs[-1]  # (prefix tokens from an unlabelled parameter: the patch part's labels)
+        if base is None:
             return None
-        d = _norm_dim(dim, len(lbs[0]))
-        res = list(lbs[0])
+        d = _norm_dim(dim, len(base))
+        res = list(base)
         parts = [lb[d] if lb is not None else None for lb in lbs]
         if len(parts) == 2 and all(p is not None and len(p) == 1 for p in parts):  # criss-cross keys: a column and a row
             (g1, n1, s1), (g2, n2, s2) = parts[0][0], parts[1][0]  # type: ignore[index]
@@ -387,7 +514,9 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         if all(p is not None and is_channels(p) for p in parts):  # channels joined: the channels of a new grid
             res[d] = ((new_grid(), "c", int(oshape[d])),)
             return tuple(res)
-        res[d] = None
+        res[d] = _cat_tokens(parts, [int(t.shape[d]) for t in ts])  # prefix tokens ⊕ the positions of a grid, or unknown
+        if lbs[-1] is not None and res[d] is not None:  # the other axes (batch, channels) are the patch part's
+            res = [r if k == d else lbs[-1][k] for k, r in enumerate(res)]
         return tuple(res)
     if name == "linear":
         if xl is None:

@@ -193,6 +193,64 @@ class Affinity(Record):
 
 
 @dataclass(eq=False, kw_only=True)
+class TokenAttention(Affinity):
+    """Self-attention over a token sequence (ViT, DeiT, DINO/DINOv2 with registers, …): patch tokens are image cells,
+    prefix tokens (class, distillation, registers) are named.
+
+    Queries ``(B, heads, Pq + Nq, d)`` and keys ``(B, heads, d, Pk + Mk)`` hold the prefix tokens first; rows are
+    computed lazily, as the fused op does (scale · QKᵀ, mask, softmax over every key). ``row`` gives the patch-key
+    part of a patch query's row: the weight on prefix keys is *not* renormalised away (see :meth:`prefix_mass`).
+
+    Attributes:
+        query_prefix: Names of the prefix query tokens (e.g. ``("cls", "reg0", …)``).
+        key_prefix: Names of the prefix key tokens.
+    """
+
+    kind: ClassVar[str] = "tokens"
+    query_prefix: tuple[str, ...] = ()
+    key_prefix: tuple[str, ...] = ()
+
+    @property
+    def prefix_tokens(self) -> list[str]:
+        """Names of the prefix tokens (keys), e.g. ``["cls", "reg0", "reg1", "reg2", "reg3"]``."""
+        return list(self.key_prefix)
+
+    def _full(self, n: int, batch: int, head: int | None) -> torch.Tensor:
+        """Weights of query token ``n`` over every key token ``(Pk + Mk,)`` (heads averaged when ``head`` is None)."""
+        if self.matrix is not None:
+            rows = self.matrix[batch, :, n, :]
+        else:
+            assert self.queries is not None and self.keys is not None
+            logits = torch.einsum("hd,hdm->hm", self.queries[batch, :, n, :], self.keys[batch]) * self.scale  # (heads, M)
+            if self.mask is not None:
+                m = self.mask.reshape((1,) * (4 - self.mask.ndim) + tuple(self.mask.shape))
+                mrow = m[min(batch, m.shape[0] - 1), :, min(n, m.shape[2] - 1)]
+                logits = logits.masked_fill(~mrow, float("-inf")) if mrow.dtype == torch.bool else logits + mrow
+            rows = F.softmax(logits, dim=-1)
+        return rows.mean(0) if head is None else rows[head]
+
+    def _patch_keys(self, w: torch.Tensor) -> torch.Tensor:
+        return w[len(self.key_prefix):].reshape(self.key_hw)
+
+    def row(self, y: int, x: int, batch: int = 0, head: int | None = None) -> torch.Tensor:
+        """Patch query at grid cell (y, x) over the patch keys, ``(Hk, Wk)``."""
+        n = self._check(y, x, batch, head) + len(self.query_prefix)
+        return self._patch_keys(self._full(n, batch, head))
+
+    def prefix_row(self, i: int, batch: int = 0, head: int | None = None) -> torch.Tensor:
+        """What prefix token ``i`` (0 = the class token where there is one) attends to among the patch keys, ``(Hk, Wk)``."""
+        if not 0 <= i < len(self.query_prefix):
+            raise IndexError(f"{self.name} has {len(self.query_prefix)} prefix query tokens ({', '.join(self.query_prefix) or 'none'}); got {i}")
+        self._check(0, 0, batch, head)
+        return self._patch_keys(self._full(i, batch, head))
+
+    def prefix_mass(self, y: int, x: int, batch: int = 0, head: int | None = None) -> torch.Tensor:
+        """The weight patch query (y, x) puts on each prefix key ``(Pk,)`` (the rest of its row is :meth:`row`)."""
+        n = self._check(y, x, batch, head) + len(self.query_prefix)
+        return self._full(n, batch, head)[: len(self.key_prefix)]
+
+
+@dataclass(eq=False, kw_only=True)
 class CrissCross(Record):
     """CCNet attention of one loop: each position over its column and row.
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from .provenance import (
@@ -45,6 +46,7 @@ from .provenance import (
     propagate,
     propagate_multi,
     size_of,
+    token_layout,
 )
 from .records import (
     Affinity,
@@ -56,12 +58,17 @@ from .records import (
     Record,
     RegionAttention,
     SpatialMask,
+    TokenAttention,
     WindowAffinity,
     keep,
 )
 
 MAX_MATRIX = 8_000_000  # largest attention matrix (elements) kept whole when rows cannot be recomputed from Q and K
 GATES = {"sigmoid", "sigmoid_", "hardsigmoid", "expit"}
+NCHW_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.pooling._MaxPoolNd,
+                nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.Upsample,
+                nn.PixelShuffle, nn.PixelUnshuffle, nn.modules.instancenorm._InstanceNorm)
+TOKEN_PARAMS = {"cls_token": "cls", "class_token": "cls", "dist_token": "dist", "reg_token": "reg", "register_tokens": "reg"}
 SOFTMAXES = {"softmax"}
 MULS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__", "multiply"}
 MATMULS = {"matmul", "bmm", "__matmul__", "__rmatmul__", "einsum", "baddbmm"}
@@ -148,12 +155,24 @@ class Tracker:
         self._region_of: dict[int, Candidate] = {}  # region grid id -> the softmax that made it (until a pixel → region attention uses it)
         self.cands: list[Candidate] = []
         self.batch: int | None = None
+        self._params: dict[int, tuple[weakref.ref, Labels]] = {}  # token parameters (class / distillation / register tokens)
+        self._made: dict[int, weakref.ref] = {}  # 4-D tensors made by ops we followed (this forward)
+
+    def label_token_params(self, model: torch.nn.Module) -> None:
+        """Name the prefix-token parameters by their attribute (``cls_token`` → ``cls``, ``reg_token`` → ``reg0…``): a
+        sequence that concatenates them with patch tokens gets a token axis whose prefix is named (see provenance)."""
+        for pname, p in model.named_parameters():
+            kind = TOKEN_PARAMS.get(pname.rsplit(".", 1)[-1])
+            if kind is not None and p.ndim == 3 and p.shape[0] == 1:
+                lb: Labels = (None, ((0, f"pre:{kind}", int(p.shape[1])),), None)
+                with contextlib.suppress(TypeError):
+                    self._params[id(p)] = (weakref.ref(p), lb)
 
     # ---- labels
     def get(self, t: Any) -> Labels | None:
         if not isinstance(t, torch.Tensor):
             return None
-        hit = self._labels.get(id(t))
+        hit = self._labels.get(id(t)) or self._params.get(id(t))
         if hit is None or hit[0]() is not t:
             return None
         lb = hit[1]
@@ -165,18 +184,38 @@ class Tracker:
         with contextlib.suppress(TypeError):  # tensors that cannot be weakly referenced are not labelled
             self._labels[id(t)] = (weakref.ref(t), labels)
 
-    def label_input(self, x: torch.Tensor, top: bool) -> None:
-        """Fresh NCHW labels for a 4-D tensor entering a module without labels (the model input at the top)."""
-        if x.ndim == 4 and self.get(x) is None and x.is_floating_point():
+    def _produced(self, out: Any) -> None:
+        """Remember tensors made by ops we followed: if those lost their labels, their axes are unknown (never guessed)."""
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor) and t.ndim == 4:
+                with contextlib.suppress(TypeError):
+                    self._made[id(t)] = weakref.ref(t)
+
+    def _followed(self, t: torch.Tensor) -> bool:
+        ref = self._made.get(id(t))
+        return ref is not None and ref() is t
+
+    def label_input(self, x: torch.Tensor, top: bool, module: torch.nn.Module | None = None) -> None:
+        """Fresh NCHW labels for a 4-D tensor without labels: the model input, the input of a module that reads NCHW (a
+        convolution, norm or pooling), or a feature map made by code we did not follow (outside the hooked modules). A tensor
+        made by ops we followed that has no labels (an attention bias, a mask, a channels-last map after an op we cannot
+        follow) stays unlabelled: its axes are not known, and a shape is no evidence."""
+        if x.ndim != 4 or self.get(x) is not None or not x.is_floating_point():
+            return
+        if top or isinstance(module, NCHW_MODULES) or not self._followed(x):
             if top or self.batch is None:
                 self.batch = int(x.shape[0])
             self.set(x, nchw(x.shape, batch=int(x.shape[0]) == self.batch))
 
-    def label_output(self, x: torch.Tensor | None, out: Any) -> None:
-        """A module's 4-D output without labels keeps its input's batch and (if the size agrees) its grid."""
+    def label_output(self, x: torch.Tensor | None, out: Any, module: torch.nn.Module | None = None) -> None:
+        """A 4-D output without labels of a module that writes NCHW, or of one whose input was an NCHW feature map:
+        its input's batch and (if the size agrees) its grid."""
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or self.get(out) is not None or not out.is_floating_point():
             return
         xl = self.get(x) if x is not None else None
+        nchw_in = xl is not None and x is not None and x.ndim == 4 and is_channels(xl[1])
+        if not nchw_in and not isinstance(module, NCHW_MODULES) and self._followed(out):
+            return
         if xl is not None and x is not None and x.ndim == 4 and x.shape[0] == out.shape[0]:
             g = new_grid()
             same = tuple(x.shape[2:]) == tuple(out.shape[2:])
@@ -201,6 +240,7 @@ class Tracker:
     # ---- the op hook
     def propagate_only(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         """Outside watched code: carry the axis labels through the op, nothing else."""
+        self._produced(out)
         name = func_name(func)
         if name == "stack" and isinstance(out, torch.Tensor):
             self._stack(args, kwargs, out)
@@ -215,6 +255,7 @@ class Tracker:
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame | None, in_adapted: bool
     ) -> None:
         name = func_name(func)
+        self._produced(out)
         if name == "scaled_dot_product_attention":
             if frame is not None and not in_adapted:
                 self._sdpa(args, kwargs, out, frame)
@@ -563,7 +604,7 @@ class Tracker:
                 return
             pix = m.mean(1)  # (B, N, K)
             self._region_of.pop(rid, None)  # type: ignore[arg-type]
-            self._record(c, "regions", RegionAttention(region_maps=maps, pixel_weights=keep(pix), query_hw=(qp[1], qp[2])))
+            self._record(c, "", RegionAttention(region_maps=maps, pixel_weights=keep(pix), query_hw=(qp[1], qp[2])))
             return
         if is_channels(key_axis) and (q_axis is None or size_of(q_axis) == 1) and not window_atoms:
             m = self._matrix(a, d, al, k_idx, q_idx)
@@ -584,6 +625,10 @@ class Tracker:
             return
         if window_atoms and key_axis and q_axis and all(_base(x[1]) in ("h", "w") for x in (*key_axis, *q_axis)):
             self._window(c, a, d, al, k_idx, q_idx, window_atoms, heads_atoms)
+            return
+        lq, lk = token_layout(q_axis) if q_axis else None, token_layout(key_axis)
+        if lq is not None and lk is not None and (lq.prefix or lk.prefix) and not window_atoms and c.op == "softmax":
+            self._tokens(c, a, d, al, k_idx, q_idx, lq, lk)
             return
         why = "keys that are not image positions" if kp is None else "queries that are not image positions"
         c.reasons.append(f"{c.op} over {size_of(key_axis) if key_axis else '?'} {why}")
@@ -614,7 +659,7 @@ class Tracker:
             kk = self._arrange(k, kl, k.ndim - 1, k.ndim - 2, query=False)
             if qq is not None and kk is not None:
                 rec = Affinity(queries=keep(qq), keys=keep(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale, normalize=norm)
-                self._record(c, "affinity", rec)
+                self._record(c, "", rec)
                 return
         m = self._matrix(a, d, al, k_idx, q_idx)
         if m is None:
@@ -624,7 +669,23 @@ class Tracker:
             c.reasons.append(f"its logits are not plain scale·QKᵀ (a bias or mask is added), and the whole matrix "
                              f"({m.numel() / 1e6:.0f} M weights) is over the {MAX_MATRIX / 1e6:.0f} M limit for keeping it")
             return
-        self._record(c, "affinity", Affinity(matrix=keep(m), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), normalize=norm))
+        self._record(c, "", Affinity(matrix=keep(m), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), normalize=norm))
+
+    def _tokens(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, lq: Any, lk: Any) -> None:
+        """Explicit attention over tokens: lazy rows from q and k when the logits are exactly scale · QKᵀ, else the weights kept."""
+        kw: dict[str, Any] = {"query_hw": lq.hw, "key_hw": lk.hw, "query_prefix": lq.prefix, "key_prefix": lk.prefix}
+        if c.qk is not None and not d.changed:
+            q, k, scale = c.qk
+            qq = self._arrange(q, self.get(q), q.ndim - 2, q.ndim - 1, query=True)
+            kk = self._arrange(k, self.get(k), k.ndim - 1, k.ndim - 2, query=False)
+            if qq is not None and kk is not None:
+                self._record(c, "", TokenAttention(queries=keep(qq), keys=keep(kk), scale=scale, **kw))
+                return
+        m = self._matrix(a, d, al, k_idx, q_idx)
+        if m is None or m.numel() > MAX_MATRIX:
+            c.reasons.append("attention over tokens whose weights could not be arranged or kept")
+            return
+        self._record(c, "", TokenAttention(matrix=keep(m), **kw))
 
     def _arrange(self, t: torch.Tensor, lb: Labels | None, pos_idx: int, dim_idx: int, query: bool) -> torch.Tensor | None:
         """Queries ``(B, heads, N, d)`` or keys ``(B, heads, d, M)`` from a matmul operand."""
@@ -658,7 +719,7 @@ class Tracker:
         except ValueError as e:
             c.reasons.append(f"window-local attention whose windows cannot be placed on the image: {e}")
             return
-        self._record(c, "window", rec)
+        self._record(c, "", rec)
 
     # ---- fused attention
     def _sdpa(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame) -> None:
@@ -671,10 +732,11 @@ class Tracker:
         ql, kl = self.get(q), self.get(k)
         qp = positions(ql[-2]) if ql else None
         kp = positions(kl[-2]) if kl else None
-        name = f"{frame.name}.sdpa" if frame.name else "sdpa"
         if isinstance(out, torch.Tensor) and ql is not None:  # the output keeps the queries' axes
             self.set(out, (*ql[:-1], None))
         if (qp is None or kp is None) and ql is not None and kl is not None and self._sdpa_window(q, k, ql, kl, mask, causal, scale, frame):
+            return
+        if (qp is None or kp is None) and ql is not None and kl is not None and not causal and self._sdpa_tokens(q, k, ql, kl, mask, scale, frame):
             return
         if qp is None or kp is None:
             self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape),
@@ -688,8 +750,25 @@ class Tracker:
         rec = Affinity(queries=keep(qq), keys=keep(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale,
                        mask=None if mask is None else keep(mask) if mask.dtype != torch.bool else mask.detach().cpu().clone(), causal=causal)
         rec.source = "generic"
-        self.emit(frame, "sdpa", rec)
-        _ = name
+        self.emit(frame, "", rec)
+
+    def _sdpa_tokens(self, q: torch.Tensor, k: torch.Tensor, ql: Labels, kl: Labels, mask: Any, scale: float, frame: Frame) -> bool:
+        """Fused attention over token sequences (prefix tokens ⊕ patches): rows stay lazy, from the captured q and k."""
+        lq, lk = token_layout(ql[-2]), token_layout(kl[-2])
+        if lq is None or lk is None:
+            return False
+        qq = self._arrange(q, ql, q.ndim - 2, q.ndim - 1, query=True)
+        kk = self._arrange(k.transpose(-1, -2), tuple(list(kl[:-2]) + [kl[-1], kl[-2]]), k.ndim - 1, k.ndim - 2, query=False)
+        if qq is None or kk is None:
+            self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), "batch or heads could not be separated"))
+            return True
+        m = None if mask is None else keep(mask) if mask.dtype != torch.bool else mask.detach().cpu().clone()
+        rec = TokenAttention(queries=keep(qq), keys=keep(kk), query_hw=lq.hw, key_hw=lk.hw, scale=scale, mask=m, query_prefix=lq.prefix,
+                             key_prefix=lk.prefix)
+        rec.note = "fused attention (scaled_dot_product_attention) over tokens; rows computed from its queries and keys"
+        rec.source = "generic"
+        self.emit(frame, "", rec)
+        return True
 
     def _sdpa_window(self, q: torch.Tensor, k: torch.Tensor, ql: Labels, kl: Labels, mask: Any, causal: bool, scale: float, frame: Frame) -> bool:
         """Fused attention inside windows folded into the batch: the weights, computed as the fused op does."""
@@ -720,7 +799,7 @@ class Tracker:
             return True
         rec.source = "generic"
         rec.note = "fused attention (scaled_dot_product_attention) inside windows; weights recomputed from its queries, keys and mask"
-        self.emit(frame, "window", rec)
+        self.emit(frame, "", rec)
         return True
 
     # ---- end of forward
@@ -740,6 +819,7 @@ class Tracker:
         self._region_of.clear()
         self.cands.clear()
         self._labels.clear()
+        self._made.clear()
         self._derived.clear()
         self._logits.clear()
         self._regions.clear()

@@ -1,0 +1,184 @@
+"""Vision transformers: captured rows on the fused path equal the explicit attention of the original code.
+
+Oracles, all at random init (no hub weights): timm's own unfused path of the same module (``fused_attn = False``,
+weights read from ``attn_drop``'s input), and Hugging Face ``transformers`` in eager mode with
+``output_attentions=True``. Captured records are read through their image-grid API; the oracle's token
+sequences are mapped to grid cells here, from each architecture's definition (prefix tokens first, then the
+patches in row-major order), independently of attnviz's provenance.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import attnviz
+from attnviz.capture.records import Affinity, TokenAttention
+
+timm = pytest.importorskip("timm")
+TOL = 1e-5  # attention weights lie in [0, 1]
+
+
+def timm_unfused_attentions(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every block's attention weights ``(B, heads, N, N)`` from timm's explicit path of the same weights."""
+    m = copy.deepcopy(model)
+    weights: list[torch.Tensor] = []
+    for blk in m.blocks:
+        blk.attn.fused_attn = False
+        blk.attn.attn_drop.register_forward_hook(lambda mod, args, out: weights.append(args[0].detach().clone()))
+    with torch.no_grad():
+        m(x)
+    return weights
+
+
+def check_rows(rec: TokenAttention, a: torch.Tensor, prefix: int, hw: tuple[int, int], cells: list[tuple[int, int]]) -> None:
+    """``a``: the oracle's ``(B, heads, P + H·W, P + H·W)`` weights; token of cell (y, x) = P + y·W + x."""
+    h, w = hw
+    for b in range(a.shape[0]):
+        for y, x in cells:
+            n = prefix + y * w + x
+            for head in [None, *range(a.shape[1])]:
+                ref = a[b, :, n].mean(0) if head is None else a[b, head, n]
+                torch.testing.assert_close(rec.row(y, x, batch=b, head=head), ref[prefix:].reshape(h, w), atol=TOL, rtol=0)
+                torch.testing.assert_close(rec.prefix_mass(y, x, batch=b, head=head), ref[:prefix], atol=TOL, rtol=0)
+        for i in range(prefix):
+            torch.testing.assert_close(rec.prefix_row(i, batch=b), a[b, :, i, prefix:].mean(0).reshape(h, w), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "size", "prefix"), [
+    ("vit_small_patch16_224", (64, 96), ["cls"]),  # non-square: a 4×6 grid
+    ("deit_tiny_distilled_patch16_224", (64, 64), ["cls", "dist"]),
+    ("vit_small_patch14_reg4_dinov2", (56, 70), ["cls", "reg0", "reg1", "reg2", "reg3"]),
+])
+def test_timm_fused_rows_equal_its_unfused_attention(name: str, size: tuple[int, int], prefix: list[str]) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, img_size=size).eval()
+    patch = model.patch_embed.patch_size[0]
+    hw = (size[0] // patch, size[1] // patch)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        plain = model(x)
+    assert all(blk.attn.fused_attn for blk in model.blocks)  # the model runs its fused path, as without attnviz
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        out = model(x)
+    assert torch.equal(out, plain)  # capture changes nothing
+    recs = list(cap.records.values())
+    assert [r.name for r in recs] == [f"blocks.{i}.attn" for i in range(len(model.blocks))]
+    ref = timm_unfused_attentions(model, x)
+    cells = [(0, 0), (hw[0] - 1, hw[1] - 1), (hw[0] // 2, 1)]
+    for rec, a in zip(recs, ref):
+        assert isinstance(rec, TokenAttention) and rec.prefix_tokens == prefix and rec.query_hw == rec.key_hw == hw
+        assert rec.heads == model.blocks[0].attn.num_heads
+        check_rows(rec, a, len(prefix), hw, cells)
+
+
+def test_a_model_without_prefix_tokens_and_an_unnamed_prefix() -> None:
+    """No class token (global pooling): patches only. A prefix parameter of another name: its place is exact, named tok0."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=64, class_token=False, global_pool="avg").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    rec = cap.records["blocks.0.attn"]
+    assert isinstance(rec, Affinity) and rec.query_hw == (4, 4)
+    ref = timm_unfused_attentions(model, x)[0]
+    torch.testing.assert_close(rec.row(1, 2), ref[0, :, 6].mean(0).reshape(4, 4), atol=TOL, rtol=0)
+
+
+transformers = pytest.importorskip("transformers", reason="pip install transformers (test extra)")
+
+
+def hf_pair(cls: type, cfg: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The same weights twice: the default (fused SDPA) path, and the eager path that returns attentions."""
+    torch.manual_seed(0)
+    eager_cfg = copy.deepcopy(cfg)
+    cfg._attn_implementation = "sdpa"  # type: ignore[attr-defined]
+    fused = cls(cfg).eval()
+    eager_cfg._attn_implementation = "eager"  # type: ignore[attr-defined]
+    eager = cls(eager_cfg).eval()
+    eager.load_state_dict(fused.state_dict())
+    return fused, eager
+
+
+@pytest.mark.parametrize("which", ["vit", "dinov2_registers"])
+def test_hf_rows_equal_eager_attentions(which: str) -> None:
+    if which == "vit":
+        cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=64, patch_size=8)
+        fused, eager = hf_pair(transformers.ViTModel, cfg)
+        prefix, size = ["cls"], (64, 64)
+    else:
+        cfg = transformers.Dinov2WithRegistersConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                                     image_size=56, patch_size=8, num_register_tokens=4)
+        fused, eager = hf_pair(transformers.Dinov2WithRegistersModel, cfg)
+        prefix, size = ["cls", "reg0", "reg1", "reg2", "reg3"], (56, 72)  # non-square: 7×9 patches (position embeddings interpolated)
+    hw = (size[0] // 8, size[1] // 8)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad(), attnviz.capture(fused) as cap:
+        fused(pixel_values=x)
+    with torch.no_grad():
+        atts = eager(pixel_values=x, output_attentions=True).attentions
+    recs = list(cap.records.values())
+    assert len(recs) == len(atts) == 2
+    for rec, a in zip(recs, atts):
+        assert isinstance(rec, TokenAttention) and rec.prefix_tokens == prefix and rec.query_hw == hw, (rec.name, rec.prefix_tokens, rec.query_hw)
+        assert "fused" in rec.note  # captured on the SDPA path: the model ran exactly as without attnviz
+        assert rec.name.endswith("attention") or rec.name.endswith("attention.attention"), rec.name
+        check_rows(rec, a, len(prefix), hw, [(0, 0), (hw[0] - 1, hw[1] - 1), (2, 3)])
+
+
+def test_hf_segformer_reduced_keys_on_their_own_grid() -> None:
+    cfg = transformers.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[4, 2], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
+                                       decoder_hidden_size=32, patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2])
+    fused, eager = hf_pair(transformers.SegformerModel, cfg)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad(), attnviz.capture(fused) as cap:
+        fused(pixel_values=x)
+    with torch.no_grad():
+        atts = eager(pixel_values=x, output_attentions=True).attentions
+    recs = list(cap.records.values())
+    assert len(recs) == len(atts) == 2
+    for rec, a, (qh, qw), (kh, kw) in zip(recs, atts, [(16, 24), (8, 12)], [(4, 6), (4, 6)]):
+        assert rec.query_hw == (qh, qw) and rec.key_hw == (kh, kw), (rec.name, rec.query_hw, rec.key_hw)
+        for y, xx in [(0, 0), (qh - 1, qw - 1), (3, 5)]:
+            for head in [None, *range(a.shape[1])]:
+                ref = a[0, :, y * qw + xx].mean(0) if head is None else a[0, head, y * qw + xx]
+                torch.testing.assert_close(rec.row(y, xx, head=head), ref.reshape(kh, kw), atol=TOL, rtol=0)
+
+
+def test_timm_swin_windows_are_exact_and_shifted_windows_are_not_drawn() -> None:
+    """Unshifted windows: each query's row is its window, in image-grid coordinates, zero outside. Shifted windows (a cyclic
+    shift and a mask) are listed as seen, not drawn — never drawn on the wrong grid."""
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    oracle = copy.deepcopy(model)
+    weights: dict[str, torch.Tensor] = {}
+    for name, mod in oracle.named_modules():
+        if type(mod).__name__ == "WindowAttention":
+            mod.fused_attn = False
+            mod.softmax.register_forward_hook(lambda m, a, out, name=name: weights.__setitem__(name, out.detach().clone()))
+    with torch.no_grad():
+        oracle(x)
+    ws = 7
+    unshifted = {n for n, m in model.named_modules() if type(m).__name__ == "SwinTransformerBlock" and not any(m.shift_size)}
+    drawn = {r.name for r in cap.records.values()}
+    assert drawn == {f"{n}.attn" for n in unshifted}, (sorted(drawn), sorted(unshifted))
+    seen = {s["module"] for s in cap.seen_not_drawn()}
+    assert {f"{n}.attn" for n, m in model.named_modules() if type(m).__name__ == "SwinTransformerBlock" and any(m.shift_size)} <= seen
+    for rec in cap.records.values():
+        a = weights[rec.name]  # (windows, heads, 49, 49), windows in row-major order of the window grid
+        h, w = rec.query_hw if isinstance(rec, Affinity) else rec.hw  # the last stage's one window is the whole grid
+        nww = w // ws
+        for y, xx in [(0, 0), (h - 1, w - 1), (h // 2 + 1, 3)]:
+            wy, iy = divmod(y, ws)
+            wx, ix = divmod(xx, ws)
+            for head in [None, 0, a.shape[1] - 1]:
+                r = a[wy * nww + wx, :, iy * ws + ix]
+                r = r.mean(0) if head is None else r[head]
+                ref = torch.zeros(h, w)
+                ref[wy * ws:(wy + 1) * ws, wx * ws:(wx + 1) * ws] = r.reshape(ws, ws)
+                torch.testing.assert_close(rec.row(y, xx, head=head), ref, atol=TOL, rtol=0)
