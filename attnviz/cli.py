@@ -172,7 +172,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise SystemExit(f"--input must look like 1x3x224x224, got {args.input!r}") from None
     if args.size:
         shape = (1, 3, args.size, args.size)
-    report = run_inspect(model, torch.randn(*shape), generic=args.generic)
+    try:
+        report = run_inspect(model, torch.randn(*shape), generic=args.generic)
+    except Exception as e:  # the model's own forward failed on this input: one line, with what the model said
+        raise SystemExit(f"{type(model).__name__} failed on a {'×'.join(map(str, shape))} input: {type(e).__name__}: "
+                         f"{' '.join(str(e).split()) or 'no message'} (try another --size or --input)") from None
     print(report.table())
     return 0
 

@@ -502,3 +502,30 @@ def test_inspect_without_attention_says_so_in_one_line() -> None:
     rep = attnviz.inspect(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
     assert rep.records == [] and rep.seen == []
     assert rep.table().startswith("no attention modules: none of the") and "\n" not in rep.table()
+
+
+def test_generic_dot_product_non_local_rows_equal_the_modules_own_f_over_n() -> None:
+    """The dot-product Non-Local (f / N, no softmax) found generically: rows equal what the module computed (once divided by N)."""
+
+    class DotNL(nn.Module):
+        def __init__(self, c: int = 8) -> None:
+            super().__init__()
+            self.t, self.p, self.g, self.o = nn.Conv2d(c, 4, 1), nn.Conv2d(c, 4, 1), nn.Conv2d(c, 4, 1), nn.Conv2d(4, c, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, _, h, w = x.shape
+            q, k, v = self.t(x).flatten(2).transpose(1, 2), self.p(x).flatten(2), self.g(x).flatten(2).transpose(1, 2)
+            f = torch.matmul(q, k)  # (B, N, N)
+            return x + self.o(torch.matmul(f / f.shape[-1], v).transpose(1, 2).reshape(b, 4, h, w))
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), DotNL()).eval()
+    x = torch.randn(2, 3, 6, 5)
+    with torch.no_grad(), attnviz.capture(m) as cap:
+        m(x)
+    (rec,) = cap.records.values()
+    with torch.no_grad():
+        y = m[0](x)
+        f = m[1].t(y).flatten(2).transpose(1, 2) @ m[1].p(y).flatten(2) / 30  # (B, 30, 30)
+    for b, yy, xx in [(0, 0, 0), (1, 2, 3), (1, 5, 4)]:
+        torch.testing.assert_close(rec.row(yy, xx, batch=b), f[b, yy * 5 + xx].reshape(6, 5), atol=ATOL, rtol=0)

@@ -33,7 +33,7 @@ def test_python_snippet_runs(i: int, monkeypatch: pytest.MonkeyPatch, tmp_path: 
     exec(compile(code, f"README python block {i}", "exec"), namespace)  # noqa: S102 (our own README)
     out = capsys.readouterr().out
     assert out.strip(), "a README snippet should print something real"
-    assert "context.cca" in out or "sums to 1" in out or ".zip" in out
+    assert "context.cca" in out or "sums to 1" in out or ".zip" in out or "blocks.11.attn ['cls', 'reg0'" in out
 
 
 def test_client_snippet_against_a_live_app(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

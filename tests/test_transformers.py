@@ -182,3 +182,80 @@ def test_timm_swin_windows_are_exact_and_shifted_windows_are_not_drawn() -> None
                 ref = torch.zeros(h, w)
                 ref[wy * ws:(wy + 1) * ws, wx * ws:(wx + 1) * ws] = r.reshape(ws, ws)
                 torch.testing.assert_close(rec.row(y, xx, head=head), ref, atol=TOL, rtol=0)
+
+
+def test_a_vit_in_the_analysis_layer_click_class_token_and_rollout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A user's timm ViT through the same analysis the app uses: click rows with the prefix share in the answer, the class
+    token's map, rollout, and the grid of every head."""
+    import numpy as np
+    from PIL import Image
+
+    from attnviz.analysis import Catalog, Engine, Entry, click
+    from attnviz.maps.transformer import rollout_map
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=(64, 96), depth=3, num_classes=4).eval()
+    model.card = {"input_size": [64, 96], "class_names": ["a", "b", "c", "d"]}
+    engine = Engine(Catalog([Entry("vit", True, loader=lambda: model)], torch.device("cpu")))
+    path = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(path)
+    a = engine.analyze(path, "vit")
+    assert click.click_choices(a) == ["blocks.0.attn", "blocks.1.attn", "blocks.2.attn"]
+    _, info, m = click.attention_at(a, 40, 20, "blocks.2.attn")  # pixel (40, 20) lies in patch (1, 2)
+    rec = a.records["blocks.2.attn"]
+    torch.testing.assert_close(torch.from_numpy(m), rec.row(1, 2), atol=TOL, rtol=0)
+    assert abs(sum(info["prefix_mass"].values()) + info["sum"] - 1) < 1e-4 and "prefix tokens (cls" in info["text"]
+    _, info_cls, m_cls = click.attention_at(a, 5, 5, "blocks.2.attn", view="cls")
+    torch.testing.assert_close(torch.from_numpy(m_cls), rec.prefix_row(0), atol=TOL, rtol=0)
+    _, _, m_roll = click.attention_at(a, 40, 20, "blocks.2.attn", view="rollout")
+    torch.testing.assert_close(torch.from_numpy(m_roll), rollout_map(list(a.records.values()), (1, 2)), atol=TOL, rtol=0)
+    tiles = click.click_grid(a, 40, 20, max_tiles=100)
+    assert sum(1 for _, t in tiles if t.startswith("blocks.2.attn · row · head")) == rec.heads
+
+
+def test_torchvision_vit_multihead_attention() -> None:
+    """torchvision's ViT runs nn.MultiheadAttention: rows from its own in-projection, against its need_weights=True output."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128).eval()
+    x = torch.randn(2, 3, 64, 64)
+    normed: list[torch.Tensor] = []
+    hooks = [layer.ln_1.register_forward_hook(lambda m, a, out: normed.append(out.detach())) for layer in model.encoder.layers]
+    with torch.no_grad():
+        plain = model(x)
+    for h in hooks:
+        h.remove()
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        out = model(x)
+    assert torch.equal(out, plain)
+    recs = list(cap.records.values())
+    assert [r.name for r in recs] == [f"encoder.layers.encoder_layer_{i}.self_attention" for i in range(2)]
+    for rec, layer, y in zip(recs, model.encoder.layers, normed):
+        with torch.no_grad():
+            _, a = layer.self_attention(y, y, y, need_weights=True, average_attn_weights=False)  # (B, heads, 17, 17)
+        assert isinstance(rec, TokenAttention) and rec.prefix_tokens == ["cls"] and rec.query_hw == (4, 4)
+        check_rows(rec, a, 1, (4, 4), [(0, 0), (3, 3), (1, 2)])
+
+
+def test_efficientvit_local_windows_on_the_14x14_map() -> None:
+    """EfficientViT-MSRA's cascaded group attention in 7×7 windows of a 14×14 map (once recorded on a 196×1 'grid')."""
+    from test_third_party import OpRecorder
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientvit_m0", pretrained=False).eval()
+    x = torch.randn(1, 3, 224, 224)
+    rec = OpRecorder({"softmax"})
+    with torch.no_grad(), rec:
+        model(x)
+    softmaxes = [t for _, t in rec.out]
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    names = [f"stages.0.blocks.0.mixer.m.attn{'' if i == 0 else f'#{i + 1}'}" for i in range(4)]  # one call per cascaded head
+    for name, a in zip(names, softmaxes[:4]):
+        r = cap.records[name]
+        assert r.kind == "window" and r.hw == (14, 14)
+        for y, xx in [(0, 0), (13, 13), (5, 9), (8, 2)]:
+            (wy, iy), (wx, ix) = divmod(y, 7), divmod(xx, 7)
+            ref = torch.zeros(14, 14)
+            ref[wy * 7:(wy + 1) * 7, wx * 7:(wx + 1) * 7] = a[wy * 2 + wx, iy * 7 + ix].reshape(7, 7)  # windows in row-major order
+            torch.testing.assert_close(r.row(y, xx), ref, atol=TOL, rtol=0)

@@ -93,3 +93,12 @@ def test_cli_analyze_a_torchvision_segmentation_model(image: Path, tmp_path: Pat
     assert r.returncode == 0, r.stderr[-2000:]
     assert "classes present" in r.stdout and "Traceback" not in r.stderr
     assert list(tmp_path.glob("*.zip"))
+
+
+def test_cli_says_in_one_line_when_the_models_own_forward_fails() -> None:
+    """timm's HaloNet asserts on a 64×64 input: the CLI names the model, the input and the error — no traceback."""
+    pytest.importorskip("timm")
+    r = subprocess.run([sys.executable, "-m", "attnviz", "inspect", "--model", "timm:create_model", "--model-kwargs",
+                        '{"model_name": "halonet26t", "pretrained": false}', "--size", "64"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "failed on a 1×3×64×64 input: AssertionError" in r.stderr, r.stderr

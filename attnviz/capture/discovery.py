@@ -24,7 +24,7 @@ from .records import SamplingGrid, keep
 
 TRIGGER_NAMES = frozenset(
     {"sigmoid", "sigmoid_", "Sigmoid", "hardsigmoid", "Hardsigmoid", "expit", "softmax", "Softmax", "affine_grid", "grid_sample",
-     "scaled_dot_product_attention", "matmul", "bmm", "einsum", "baddbmm"}
+     "scaled_dot_product_attention", "matmul", "bmm", "einsum", "baddbmm", "multi_head_attention_forward", "_native_multi_head_attention"}
 )
 
 _GRIDS: set[Callable[..., Any]] = {F.affine_grid, F.grid_sample}

@@ -260,6 +260,10 @@ class Tracker:
             if frame is not None and not in_adapted:
                 self._sdpa(args, kwargs, out, frame)
             return
+        if name in ("_native_multi_head_attention", "multi_head_attention_forward"):  # nn.MultiheadAttention (torchvision's ViT)
+            if frame is not None and not in_adapted:
+                self._mha(name, args, kwargs, out, frame)
+            return
         if name == "stack" and isinstance(out, torch.Tensor):
             self._stack(args, kwargs, out)
             return
@@ -308,7 +312,7 @@ class Tracker:
                 elif name in ("div", "__truediv__", "true_divide", "div_", "__itruediv__"):
                     n = int(args[0].shape[-1])
                     if float(other) == float(n) and hit[3] == 1.0:  # q·k / N: the dot-product Non-Local
-                        self._candidate("normalized", out, frame, dim=out.ndim - 1, qk=(hit[1], hit[2], 1.0 / n))
+                        self._candidate("normalized", out, frame, dim=out.ndim - 1, qk=(hit[1], hit[2], 1.0))  # rows: (q·k) / N, once
                     else:
                         self._logits[id(out)] = (weakref.ref(out), hit[1], hit[2], hit[3] / float(other))
         # new candidates
@@ -751,6 +755,38 @@ class Tracker:
                        mask=None if mask is None else keep(mask) if mask.dtype != torch.bool else mask.detach().cpu().clone(), causal=causal)
         rec.source = "generic"
         self.emit(frame, "", rec)
+
+    def _mha(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame) -> None:
+        """``nn.MultiheadAttention``'s functional forms: q and k are the in-projections of its inputs, computed here with the
+        op's own weights (the op itself runs unchanged); the rows then follow as for fused attention over tokens."""
+        native = name == "_native_multi_head_attention"
+        names = (("query", "key", "value", "embed_dim", "num_heads", "in_proj_weight", "in_proj_bias", "proj_weight", "proj_bias", "attn_mask")
+                 if native else ("query", "key", "value", "embed_dim", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k", "bias_v",
+                                 "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training", "key_padding_mask"))
+        a = dict(zip(names, args)) | kwargs
+        query, key, heads, e = a["query"], a["key"], int(a["num_heads"]), int(a["embed_dim"])
+        seq_first = not native  # the functional form takes (L, B, E); the native op (B, L, E)
+        ql, kl = self.get(query), self.get(key)
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        if isinstance(first, torch.Tensor) and ql is not None and first.ndim == query.ndim:
+            self.set(first, (*ql[:-1], None))  # the output keeps the queries' batch and tokens
+        extras = [a.get(k) for k in ("attn_mask", "key_padding_mask", "bias_k", "bias_v")] + [a.get("add_zero_attn"), a.get("use_separate_proj_weight")]
+        if any(v is not None and v is not False for v in extras) or query.ndim != 3 or ql is None or kl is None or a.get("in_proj_weight") is None:
+            self.report_seen(Seen(frame.name, "multi_head_attention", tuple(query.shape),
+                                  "multi-head attention with a mask, extra keys, separate projections or untraceable tokens"))
+            return
+        w, b = a["in_proj_weight"], a.get("in_proj_bias")
+        hd = e // heads
+        with torch.no_grad():
+            q = F.linear(query, w[:e], None if b is None else b[:e])
+            k = F.linear(key, w[e : 2 * e], None if b is None else b[e : 2 * e])
+        order = (1, 2, 0, 3) if seq_first else (0, 2, 1, 3)
+        q = q.reshape(*q.shape[:2], heads, hd).permute(order)  # (B, heads, L, hd)
+        k = k.reshape(*k.shape[:2], heads, hd).permute(order)
+        bi, ti = (1, 0) if seq_first else (0, 1)
+        head_axis: Axis = ((new_grid(), "c", heads),)
+        if not self._sdpa_tokens(q, k, (ql[bi], head_axis, ql[ti], None), (kl[bi], head_axis, kl[ti], None), None, 1.0 / math.sqrt(hd), frame):
+            self.report_seen(Seen(frame.name, "multi_head_attention", tuple(query.shape), "queries or keys are not traceable to image positions"))
 
     def _sdpa_tokens(self, q: torch.Tensor, k: torch.Tensor, ql: Labels, kl: Labels, mask: Any, scale: float, frame: Frame) -> bool:
         """Fused attention over token sequences (prefix tokens ⊕ patches): rows stay lazy, from the captured q and k."""

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..capture.records import Affinity, CrissCross, Record, RegionAttention
+from ..capture.records import Affinity, CrissCross, Record, RegionAttention, TokenAttention
 from .reach import criss_cross_reach
+from .transformer import rollout_map
 
-VIEWS = ("row", "loop1", "loop2", "reach", "regions")
+VIEWS = ("row", "cls", "rollout", "loop1", "loop2", "reach", "regions")
 
 
 def base_name(name: str) -> str:
@@ -31,9 +32,10 @@ class ClickLayer:
 
     Attributes:
         name: Layer name (the module path; CCNet loops share one layer).
-        kind: ``"affinity"``, ``"criss_cross"`` or ``"regions"``.
+        kind: ``"affinity"``, ``"tokens"`` (transformer self-attention), ``"criss_cross"`` or ``"regions"``.
         records: The records: one for affinity and regions, the loops in order for CCNet.
-        views: What can be shown: ``("row",)`` for affinity; loops and reach for CCNet; ``("regions",)``
+        views: What can be shown: ``("row",)`` for affinity; for tokens also ``"cls"`` (the class token's attention in this
+            layer) and ``"rollout"`` (attention rollout of the clicked patch up to this layer); loops and reach for CCNet; ``("regions",)``
             (the query's attention carried onto the image through its regions) for pixel → region attention.
         heads: Number of heads (1 when the record has no separate heads).
     """
@@ -43,6 +45,7 @@ class ClickLayer:
     records: list[Record] = field(default_factory=list)
     views: tuple[str, ...] = ("row",)
     heads: int = 1
+    chain: list[Record] = field(default_factory=list)  # tokens: every self-attention layer up to this one (for rollout)
 
     @property
     def default_view(self) -> str:
@@ -59,8 +62,14 @@ class ClickLayer:
 def click_layers(records: Mapping[str, Record]) -> dict[str, ClickLayer]:
     """Every query-dependent layer of a capture, in forward order."""
     out: dict[str, ClickLayer] = {}
+    chain: list[Record] = []
     for name, rec in records.items():
-        if isinstance(rec, Affinity):
+        if isinstance(rec, TokenAttention):
+            same = bool(chain) and chain[-1].query_hw == rec.query_hw and chain[-1].key_prefix == rec.key_prefix  # type: ignore[attr-defined]
+            chain = [*chain, rec] if same and rec.query_hw == rec.key_hw else [rec]
+            views = ("row",) + (("cls",) if rec.query_prefix else ()) + (("rollout",) if rec.query_hw == rec.key_hw else ())
+            out[name] = ClickLayer(name, "tokens", [rec], views, rec.heads, chain=list(chain))
+        elif isinstance(rec, Affinity):
             out[name] = ClickLayer(name, "affinity", [rec], ("row",), rec.heads)
         elif isinstance(rec, RegionAttention):
             out[name] = ClickLayer(name, "regions", [rec], ("regions",))
@@ -99,10 +108,15 @@ def click_map(layer: ClickLayer, x: float, y: float, image_hw: tuple[int, int], 
     fy, fx = feature_cell(x, y, image_hw, layer.feature_hw)
     if layer.kind == "regions":
         return layer.records[0].pixel_map(fy, fx, batch=batch)  # type: ignore[attr-defined]
-    if layer.kind == "affinity":
+    if layer.kind in ("affinity", "tokens"):
         if head is not None and not 0 <= head < layer.heads:
             raise ValueError(f"{layer.name} has {layer.heads} head(s); head {head} does not exist")
-        return layer.records[0].row(fy, fx, batch=batch, head=head)  # type: ignore[attr-defined]
+        rec = layer.records[0]
+        if view == "cls":
+            return rec.prefix_row(0, batch=batch, head=head)  # type: ignore[attr-defined]
+        if view == "rollout":
+            return rollout_map(layer.chain, (fy, fx), batch=batch)  # type: ignore[arg-type]
+        return rec.row(fy, fx, batch=batch, head=head)  # type: ignore[attr-defined]
     loops = layer.records
     if view == "loop1":
         return loops[0].row(fy, fx, batch=batch)  # type: ignore[attr-defined]

@@ -190,6 +190,8 @@ def payload(a: Analysis, layer: str | None, view: str | None, cmap: str = "infer
     if fh * fw > MAX_POSITIONS:
         return empty(f"{name} has {fh}×{fw} = {fh * fw} query positions (hover is sent for up to {MAX_POSITIONS}); click the image instead.")
     rec = cl.records[0]
+    if cl.kind == "tokens":
+        return empty(f"{name} attends over prefix tokens as well as patches; its rows are computed on the server: click the image instead.")
     data: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"kind": cl.kind, "view": view, "fh": fh, "fw": fw}
     if isinstance(rec, Affinity):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ... import render
-from ...capture.records import CrissCross, RegionAttention
+from ...capture.records import CrissCross, RegionAttention, TokenAttention
 from ...maps import (
     ClickLayer,
     click_layers,
@@ -29,8 +29,13 @@ VIEW_MEANING = {
     "loop2": "CCNet loop-2 weight, non-zero only on the query's row and column; sums to 1",
     "reach": "two-hop reach Σ_u A2(p,u)·A1(u,q): where the pixel's information can come from after both loops; sums to 1",
     "regions": "the query's attention carried onto the image through the soft object regions: Σ_k p(k|pixel)·region_k; sums to 1",
+    "tokens": "attention weight of the clicked patch over every patch key; with its weight on the prefix tokens (class, registers) it sums to 1",
+    "cls": "the class token's attention over the patches in this layer (the same for every click); with its prefix weight it sums to 1",
+    "rollout": "attention rollout of the clicked patch from the first layer up to this one (Abnar & Zuidema 2020: 0.5·A + 0.5·I per layer, "
+               "heads averaged); with the prefix tokens' share it sums to 1",
 }
-VIEW_UNIT = {"row": "attention weight", "loop1": "loop-1 weight", "loop2": "loop-2 weight", "reach": "two-hop reach", "regions": "region-weighted attention"}
+VIEW_UNIT = {"row": "attention weight", "cls": "class-token attention", "rollout": "rollout",
+             "loop1": "loop-1 weight", "loop2": "loop-2 weight", "reach": "two-hop reach", "regions": "region-weighted attention"}
 
 
 def click_choices(a: Analysis) -> list[str]:
@@ -70,6 +75,8 @@ def click_raw(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str |
     view = view or cl.default_view
     if view not in cl.views:
         raise UserError(f"view must be one of {', '.join(cl.views)} for {cl.name}; got {view!r}.")
+    if view == "rollout":
+        head = None  # rollout fuses the heads (their mean)
     if head is not None and not (cl.heads > 1 and 0 <= head < cl.heads):
         raise UserError("head must be 'mean'" + (f" or 0…{cl.heads - 1}" if cl.heads > 1 else f" ({cl.name} has a single head)") + f"; got {head!r}.")
     try:
@@ -80,8 +87,9 @@ def click_raw(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str |
     peak = int(m.argmax())
     py, px = divmod(peak, m.shape[1])
     sy, sx = a.hw[0] / m.shape[0], a.hw[1] / m.shape[1]
+    meaning = VIEW_MEANING["tokens"] if view == "row" and cl.kind == "tokens" else VIEW_MEANING.get(view, "")
     info: dict[str, Any] = {
-        "layer": cl.name, "view": view, "meaning": VIEW_MEANING.get(view, ""), "head": "mean" if head is None else head,
+        "layer": cl.name, "view": view, "meaning": meaning, "head": "mean" if head is None else head,
         "x": round(fx, 2), "y": round(fy, 2), "feature_cell": [cy, cx], "feature_hw": list(m.shape),
         "cell_size_px": [round(sx, 2), round(sy, 2)],
         "peak": {"cell": [py, px], "x": round((px + 0.5) * sx, 1), "y": round((py + 0.5) * sy, 1), "value": float(m.max())},
@@ -89,6 +97,9 @@ def click_raw(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str |
         "top5pct_share": round(top_share(torch.from_numpy(m), 0.05), 4),
     }
     rec = cl.records[0]
+    if isinstance(rec, TokenAttention) and rec.key_prefix and view == "row":
+        pm = rec.prefix_mass(cy, cx, head=head)
+        info["prefix_mass"] = {n: round(float(v), 4) for n, v in zip(rec.key_prefix, pm)}
     if isinstance(rec, RegionAttention):
         p = rec.distribution(cy, cx).numpy()
         names = rec.region_names or [a.label(i) for i in range(len(p))]
@@ -194,6 +205,10 @@ def describe_click(a: Analysis, info: dict[str, Any]) -> str:
     uniform = 0.05
     conc = "highly concentrated" if share > 0.5 else "concentrated" if share > 0.2 else "spread out"
     parts.append(f"The top 5% of positions hold {share:.0%} of the mass ({conc}; a uniform map would give {uniform:.0%}).")
+    if "prefix_mass" in info:
+        pm = info["prefix_mass"]
+        parts.append(f"It puts {sum(pm.values()):.0%} of its attention on the prefix tokens ("
+                     + ", ".join(f"{n} {v:.0%}" for n, v in pm.items()) + "), the rest on the patches shown.")
     if "regions" in info:
         top = ", ".join(f"{r['region']} {r['weight']:.0%}" for r in info["regions"][:3])
         parts.append(f"Over the object regions the pixel attends to: {top}.")

@@ -1,0 +1,128 @@
+"""Transformer maps from token-attention records: class-token maps, DINO's mask, attention rollout, mean attention distance.
+
+Each follows its paper's definition (the tests hold a reference written from the formula):
+
+- class-token map: the class token's last-layer attention over the patches, per head (Caron et al. 2021,
+  "Emerging Properties in Self-Supervised Vision Transformers", arXiv:2104.14294);
+- DINO mask: per head, the smallest set of patches that holds ``keep`` (60 %) of that attention's mass (ibid.);
+- attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers", arXiv:2005.00928):
+  per layer ``Â = 0.5·A + 0.5·I`` with rows renormalised, heads fused by mean / max / min, optionally the lowest
+  ``discard_ratio`` of each fused matrix's weights set to 0 (never the class token's own column, as in the
+  common implementation); the rollout is ``Â_L ⋯ Â_1`` and a token's row of it is its map;
+- mean attention distance (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words", arXiv:2010.11929, §D.7):
+  per head, the distance in image pixels between a patch query and each patch key, weighted by the attention
+  (renormalised over the patch keys), averaged over the patch queries.
+
+Rows are built from the records' lazy queries and keys (a full ``(N, N)`` matrix per layer is formed only here,
+on request, for one sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..capture.records import Affinity, TokenAttention
+
+FUSIONS = ("mean", "max", "min")
+
+
+def full_attention(rec: Affinity, batch: int = 0) -> torch.Tensor:
+    """Every query's weights over every key, ``(heads, Nq, Nk)``, prefix tokens first for token records."""
+    if rec.matrix is not None:
+        return rec.matrix[batch].float()
+    assert rec.queries is not None and rec.keys is not None
+    logits = torch.einsum("hnd,hdm->hnm", rec.queries[batch].float(), rec.keys[batch].float()) * rec.scale
+    if rec.mask is not None:
+        m = rec.mask.reshape((1,) * (4 - rec.mask.ndim) + tuple(rec.mask.shape))[min(batch, rec.mask.shape[0] - 1) if rec.mask.ndim == 4 else 0]
+        logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m
+    return logits.softmax(-1)
+
+
+def cls_maps(rec: TokenAttention, batch: int = 0, token: int = 0) -> torch.Tensor:
+    """The attention of prefix token ``token`` (0 = class token) over the patches, per head: ``(heads, Hk, Wk)``."""
+    if not rec.query_prefix:
+        raise ValueError(f"{rec.name} has no prefix tokens (no class token)")
+    a = full_attention(rec, batch)[:, token, len(rec.key_prefix):]  # (heads, Mk)
+    return a.reshape(a.shape[0], *rec.key_hw)
+
+
+def dino_mask(maps: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
+    """Per map, the smallest set of positions that holds ``keep`` of its mass (largest weights first): boolean, same shape.
+
+    Args:
+        maps: ``(..., H, W)`` non-negative maps (e.g. :func:`cls_maps`).
+        keep: Share of the mass to keep (DINO: 0.6).
+    """
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must lie in (0, 1]; got {keep}")
+    flat = maps.flatten(-2).float()  # (..., N)
+    val, idx = flat.sort(-1, descending=True)
+    cum = val.cumsum(-1) / val.sum(-1, keepdim=True).clamp_min(1e-12)
+    chosen = (cum - val / val.sum(-1, keepdim=True).clamp_min(1e-12)) < keep  # the mass before this position is under `keep`
+    out = torch.zeros_like(flat, dtype=torch.bool).scatter(-1, idx, chosen)
+    return out.reshape(maps.shape)
+
+
+def rollout(records: Sequence[Affinity], batch: int = 0, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """Attention rollout over consecutive self-attention layers: ``(N, N)`` over the tokens of the first layer.
+
+    Args:
+        records: The layers in forward order, all over the same tokens.
+        batch: The sample.
+        head_fusion: ``mean``, ``max`` or ``min`` over heads.
+        discard_ratio: Share of each fused matrix's smallest weights set to 0 before adding the identity.
+    """
+    if head_fusion not in FUSIONS:
+        raise ValueError(f"head_fusion must be one of {', '.join(FUSIONS)}; got {head_fusion!r}")
+    if not 0 <= discard_ratio < 1:
+        raise ValueError(f"discard_ratio must lie in [0, 1); got {discard_ratio}")
+    if not records:
+        raise ValueError("rollout needs at least one attention layer")
+    result: torch.Tensor | None = None
+    for rec in records:
+        a = full_attention(rec, batch)  # (heads, N, N)
+        if a.shape[-1] != a.shape[-2] or (result is not None and a.shape[-1] != result.shape[-1]):
+            raise ValueError(f"{rec.name}: rollout needs self-attention over the same tokens in every layer (got {tuple(a.shape)})")
+        fused = getattr(a, head_fusion)(0) if head_fusion == "mean" else getattr(a, head_fusion)(0).values
+        if discard_ratio > 0:
+            flat = fused.flatten().clone()
+            k = int(flat.numel() * discard_ratio)
+            if k:
+                low = flat.topk(k, largest=False).indices
+                low = low[low != 0]  # keep the class token's own weight (index 0), as the reference implementation does
+                flat[low] = 0
+            fused = flat.reshape(fused.shape)
+        step = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1])
+        step = step / step.sum(-1, keepdim=True)
+        result = step if result is None else step @ result
+    assert result is not None
+    return result
+
+
+def rollout_map(records: Sequence[TokenAttention], query: int | tuple[int, int] = 0, batch: int = 0, head_fusion: str = "mean",
+                discard_ratio: float = 0.0) -> torch.Tensor:
+    """The rollout of one token over the patches ``(H, W)``: ``query`` = a prefix index (0 = class token) or a grid cell (y, x)."""
+    r = rollout(records, batch, head_fusion, discard_ratio)
+    rec = records[0]
+    p = len(rec.query_prefix)
+    n = query if isinstance(query, int) else p + query[0] * rec.query_hw[1] + query[1]
+    return r[n, len(rec.key_prefix):].reshape(rec.key_hw)
+
+
+def mean_attention_distance(rec: Affinity, patch_px: tuple[float, float], batch: int = 0) -> torch.Tensor:
+    """Per head, the attention-weighted distance in image pixels between patch queries and patch keys, averaged over the
+    queries: ``(heads,)``. ``patch_px``: (height, width) of one query cell in image pixels (keys on a coarser grid are
+    placed at their cell centres in the same image)."""
+    a = full_attention(rec, batch)
+    pq = len(getattr(rec, "query_prefix", ()))
+    pk = len(getattr(rec, "key_prefix", ()))
+    a = a[:, pq:, pk:]
+    a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)  # over the patch keys
+    (qh, qw), (kh, kw) = rec.query_hw, rec.key_hw
+    img_h, img_w = qh * patch_px[0], qw * patch_px[1]
+    qy, qx = torch.meshgrid((torch.arange(qh) + 0.5) * img_h / qh, (torch.arange(qw) + 0.5) * img_w / qw, indexing="ij")
+    ky, kx = torch.meshgrid((torch.arange(kh) + 0.5) * img_h / kh, (torch.arange(kw) + 0.5) * img_w / kw, indexing="ij")
+    d = torch.cdist(torch.stack([qy.flatten(), qx.flatten()], 1), torch.stack([ky.flatten(), kx.flatten()], 1))  # (Nq, Nk)
+    return (a * d).sum(-1).mean(-1)
