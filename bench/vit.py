@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -94,9 +93,26 @@ def view_costs(repeats: int) -> dict[str, float]:
 
 
 def _memory_child(mode: str) -> None:
+    """Peak RSS during one forward above the RSS just before it, sampled every millisecond (ru_maxrss cannot be reset,
+    and building the model peaks higher than its forward)."""
+    import threading
+
+    import psutil
+
     model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=518).eval()
     x = torch.randn(1, 3, 518, 518)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
     with torch.inference_mode():
         if mode == "capture":
             with attnviz.capture(model) as cap:
@@ -104,7 +120,10 @@ def _memory_child(mode: str) -> None:
             assert len(cap.records) == 12
         else:
             model(x)
-    print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base}))
+    done.set()
+    t.join()
+    peak[0] = max(peak[0], proc.memory_info().rss)
+    print(json.dumps({"peak_kb": (peak[0] - base) / 1024}))
 
 
 def memory() -> dict[str, float]:
@@ -120,9 +139,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", default="bench/out/vit.json")
     ap.add_argument("--memory-child", choices=["plain", "capture"])
+    ap.add_argument("--memory-only", action="store_true")
     args = ap.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child)
+        return
+    if args.memory_only:
+        print(json.dumps(memory()))
         return
     res = {"overhead": [overhead(b, args.repeats) for b in (1, 8)], "views": view_costs(args.repeats * 3), "memory_dinov2_518": memory(),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__}
