@@ -45,7 +45,12 @@ def client():  # type: ignore[no-untyped-def]
     with torch.no_grad():
         seg.decode_head.cca.gamma.fill_(1.0)
     seg.card = {"input_size": [64, 64], "class_names": ["background"] + [f"c{i}" for i in range(10)]}
-    demo = build_demo(models={"tiny": Tiny().eval(), "segm": seg}, include_registry=True)
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=64, depth=2, num_classes=3).eval()
+    vit.card = {"input_size": [64, 64], "class_names": ["p", "q", "r"]}
+    demo = build_demo(models={"tiny": Tiny().eval(), "segm": seg, "vit": vit}, include_registry=True)
     port = free_port()
     demo.launch(server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
@@ -232,6 +237,21 @@ def test_raw_json_nan_and_infinity_get_a_message(client, images: dict[str, Path]
     body = "{\"data\": [" + args.format(img=upload(images["rgb"]), clip=upload(EXAMPLES / "clip_moving_item.mp4")) + "]}"
     out = raw_call(base, name, body)
     assert "event: error" in out and message in out, out
+
+
+def test_client_transformer_head_grid(client, images: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    c, _ = client
+    img = handle_file(str(images["rgb"]))
+    grid = c.predict(img, "vit", 30, 20, "cls", "inferno", api_name="/head_grid")
+    assert np.asarray(Image.open(grid)).shape[2] == 3
+    _, summary = c.predict(img, "vit", api_name="/analyze")
+    assert summary["layers"] == {"blocks.0.attn": "tokens", "blocks.1.attn": "tokens"}
+    assert summary["click_layers"]["blocks.1.attn"]["views"] == ["row", "cls", "rollout"]
+    with pytest.raises(AppError, match="no transformer self-attention"):
+        c.predict(img, "tiny", api_name="/head_grid")
 
 
 def test_serve_loads_a_user_model_safely(tmp_path: Path) -> None:

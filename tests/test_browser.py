@@ -255,7 +255,7 @@ def test_upload_click_reports_image_pixels(server, browser) -> None:  # type: ig
 def test_every_tab_has_content_or_an_explanation(server, browser) -> None:  # type: ignore[no-untyped-def]
     url, demo, examples = server
     page, errors = open_page(browser, url)
-    tabs = ["Pixel attention", "Segmentation", "Spatial masks", "Channel gates", "SK / DANet", "STN", "Modules", "Attributions"]
+    tabs = ["Pixel attention", "Transformer", "Segmentation", "Spatial masks", "Channel gates", "SK / DANet", "STN", "Modules", "Attributions"]
     for group in ("Zoo scenes (classification)", "Zoo scenes (segmentation)"):
         if not any(e.group == group for e in examples):
             continue
@@ -335,7 +335,7 @@ def test_phone_width(server, browser) -> None:  # type: ignore[no-untyped-def]
     assert top["#upload"] < top["#model"] < top["#status"] < top["#view_image"] < top["#answer"], top
     assert top["#upload"] < 600, top  # the inputs are near the top, not below the result
     tabs = page.locator("#results [role=tab]")
-    assert tabs.count() == 10 and all(tabs.nth(i).is_visible() for i in range(10))  # the tab strip wraps, nothing cut
+    assert tabs.count() == 11 and all(tabs.nth(i).is_visible() for i in range(11))  # the tab strip wraps, nothing cut
     page.screenshot(path=str(SHOTS / "phone.png"), full_page=False)
     assert not errors, errors
     page.close()
@@ -383,3 +383,41 @@ def test_api_page_lists_endpoints(server, browser) -> None:  # type: ignore[no-u
     info = json.loads(urllib.request.urlopen(url + "gradio_api/info", timeout=30).read())
     names = set(info["named_endpoints"])
     assert {"/analyze", "/attention_at", "/segmentation", "/export", "/analyze_video", "/video_frame"} <= names
+
+
+def test_vit_head_grid_and_rollout_in_the_browser(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A user's ViT: upload an image, the Transformer tab shows every layer × head and the rollout (README screenshot)."""
+    timm = pytest.importorskip("timm")
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from attnviz.ui import build_demo
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=(128, 192), depth=4, num_classes=3).eval()
+    vit.card = {"input_size": [128, 192], "class_names": ["p", "q", "r"]}
+    demo = build_demo(models={"vit": vit}, include_registry=False)
+    port = free_port()
+    demo.launch(server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True, css=demo.attnviz_css)
+    try:
+        photo = ROOT / "examples" / "photo_chelsea.png"
+        img = tmp_path / "cat.png"
+        Image.fromarray(np.asarray(Image.open(photo).convert("RGB").resize((192, 128)))).save(img)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#upload input[type=file]", state="attached", timeout=60_000)
+        page.set_input_files("#upload input[type=file]", str(img))
+        page.wait_for_function("() => document.querySelector('#answer').innerText.includes('prefix tokens')", timeout=120_000)
+        select_tab(page, "Transformer")
+        page.locator("#head_grid img").wait_for(state="visible", timeout=60_000)
+        assert page.locator("#rollout img").is_visible()
+        assert "4 self-attention layers with 6 heads" in page.locator("#tf_answer").inner_text()
+        settle(page)
+        page.screenshot(path=str(SHOTS / "vit_head_grid.png"), full_page=True)
+        assert not errors, errors
+        page.close()
+    finally:
+        demo.close()

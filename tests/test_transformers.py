@@ -259,3 +259,34 @@ def test_efficientvit_local_windows_on_the_14x14_map() -> None:
             ref = torch.zeros(14, 14)
             ref[wy * 7:(wy + 1) * 7, wx * 7:(wx + 1) * 7] = a[wy * 2 + wx, iy * 7 + ix].reshape(7, 7)  # windows in row-major order
             torch.testing.assert_close(r.row(y, xx), ref, atol=TOL, rtol=0)
+
+
+def test_transformer_views_head_grid_rollout_and_distance(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The Transformer view family: every layer × head for a patch or the class token, rollout over the image, distances."""
+    import numpy as np
+    from PIL import Image
+
+    from attnviz.analysis import Catalog, Engine, Entry, UserError, transformer
+    from attnviz.maps.transformer import mean_attention_distance
+
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=(64, 96), depth=3, num_classes=4).eval()
+    model.card = {"input_size": [64, 96], "class_names": ["a", "b", "c", "d"]}
+    engine = Engine(Catalog([Entry("deit", True, loader=lambda: model)], torch.device("cpu")))
+    path = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(path)
+    a = engine.analyze(path, "deit")
+    maps, names, what = transformer.head_maps(a, 40, 20, "patch")
+    assert maps.shape == (3, 3, 4, 6) and names == ["blocks.0.attn", "blocks.1.attn", "blocks.2.attn"] and "pixel (40, 20)" in what
+    for i, name in enumerate(names):
+        for h in range(3):
+            np.testing.assert_allclose(maps[i, h], a.records[name].row(1, 2, head=h).numpy(), atol=TOL)
+    cls, _, _ = transformer.head_maps(a, query="cls")
+    np.testing.assert_allclose(cls[2, 1], a.records["blocks.2.attn"].prefix_row(0, head=1).numpy(), atol=TOL)
+    rgb, info = transformer.rollout_view(a, query="cls")
+    assert rgb.ndim == 3 and info["layers"] == 3 and 0 <= info["prefix_share"] <= 1
+    dist, _ = transformer.distances(a)
+    np.testing.assert_allclose(dist[1], mean_attention_distance(a.records["blocks.1.attn"], (16.0, 16.0)).numpy(), rtol=1e-5)
+    assert transformer.head_grid(a, 40, 20).axes and transformer.distance_figure(a).axes
+    with pytest.raises(UserError, match="query must be"):
+        transformer.head_maps(a, query="nope")

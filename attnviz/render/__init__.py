@@ -20,9 +20,11 @@ from .overlay import (
 from .plots import (
     affinity_matrix,
     branch_bars,
+    distance_plot,
     figure_to_rgb,
     gate_bars,
     gate_heatmap,
+    head_grid,
     logit_change,
     series_heatmap,
     timeline,
@@ -31,6 +33,8 @@ from .segmentation import colorize_labels, default_palette, label_overlay, legen
 
 __all__ = [
     "CMAPS",
+    "distance_plot",
+    "head_grid",
     "caption",
     "colorbar",
     "colorize_labels",

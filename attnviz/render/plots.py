@@ -136,6 +136,43 @@ def timeline(times: np.ndarray, series: dict[str, np.ndarray], ylabel: str, titl
     return fig
 
 
+def head_grid(maps: np.ndarray, layers: Sequence[str], title: str, cmap: str = "inferno") -> Figure:
+    """Layers × heads thumbnails of maps ``(L, H, h, w)``, each with its own colour scale (its maximum in the corner)."""
+    n_layers, n_heads = maps.shape[:2]
+    fig = _fig(1.1 * n_heads + 1.4, 1.0 * n_layers + 0.6)
+    axes = fig.subplots(n_layers, n_heads, squeeze=False)
+    for i in range(n_layers):
+        for j in range(n_heads):
+            ax = axes[i][j]
+            ax.imshow(maps[i, j], cmap=cmap, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.98, 0.02, f"{float(maps[i, j].max()):.2g}", transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="white")
+            if i == 0:
+                ax.set_title(f"head {j}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(layers[i], fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def distance_plot(distances: np.ndarray, layers: Sequence[str], title: str = "Mean attention distance") -> Figure:
+    """Mean attention distance per head (dots) for each layer, as in the ViT paper's figure: ``distances (L, H)`` in pixels."""
+    fig = _fig(7, 3.2)
+    ax = fig.add_subplot()
+    n_layers, n_heads = distances.shape
+    for j in range(n_heads):
+        ax.scatter(np.arange(n_layers), distances[:, j], s=14, label=f"head {j}")
+    ax.plot(np.arange(n_layers), distances.mean(1), color="black", lw=1, label="mean of heads")
+    ax.set_xticks(range(n_layers), labels=[str(i) for i in range(n_layers)], fontsize=8)
+    ax.set_xlabel("layer (" + (f"{layers[0]} … {layers[-1]}" if layers else "") + ")")
+    ax.set_ylabel("mean attention distance (image pixels)")
+    ax.set_title(title, fontsize=10)
+    if n_heads <= 12:
+        ax.legend(fontsize=6, ncol=2, loc="best")
+    return fig
+
+
 def figure_to_rgb(fig: Figure) -> np.ndarray:
     """Rasterise a Figure to ``(H, W, 3) uint8`` (Agg canvas, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

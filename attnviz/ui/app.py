@@ -39,13 +39,14 @@ from .tabs.pixel import PixelTab
 from .tabs.segmentation import SegmentationTab
 from .tabs.spatial import SpatialTab
 from .tabs.stn import StnTab
+from .tabs.transformer import TransformerTab
 from .tabs.video import VideoTab
 
 HEADER = """# attnviz — look inside CNN attention modules
 Pick an example or upload an image: click (or hover) any pixel to see where a Non-Local, CCNet, DANet or OCR layer
 looks from there, next to the prediction — plus channel gates, spatial masks, STN grids and captum attributions.
 """
-TABS = (PixelTab, SegmentationTab, SpatialTab, GatesTab, OthersTab, StnTab, ModulesTab, AttributionsTab, VideoTab, ExportTab)
+TABS = (PixelTab, TransformerTab, SegmentationTab, SpatialTab, GatesTab, OthersTab, StnTab, ModulesTab, AttributionsTab, VideoTab, ExportTab)
 CSS = """
 #view_image img, .pixelated img, .example-btn img { image-rendering: pixelated; }
 .example-btn { flex-direction: column; font-size: 12px; }

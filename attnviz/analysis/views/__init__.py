@@ -2,7 +2,8 @@
 
 Each is a few plain functions of an analysis (and, where the model must run again, of the session that
 holds it) that return arrays, Figures or dicts: ``click`` (pixel attention), ``segmentation``, ``gates``,
-``spatial``, ``stn``, ``modules`` (table, summary, ablation), ``attributions``, ``export`` and ``frames``
+``spatial``, ``stn``, ``modules`` (table, summary, ablation), ``attributions``, ``transformer`` (head grid, rollout, attention
+distance), ``export`` and ``frames``
 (batches of video frames). A new view family is a new module here.
 """
 
@@ -16,6 +17,7 @@ from . import (
     segmentation,
     spatial,
     stn,
+    transformer,
 )
 
-__all__ = ["attributions", "click", "export", "frames", "gates", "modules", "segmentation", "spatial", "stn"]
+__all__ = ["attributions", "click", "export", "frames", "gates", "modules", "segmentation", "spatial", "stn", "transformer"]

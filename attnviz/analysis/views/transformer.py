@@ -1,0 +1,97 @@
+"""Transformer views: every layer and head at once (for a clicked patch or the class token), rollout, mean attention distance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ... import render
+from ...capture.records import TokenAttention
+from ...maps import feature_cell, mean_attention_distance, rollout_map
+from ..errors import UserError
+from ..session import Analysis, Style
+from .click import point
+from .draw import overlay_map
+
+QUERIES = ("patch", "cls")
+
+
+def token_layers(a: Analysis) -> list[TokenAttention]:
+    """The self-attention layers over tokens, in forward order."""
+    return [r for r in a.records.values() if isinstance(r, TokenAttention)]
+
+
+def _layers(a: Analysis) -> list[TokenAttention]:
+    layers = token_layers(a)
+    if not layers:
+        raise UserError(f"{a.model_name} has no transformer self-attention (ViT, DeiT, DINO, Swin …), so there is no head grid.")
+    return layers
+
+
+def head_maps(a: Analysis, x: Any = None, y: Any = None, query: str = "patch") -> tuple[np.ndarray, list[str], str]:
+    """Maps ``(L, H, h, w)`` of every layer and head for one query, the layer names, and what the query is.
+
+    Args:
+        a: The analysis.
+        x, y: The clicked pixel (image pixels) for ``query="patch"``; default the image centre.
+        query: ``patch`` (the patch under the pixel) or ``cls`` (the class token, the same for every click).
+    """
+    if query not in QUERIES:
+        raise UserError(f"query must be one of {', '.join(QUERIES)}; got {query!r}.")
+    every = _layers(a)
+    layers = [r for r in every if r.key_hw == every[0].key_hw and r.heads == every[0].heads]  # one grid (the first stage's)
+    if query == "cls" and not layers[0].query_prefix:
+        raise UserError(f"{a.model_name} has no class token; choose the clicked patch.")
+    fx, fy = point(a, a.hw[1] / 2 if x in (None, "") else x, a.hw[0] / 2 if y in (None, "") else y)
+    maps = []
+    for rec in layers:
+        if query == "cls":
+            maps.append(np.stack([rec.prefix_row(0, head=h).numpy() for h in range(rec.heads)]))
+        else:
+            cy, cx = feature_cell(fx, fy, a.hw, rec.query_hw)
+            maps.append(np.stack([rec.row(cy, cx, head=h).numpy() for h in range(rec.heads)]))
+    what = "class token" if query == "cls" else f"the patch under pixel ({fx:.0f}, {fy:.0f})"
+    return np.stack(maps), [r.name for r in layers], what
+
+
+def head_grid(a: Analysis, x: Any = None, y: Any = None, query: str = "patch", cmap: str = "inferno") -> Figure:
+    """Layers × heads thumbnails of :func:`head_maps` (each with its own scale)."""
+    maps, names, what = head_maps(a, x, y, query)
+    return render.head_grid(maps, names, f"Attention of {what}: every layer (rows) and head (columns)", cmap)
+
+
+def rollout_view(a: Analysis, x: Any = None, y: Any = None, query: str = "cls", style: Style | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Attention rollout through every layer (Abnar & Zuidema 2020) of the class token or the clicked patch, over the image."""
+    style = (style or Style()).check()
+    layers = _layers(a)
+    chain = [r for r in layers if r.query_hw == layers[0].query_hw == r.key_hw]
+    if query == "cls" and not chain[0].query_prefix:
+        raise UserError(f"{a.model_name} has no class token; choose the clicked patch.")
+    fx, fy = point(a, a.hw[1] / 2 if x in (None, "") else x, a.hw[0] / 2 if y in (None, "") else y)
+    cell = feature_cell(fx, fy, a.hw, chain[0].query_hw)
+    m = rollout_map(chain, 0 if query == "cls" else cell).numpy()
+    img = overlay_map(a, m, style, point=None if query == "cls" else (fx, fy), unit="rollout")
+    return img, {"layers": len(chain), "query": "cls" if query == "cls" else {"x": fx, "y": fy, "cell": list(cell)},
+                 "prefix_share": round(float(1 - m.sum()), 4), "method": "attention rollout: 0.5·A + 0.5·I per layer, heads averaged"}
+
+
+def distances(a: Analysis) -> tuple[np.ndarray, list[str]]:
+    """Mean attention distance in image pixels ``(L, H)`` (the ViT paper's definition) and the layer names."""
+    layers = _layers(a)
+    out = []
+    for rec in layers:
+        patch = (a.hw[0] / rec.query_hw[0], a.hw[1] / rec.query_hw[1])  # image pixels per query cell
+        out.append(mean_attention_distance(rec, patch).numpy())
+    width = max(len(d) for d in out)
+    mat = np.full((len(out), width), np.nan)
+    for i, d in enumerate(out):
+        mat[i, : len(d)] = d
+    return mat, [r.name for r in layers]
+
+
+def distance_figure(a: Analysis) -> Figure:
+    """The heads × layers mean-distance plot."""
+    mat, names = distances(a)
+    return render.distance_plot(mat, names, f"{a.model_name}: mean attention distance per head (image pixels)")

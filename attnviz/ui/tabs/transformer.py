@@ -1,0 +1,90 @@
+"""The Transformer tab: every layer and head for the clicked patch or the class token, rollout, and mean attention distance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from ... import render
+from ...analysis import Analysis, UserError, transformer
+from ..common import Endpoint, Tab, ViewState, guard, style_of
+
+HINT = ("No transformer self-attention in this model. Vision transformers (timm `vit_*`, `deit_*`, DINOv2, Swin; torchvision `vit_b_16`; "
+        "HF `transformers` ViT / DINOv2 / SegFormer) brought with `attnviz serve --model …` show every head here.")
+QUERY_CHOICES = [("clicked patch", "patch"), ("class token", "cls")]
+
+
+class TransformerTab(Tab):
+    """Head grid (layers × heads), rollout over the image, and the heads × layers distance plot."""
+
+    title, id = "Transformer", "transformer"
+
+    def build(self) -> None:
+        self.note = gr.Markdown("", elem_classes=["note"])
+        self.query = gr.Radio(QUERY_CHOICES, value="patch", label="Query", elem_id="tf_query")
+        self.grid = gr.Image(label="Every layer (rows) and head (columns), each with its own scale", format="png", interactive=False,
+                             elem_id="head_grid")
+        with gr.Row():
+            self.rollout = gr.Image(label="Attention rollout through every layer", format="png", interactive=False, elem_id="rollout")
+            self.distance = gr.Plot(label="Mean attention distance", elem_id="distance_plot")
+        self.answer = gr.Markdown("", elem_id="tf_answer")
+
+    @property
+    def outputs(self) -> list[Any]:
+        return [self.note, self.grid, self.rollout, self.distance, self.answer, self.query]
+
+    @property
+    def click_outputs(self) -> list[Any]:
+        return [self.grid, self.rollout, self.answer]
+
+    def fill(self, a: Analysis, v: ViewState, query: str = "patch") -> dict[Any, Any]:
+        layers = transformer.token_layers(a)
+        if not layers:
+            hidden = gr.update(value=None, visible=False)
+            return {self.note: HINT, self.grid: hidden, self.rollout: hidden, self.distance: hidden, self.answer: "",
+                    self.query: gr.update(visible=False)}
+        has_cls = bool(layers[0].query_prefix)
+        query = query if has_cls else "patch"
+        x, y = v.click if v.click is not None else (None, None)
+        grid = render.figure_to_rgb(transformer.head_grid(a, x, y, query, v.style.cmap))
+        roll, info = transformer.rollout_view(a, x, y, "cls" if has_cls else "patch", v.style)
+        prefix = ", ".join(layers[0].key_prefix) or "none"
+        answer = (f"{len(layers)} self-attention layers with {layers[0].heads} heads over a {layers[0].query_hw[0]}×{layers[0].query_hw[1]} "
+                  f"patch grid; prefix tokens: {prefix}. Rollout of the {'class token' if has_cls else 'clicked patch'} through "
+                  f"{info['layers']} layers: {info['prefix_share']:.0%} of it stays on the prefix tokens, the rest is drawn.")
+        return {self.note: "", self.grid: gr.update(value=grid, visible=True), self.rollout: gr.update(value=roll, visible=True),
+                self.distance: gr.update(value=transformer.distance_figure(a), visible=True), self.answer: answer,
+                self.query: gr.update(visible=has_cls, value=query)}
+
+    def wire(self) -> None:
+        s = self.shared
+
+        def redraw(state: Any, xy: Any, query: str, cmap: str) -> Any:
+            x, y = (xy or [None, None])[:2]
+            return self.head_grid(*(state or [None, None]), x, y, query, cmap)
+
+        self.query.change(redraw, [s.input_state, s.xy_state, self.query, s.cmap], [self.grid], api_visibility="private")
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(self.head_grid, 6, lambda: [gr.Image(format="png")], "head_grid")]
+
+    @guard
+    def head_grid(self, image: Any, model_name: str, x: float | None = None, y: float | None = None, query: str = "patch",
+                  cmap: str = "inferno") -> np.ndarray:
+        """Every layer and head of a vision transformer at once: the attention of the clicked patch (or the class token) over the patches.
+
+        Args:
+            image: The image file.
+            model_name: A transformer model.
+            x: Column of the clicked pixel (image pixels); default the centre.
+            y: Row of the clicked pixel (image pixels); default the centre.
+            query: 'patch' (the patch under the pixel) or 'cls' (the class token).
+            cmap: Colormap.
+        """
+        style_of(cmap, 0.55, "per map")
+        a = self.shared.get(image, model_name)
+        if query not in ("patch", "cls"):
+            raise UserError(f"query must be 'patch' or 'cls'; got {query!r}.")
+        return render.figure_to_rgb(transformer.head_grid(a, x, y, query, cmap))
