@@ -90,3 +90,33 @@ def test_mean_attention_distance_equals_a_brute_force_sum(vit) -> None:  # type:
             total += sum(float(row[ki]) * math.dist((qy * patch, qx * patch), (ki // w * patch, ki % w * patch)) for ki in range(h * w))
         heads.append(total / (h * w))
     torch.testing.assert_close(got, torch.tensor(heads), rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_rollout_equals_chefers_formula_on_the_unfused_path() -> None:
+    """Chefer, Gur & Wolf (2021): R ← R + E_h[(∇A ⊙ A)⁺]·R, with A and ∇A read on timm's explicit path; ours runs the fused one."""
+    import copy
+
+    from attnviz.maps.transformer import gradient_rollout
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=(64, 96), depth=3, num_classes=5).eval()
+    x = torch.randn(1, 3, 64, 96)
+    target = 2
+    ref_model = copy.deepcopy(model)
+    kept: list[torch.Tensor] = []
+    for blk in ref_model.blocks:
+        blk.attn.fused_attn = False
+
+        def keep(mod, args):  # type: ignore[no-untyped-def]
+            args[0].retain_grad()
+            kept.append(args[0])
+
+        blk.attn.attn_drop.register_forward_pre_hook(keep)
+    ref_model(x)[0, target].backward()
+    r = torch.eye(kept[0].shape[-1])
+    for a in kept:
+        cam = (a.grad[0] * a[0]).clamp(min=0).mean(0).detach()
+        r = r + cam @ r
+    got = gradient_rollout(model, x, target)
+    torch.testing.assert_close(got, r[0, 1:], atol=1e-6, rtol=1e-4)
+    assert got.shape == (24,) and all(p.grad is None for p in model.parameters())  # the user's model is left as it was

@@ -290,3 +290,24 @@ def test_transformer_views_head_grid_rollout_and_distance(tmp_path) -> None:  # 
     assert transformer.head_grid(a, 40, 20).axes and transformer.distance_figure(a).axes
     with pytest.raises(UserError, match="query must be"):
         transformer.head_maps(a, query="nope")
+
+
+def test_gradient_rollout_view_in_the_analysis_layer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from PIL import Image
+
+    from attnviz.analysis import Catalog, Engine, Entry, UserError, transformer
+    from attnviz.maps.transformer import gradient_rollout
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=64, depth=2, num_classes=3).eval()
+    model.card = {"input_size": [64, 64], "class_names": ["a", "b", "c"]}
+    engine = Engine(Catalog([Entry("vit", True, loader=lambda: model)], torch.device("cpu")))
+    path = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
+    a = engine.analyze(path, "vit")
+    img, info = transformer.gradient_rollout_view(engine, a)
+    assert img.ndim == 3 and info["class"] == a.label(int(a.logits.argmax()))
+    assert gradient_rollout(model, a.x, int(a.logits.argmax())).shape == (16,)
+    with pytest.raises(UserError, match="target must be"):
+        transformer.gradient_rollout_view(engine, a, target=7)

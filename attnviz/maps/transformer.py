@@ -9,6 +9,7 @@ Each follows its paper's definition (the tests hold a reference written from the
   per layer ``Â = 0.5·A + 0.5·I`` with rows renormalised, heads fused by mean / max / min, optionally the lowest
   ``discard_ratio`` of each fused matrix's weights set to 0 (never the class token's own column, as in the
   common implementation); the rollout is ``Â_L ⋯ Â_1`` and a token's row of it is its map;
+- gradient rollout (Chefer, Gur & Wolf 2021, arXiv:2103.15679): ``R ← R + mean_h((∇A ⊙ A)⁺)·R`` per layer, for one class;
 - mean attention distance (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words", arXiv:2010.11929, §D.7):
   per head, the distance in image pixels between a patch query and each patch key, weighted by the attention
   (renormalised over the patch keys), averaged over the patch queries.
@@ -19,9 +20,12 @@ on request, for one sample).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ..capture.records import Affinity, TokenAttention
 
@@ -126,3 +130,59 @@ def mean_attention_distance(rec: Affinity, patch_px: tuple[float, float], batch:
     ky, kx = torch.meshgrid((torch.arange(kh) + 0.5) * img_h / kh, (torch.arange(kw) + 0.5) * img_w / kw, indexing="ij")
     d = torch.cdist(torch.stack([qy.flatten(), qx.flatten()], 1), torch.stack([ky.flatten(), kx.flatten()], 1))  # (Nq, Nk)
     return (a * d).sum(-1).mean(-1)
+
+
+class _SdpaRecorder(TorchFunctionMode):
+    """Keeps q, k, v, scale, mask and the output (gradient retained) of every ``scaled_dot_product_attention`` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict[str, Any]] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if getattr(func, "__name__", "") == "scaled_dot_product_attention" and isinstance(out, torch.Tensor) and out.requires_grad:
+            q, k, v = (args + (None,) * 3)[:3] if len(args) >= 3 else (kwargs["query"], kwargs["key"], kwargs["value"])
+            scale = args[6] if len(args) > 6 else kwargs.get("scale")
+            out.retain_grad()
+            self.calls.append({"q": q, "k": k, "v": v, "mask": args[3] if len(args) > 3 else kwargs.get("attn_mask"), "out": out,
+                               "scale": float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])})
+        return out
+
+
+def gradient_rollout(model: torch.nn.Module, x: torch.Tensor, target: int | None = None, prefix: int = 1, batch: int = 0) -> torch.Tensor:
+    """Gradient-weighted rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model Explainability", arXiv:2103.15679)
+    of class ``target`` (default: the predicted one): ``R = I``, per layer ``R ← R + mean_h((∇A ⊙ A)⁺) · R``; returns the class
+    token's row over the patches ``(N − prefix,)`` (reshape to the grid with the record's ``key_hw``).
+
+    The model runs its fused ``scaled_dot_product_attention``: ``A = softmax(scale · QKᵀ + mask)`` is formed from the op's own
+    q and k, and ``∇A = ∇out · Vᵀ`` because the op's output is ``A · V``: exact, without switching the model to another path.
+    """
+    rec = _SdpaRecorder()
+    fresh = [p for p in model.parameters() if p.grad is None]
+    try:
+        with torch.enable_grad(), rec:
+            logits = model(x.detach().clone())
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                raise ValueError("gradient rollout needs a classifier that returns (B, classes) logits")
+            cls = int(logits[batch].argmax()) if target is None else int(target)
+            logits[batch, cls].backward()
+    finally:
+        for p in fresh:  # leave the user's model as it was
+            p.grad = None
+    if not rec.calls:
+        raise ValueError("gradient rollout needs attention computed with scaled_dot_product_attention (timm ViT / DeiT, HF sdpa)")
+    n = rec.calls[0]["q"].shape[-2]
+    r = torch.eye(n)
+    for c in rec.calls:
+        q, k, v = c["q"][batch].detach().float(), c["k"][batch].detach().float(), c["v"][batch].detach().float()
+        logits_qk = q @ k.transpose(-1, -2) * c["scale"]  # (heads, N, N)
+        if c["mask"] is not None:
+            m = c["mask"] if c["mask"].ndim < 4 else c["mask"][batch]
+            logits_qk = logits_qk.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits_qk + m.float()
+        a = logits_qk.softmax(-1)
+        grad = c["out"].grad[batch].float() @ v.transpose(-1, -2)  # ∂y/∂A = ∂y/∂out · Vᵀ, (heads, N, N)
+        cam = (grad * a).clamp(min=0).mean(0)
+        r = r + cam @ r
+    return r[0, prefix:]

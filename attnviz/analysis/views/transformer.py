@@ -10,8 +10,9 @@ from matplotlib.figure import Figure
 from ... import render
 from ...capture.records import TokenAttention
 from ...maps import feature_cell, mean_attention_distance, rollout_map
+from ...maps.transformer import gradient_rollout
 from ..errors import UserError
-from ..session import Analysis, Style
+from ..session import Analysis, Engine, Style
 from .click import point
 from .draw import overlay_map
 
@@ -75,6 +76,26 @@ def rollout_view(a: Analysis, x: Any = None, y: Any = None, query: str = "cls", 
     img = overlay_map(a, m, style, point=None if query == "cls" else (fx, fy), unit="rollout")
     return img, {"layers": len(chain), "query": "cls" if query == "cls" else {"x": fx, "y": fy, "cell": list(cell)},
                  "prefix_share": round(float(1 - m.sum()), 4), "method": "attention rollout: 0.5·A + 0.5·I per layer, heads averaged"}
+
+
+def gradient_rollout_view(engine: Engine, a: Analysis, target: int | None = None, style: Style | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Gradient-weighted rollout (Chefer et al. 2021) of a class (default: the predicted one) over the image; one backward pass."""
+    style = (style or Style()).check()
+    layers = _layers(a)
+    if a.task != "classification":
+        raise UserError("Gradient rollout explains one class of a classifier; this model segments.")
+    cls = int(a.logits.argmax()) if target is None else int(target)
+    if not 0 <= cls < a.logits.shape[0]:
+        raise UserError(f"target must be a class index in [0, {a.logits.shape[0]}); got {target!r}.")
+    model = engine.catalog.get(a.model_name)
+    try:
+        with engine.model_lock(a.model_name):
+            r = gradient_rollout(model, a.x.clone(), cls, prefix=len(layers[0].query_prefix))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    m = r.reshape(layers[0].key_hw).numpy()
+    img = overlay_map(a, m, style, unit="gradient rollout")
+    return img, {"class": a.label(cls), "layers": len(layers), "method": "Chefer, Gur & Wolf 2021: R ← R + mean_h((∇A ⊙ A)⁺)·R"}
 
 
 def distances(a: Analysis) -> tuple[np.ndarray, list[str]]:

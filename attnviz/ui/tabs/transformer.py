@@ -30,10 +30,14 @@ class TransformerTab(Tab):
             self.rollout = gr.Image(label="Attention rollout through every layer", format="png", interactive=False, elem_id="rollout")
             self.distance = gr.Plot(label="Mean attention distance", elem_id="distance_plot")
         self.answer = gr.Markdown("", elem_id="tf_answer")
+        with gr.Row():
+            self.grad_btn = gr.Button("Gradient rollout of the predicted class (one backward pass)", elem_id="grad_rollout_btn")
+        self.grad_img = gr.Image(label="Gradient-weighted rollout (Chefer et al. 2021)", format="png", interactive=False, elem_id="grad_rollout")
+        self.grad_note = gr.Markdown("")
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.note, self.grid, self.rollout, self.distance, self.answer, self.query]
+        return [self.note, self.grid, self.rollout, self.distance, self.answer, self.query, self.grad_img, self.grad_note]
 
     @property
     def click_outputs(self) -> list[Any]:
@@ -44,7 +48,7 @@ class TransformerTab(Tab):
         if not layers:
             hidden = gr.update(value=None, visible=False)
             return {self.note: HINT, self.grid: hidden, self.rollout: hidden, self.distance: hidden, self.answer: "",
-                    self.query: gr.update(visible=False)}
+                    self.query: gr.update(visible=False), self.grad_img: hidden, self.grad_note: ""}
         has_cls = bool(layers[0].query_prefix)
         query = query if has_cls else "patch"
         x, y = v.click if v.click is not None else (None, None)
@@ -56,7 +60,7 @@ class TransformerTab(Tab):
                   f"{info['layers']} layers: {info['prefix_share']:.0%} of it stays on the prefix tokens, the rest is drawn.")
         return {self.note: "", self.grid: gr.update(value=grid, visible=True), self.rollout: gr.update(value=roll, visible=True),
                 self.distance: gr.update(value=transformer.distance_figure(a), visible=True), self.answer: answer,
-                self.query: gr.update(visible=has_cls, value=query)}
+                self.query: gr.update(visible=has_cls, value=query), self.grad_img: gr.update(value=None, visible=True), self.grad_note: ""}
 
     def wire(self) -> None:
         s = self.shared
@@ -66,6 +70,14 @@ class TransformerTab(Tab):
             return self.head_grid(*(state or [None, None]), x, y, query, cmap)
 
         self.query.change(redraw, [s.input_state, s.xy_state, self.query, s.cmap], [self.grid], api_visibility="private")
+
+        @guard
+        def grad(state: Any, cmap: str) -> tuple[Any, str]:
+            a = self.shared.current(state)
+            img, info = transformer.gradient_rollout_view(s.engine, a, None, style_of(cmap, 0.55, "per map"))
+            return img, f"Gradient-weighted rollout of **{info['class']}** through {info['layers']} layers: {info['method']}."
+
+        self.grad_btn.click(grad, [s.input_state, s.cmap], [self.grad_img, self.grad_note], api_visibility="private")
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint(self.head_grid, 6, lambda: [gr.Image(format="png")], "head_grid")]
