@@ -93,8 +93,9 @@ def test_bam_full_gate_is_its_channel_mean() -> None:
     m = build("BAM", "BAMBlock", channel=32, reduction=8, dia_val=1)
     (w,) = reference(m, X)
     cap = captured(m, X)
-    (s,) = by_kind(cap, "spatial")
-    close(s.mask, w.mean(1))  # σ(channel + spatial) varies over both: its channel mean, said so
+    (s,) = by_kind(cap, "element_gate")  # σ(channel + spatial) varies over both: a per-element gate
+    close(s.gate, w)
+    close(s.mask, w.mean(1))  # its channel mean, said so
     assert "channel mean" in s.note
     # with its default dilation the spatial branch shrinks a 7×7 map to 1×1, broadcast back: a channel gate
     m = build("BAM", "BAMBlock", channel=32, reduction=8)
@@ -125,7 +126,8 @@ def test_coordinate_attention_has_h_and_w_factors() -> None:
 def test_spatial_group_enhance_groups_folded_into_the_batch() -> None:
     m = build("SGE", "SpatialGroupEnhance", groups=4)
     (ref,) = reference(m, X)
-    (s,) = by_kind(captured(m, X), "spatial")
+    (s,) = by_kind(captured(m, X), "element_gate")  # one gate per group and position
+    close(s.gate, ref.view(2, 4, 8, 6))
     close(s.mask, ref.view(2, 4, 8, 6).mean(1))
 
 
@@ -133,9 +135,10 @@ def test_shuffle_attention() -> None:
     m = build("ShuffleAttention", "ShuffleAttention", channel=32, G=4)
     ch, sp = reference(m, X)
     cap = captured(m, X)
-    (g,), (s,) = by_kind(cap, "channel"), by_kind(cap, "spatial")
+    (g,), (s,) = by_kind(cap, "channel"), by_kind(cap, "element_gate")  # the spatial half gates every channel and position
     close(g.weights, ch.reshape(2, -1))  # the channel half of every group
     close(s.mask, sp.view(2, 4, -1, 8, 6).mean((1, 2)))
+    close(s.gate.mean(1), s.mask)
 
 
 def test_triplet_attention_in_place_sigmoid() -> None:
@@ -185,7 +188,8 @@ def test_polarized_self_attention() -> None:
 def test_contextual_transformer_per_channel_softmax() -> None:
     m = build("CoTAttention", "CoTAttention", dim=32, kernel_size=3)
     (ref,) = reference(m, X, {"softmax"})
-    (s,) = by_kind(captured(m, X), "spatial")
+    (s,) = by_kind(captured(m, X), "element_gate")  # a softmax over positions for every channel: per-element weights
+    close(s.gate, ref.view(2, 32, 8, 6))
     close(s.mask, ref.view(2, 32, 8, 6).mean(1))
 
 
@@ -215,8 +219,10 @@ def test_split_attention_s2() -> None:
 def test_simam_and_parnet() -> None:
     m = build("SimAM", "SimAM")
     (ref,) = reference(m, X)
-    (s,) = by_kind(captured(m, X), "spatial")
-    close(s.mask, ref.mean(1))
+    (s,) = by_kind(captured(m, X), "element_gate")  # a per-element gate, not a spatial mask
+    close(s.gate, ref)
+    close(s.mask, ref.mean(1))  # its channel mean, the view that is drawn
+    assert "channel mean" in s.note
     m = build("ParNetAttention", "ParNetAttention", channel=32)
     (ref,) = reference(m, X)
     (g,) = by_kind(captured(m, X), "channel")

@@ -75,6 +75,17 @@ class SpatialMask(Record):
 
 
 @dataclass(eq=False, kw_only=True)
+class ElementGate(SpatialMask):
+    """A gate that varies over channels *and* positions (SimAM's energy gate, BAM): ``gate (B, C, H, W)``.
+
+    It is no spatial mask; ``mask`` is its channel mean ``(B, H, W)``, a view labelled as such wherever it is drawn.
+    """
+
+    kind: ClassVar[str] = "element_gate"
+    gate: torch.Tensor  # (B, C, H, W)
+
+
+@dataclass(eq=False, kw_only=True)
 class BranchWeights(Record):
     """Per-branch, per-channel weights of a selective-kernel style fusion."""
 

@@ -55,6 +55,7 @@ from .records import (
     ChannelAffinity,
     ChannelGate,
     CrissCross,
+    ElementGate,
     Record,
     RegionAttention,
     SpatialMask,
@@ -463,9 +464,9 @@ class Tracker:
                 if res is None:
                     raise ValueError
                 full, _ = res
-                rec = SpatialMask(mask=keep(full.mean(1)))
-                rec.note = f"channel mean of a {c.op} gate that varies over {full.shape[1]} channels and every position"  # type: ignore[attr-defined]
-                self._record(c, "spatial", rec)
+                rec = ElementGate(gate=keep(full), mask=keep(full.mean(1)))
+                rec.note = f"a per-element {c.op} gate over {full.shape[1]} channels × positions; drawn: its channel mean"  # type: ignore[attr-defined]
+                self._record(c, "gate", rec)
             else:
                 folded = ", ".join(sorted(kind_bases))
                 c.reasons.append(f"varies along {folded} — not a whole-image map (e.g. windows or parts of the rows)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import render
-from ...capture.records import SpatialMask
+from ...capture.records import ElementGate, SpatialMask
 from ..session import Analysis, Style
 from .draw import overlay_map
 
@@ -21,6 +21,8 @@ def spatial_gallery(a: Analysis, style: Style | None = None) -> list[tuple[np.nd
     for r in masks:
         c = "" if r.contribution is None else f", contribution {float(r.contribution[0]):.3f}"
         m = r.mask[0].numpy()  # type: ignore[attr-defined]
-        img = overlay_map(a, m, style, unit="gate / pooling weight", side_by_side=False, vrange=vr)
-        out.append((img, f"{r.name} ({r.module_type}, mean {float(m.mean()):.2f}{c})"))
+        element = isinstance(r, ElementGate)  # a gate over channels × positions: what is drawn is its channel mean, said so
+        img = overlay_map(a, m, style, unit="channel mean of the gate" if element else "gate / pooling weight", side_by_side=False, vrange=vr)
+        what = f"channel mean of a per-element gate over {r.gate.shape[1]} channels, " if element else ""  # type: ignore[attr-defined]
+        out.append((img, f"{r.name} ({r.module_type}, {what}mean {float(m.mean()):.2f}{c})"))
     return out
