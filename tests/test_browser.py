@@ -193,6 +193,7 @@ def test_answers_are_sentences_and_nothing_covers_the_colour_bar(server, browser
     a segment's Grad-CAM says how much of it lies on the segment, and no image toolbar covers the colour bar's top tick."""
     url, demo, examples = server
     page, errors = open_page(browser, url)
+    assert "crosshair = clicked pixel, diamond = peak" in page.locator("#view_image").inner_text()  # the markers, explained
     img, bar = page.locator("#view_image img").bounding_box(), page.locator("#view_image .top-panel").bounding_box()
     assert bar is None or bar["y"] + bar["height"] <= img["y"] + 1, (bar, img)  # type: ignore[index]
     seg = next((e for e in examples if e.group == "Zoo scenes (segmentation)"), None)
