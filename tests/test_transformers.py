@@ -147,9 +147,10 @@ def test_hf_segformer_reduced_keys_on_their_own_grid() -> None:
                 torch.testing.assert_close(rec.row(y, xx, head=head), ref.reshape(kh, kw), atol=TOL, rtol=0)
 
 
-def test_timm_swin_windows_are_exact_and_shifted_windows_are_not_drawn() -> None:
-    """Unshifted windows: each query's row is its window, in image-grid coordinates, zero outside. Shifted windows (a cyclic
-    shift and a mask) are listed as seen, not drawn — never drawn on the wrong grid."""
+def test_timm_swin_windows_shifted_or_not_are_exact_in_image_coordinates() -> None:
+    """Every block: a query's row is its window, in unshifted image-grid coordinates, zero outside. Shifted blocks tile the
+    image rolled by −s (Swin's cyclic shift): the reference rolls the image cell into the shifted grid, takes its window,
+    and rolls the keys back."""
     torch.manual_seed(0)
     model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
     x = torch.randn(1, 3, 224, 224)
@@ -164,53 +165,23 @@ def test_timm_swin_windows_are_exact_and_shifted_windows_are_not_drawn() -> None
     with torch.no_grad():
         oracle(x)
     ws = 7
-    unshifted = {n for n, m in model.named_modules() if type(m).__name__ == "SwinTransformerBlock" and not any(m.shift_size)}
-    drawn = {r.name for r in cap.records.values()}
-    assert drawn == {f"{n}.attn" for n in unshifted}, (sorted(drawn), sorted(unshifted))
-    seen = {s["module"] for s in cap.seen_not_drawn()}
-    assert {f"{n}.attn" for n, m in model.named_modules() if type(m).__name__ == "SwinTransformerBlock" and any(m.shift_size)} <= seen
-    for rec in cap.records.values():
-        a = weights[rec.name]  # (windows, heads, 49, 49), windows in row-major order of the window grid
+    blocks = {n: m for n, m in model.named_modules() if type(m).__name__ == "SwinTransformerBlock"}
+    assert {r.name for r in cap.records.values()} == {f"{n}.attn" for n in blocks} and not cap.seen_not_drawn()
+    for name, blk in blocks.items():
+        rec = cap.records[f"{name}.attn"]
+        a = weights[f"{name}.attn"]  # (windows, heads, 49, 49), windows in row-major order of the (shifted) grid
         h, w = rec.query_hw if isinstance(rec, Affinity) else rec.hw  # the last stage's one window is the whole grid
-        nww = w // ws
-        for y, xx in [(0, 0), (h - 1, w - 1), (h // 2 + 1, 3)]:
-            wy, iy = divmod(y, ws)
-            wx, ix = divmod(xx, ws)
+        s = blk.shift_size[0]
+        for y, xx in [(0, 0), (h - 1, w - 1), (h // 2 + 1, 3), (2, w - 2)]:
+            yi, xi = (y - s) % h, (xx - s) % w  # the image cell's place in the rolled grid (torch.roll by −s)
+            (wy, iy), (wx, ix) = divmod(yi, ws), divmod(xi, ws)
             for head in [None, 0, a.shape[1] - 1]:
-                r = a[wy * nww + wx, :, iy * ws + ix]
+                r = a[wy * (w // ws) + wx, :, iy * ws + ix]
                 r = r.mean(0) if head is None else r[head]
                 ref = torch.zeros(h, w)
                 ref[wy * ws:(wy + 1) * ws, wx * ws:(wx + 1) * ws] = r.reshape(ws, ws)
+                ref = torch.roll(ref, shifts=(s, s), dims=(0, 1))  # keys back to their image cells
                 torch.testing.assert_close(rec.row(y, xx, head=head), ref, atol=TOL, rtol=0)
-
-
-def test_a_vit_in_the_analysis_layer_click_class_token_and_rollout(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A user's timm ViT through the same analysis the app uses: click rows with the prefix share in the answer, the class
-    token's map, rollout, and the grid of every head."""
-    import numpy as np
-    from PIL import Image
-
-    from attnviz.analysis import Catalog, Engine, Entry, click
-    from attnviz.maps.transformer import rollout_map
-
-    torch.manual_seed(0)
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=(64, 96), depth=3, num_classes=4).eval()
-    model.card = {"input_size": [64, 96], "class_names": ["a", "b", "c", "d"]}
-    engine = Engine(Catalog([Entry("vit", True, loader=lambda: model)], torch.device("cpu")))
-    path = tmp_path / "img.png"
-    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(path)
-    a = engine.analyze(path, "vit")
-    assert click.click_choices(a) == ["blocks.0.attn", "blocks.1.attn", "blocks.2.attn"]
-    _, info, m = click.attention_at(a, 40, 20, "blocks.2.attn")  # pixel (40, 20) lies in patch (1, 2)
-    rec = a.records["blocks.2.attn"]
-    torch.testing.assert_close(torch.from_numpy(m), rec.row(1, 2), atol=TOL, rtol=0)
-    assert abs(sum(info["prefix_mass"].values()) + info["sum"] - 1) < 1e-4 and "prefix tokens (cls" in info["text"]
-    _, info_cls, m_cls = click.attention_at(a, 5, 5, "blocks.2.attn", view="cls")
-    torch.testing.assert_close(torch.from_numpy(m_cls), rec.prefix_row(0), atol=TOL, rtol=0)
-    _, _, m_roll = click.attention_at(a, 40, 20, "blocks.2.attn", view="rollout")
-    torch.testing.assert_close(torch.from_numpy(m_roll), rollout_map(list(a.records.values()), (1, 2)), atol=TOL, rtol=0)
-    tiles = click.click_grid(a, 40, 20, max_tiles=100)
-    assert sum(1 for _, t in tiles if t.startswith("blocks.2.attn · row · head")) == rec.heads
 
 
 def test_torchvision_vit_multihead_attention() -> None:
@@ -311,3 +282,28 @@ def test_gradient_rollout_view_in_the_analysis_layer(tmp_path) -> None:  # type:
     assert gradient_rollout(model, a.x, int(a.logits.argmax())).shape == (16,)
     with pytest.raises(UserError, match="target must be"):
         transformer.gradient_rollout_view(engine, a, target=7)
+
+
+def test_hf_swin_windows_match_eager_attentions_and_the_rest_is_not_drawn() -> None:
+    """HF Swin: stage 0's shifted block (HF returns each stage's last block's attentions) equals the eager attentions, rolled
+    back to image cells; later stages, after HF's strided-slice patch merging, are seen, not drawn — never placed on a guess."""
+    cfg = transformers.SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4)
+    fused, eager = hf_pair(transformers.SwinModel, cfg)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), attnviz.capture(fused) as cap:
+        fused(pixel_values=x)
+    with torch.no_grad():
+        a = eager(pixel_values=x, output_attentions=True).attentions[0]  # stage 0, its last block (shifted): (16 windows, 2, 16, 16)
+    ws, h, w, s = 4, 16, 16, 2
+    rec = cap.records["encoder.layers.0.blocks.1.attention"]
+    assert rec.shift == ((-s) % h, (-s) % w)  # the roll the windows tile, modulo the grid
+    for y, xx in [(0, 0), (15, 15), (6, 9), (1, 14)]:
+        yi, xi = (y - s) % h, (xx - s) % w  # the cell's place in the rolled grid
+        (wy, iy), (wx, ix) = divmod(yi, ws), divmod(xi, ws)
+        for head in [None, 0, 1]:
+            r = a[wy * (w // ws) + wx, :, iy * ws + ix]
+            ref = torch.zeros(h, w)
+            ref[wy * ws:(wy + 1) * ws, wx * ws:(wx + 1) * ws] = (r.mean(0) if head is None else r[head]).reshape(ws, ws)
+            torch.testing.assert_close(rec.row(y, xx, head=head), torch.roll(ref, shifts=(s, s), dims=(0, 1)), atol=TOL, rtol=0)
+    assert {r.name for r in cap.records.values()} == {f"encoder.layers.0.blocks.{i}.attention" for i in range(2)}
+    assert {f"encoder.layers.1.blocks.{i}.attention" for i in range(2)} <= {s["module"] for s in cap.seen_not_drawn()}

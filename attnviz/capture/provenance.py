@@ -91,6 +91,44 @@ def prefix_atoms(names: Sequence[str]) -> Axis:
     return tuple((BATCH_GRID, f"pre:{n}", 1) for n in names) or None
 
 
+ROLLED: dict[int, tuple[int, int, int]] = {}  # rolled grid id → (base grid, rh, rw): the base grid after torch.roll by (rh, rw)
+
+
+def rolled(grid: int) -> tuple[int, int, int] | None:
+    """For a grid made by ``torch.roll`` of another: (base grid, rh, rw); None for an unrolled grid."""
+    return ROLLED.get(grid)
+
+
+def _roll_labels(xl: Labels | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Labels | None:
+    """A cyclic shift of whole row / column axes of one grid: the same positions on a *rolled* grid that remembers the shift
+    (Swin's shifted windows are then placed back exactly); any other roll leaves the shifted axes unknown."""
+    if xl is None:
+        return None
+    dims = args[2] if len(args) > 2 else kwargs.get("dims")
+    shifts = args[1] if len(args) > 1 else kwargs.get("shifts")
+    if dims is None:
+        return None
+    dims_l = [dims] if isinstance(dims, int) else list(dims)
+    shifts_l = [shifts] * len(dims_l) if isinstance(shifts, int) else list(shifts)
+    moved = {_norm_dim(int(d), len(xl)): int(s) for d, s in zip(dims_l, shifts_l) if s}
+    axes = [xl[d] for d in moved]
+    if not moved or not all(ax and len(ax) == 1 and _outer_base(ax[0][1]) in ("h", "w") for ax in axes) \
+            or len({ax[0][0] for ax in axes}) != 1:  # type: ignore[index]
+        return tuple(None if i in moved else ax for i, ax in enumerate(xl))
+    g = axes[0][0][0]  # type: ignore[index]
+    base, rh, rw = ROLLED.get(g, (g, 0, 0))
+    for d, s in moved.items():
+        _, n, size = xl[d][0]  # type: ignore[index]
+        rh, rw = ((rh + s) % size, rw) if _outer_base(n) == "h" else (rh, (rw + s) % size)
+    g2 = base if (rh, rw) == (0, 0) else new_grid()
+    if g2 != base:
+        if len(ROLLED) > MAX_TOKEN_LAYOUTS:  # a long-running server: forget the oldest (their forwards are over)
+            for k in list(ROLLED)[: MAX_TOKEN_LAYOUTS // 2]:
+                del ROLLED[k]
+        ROLLED[g2] = (base, rh, rw)
+    return tuple(tuple((g2, n, s) if gid == g else (gid, n, s) for gid, n, s in ax) if ax else ax for ax in xl)
+
+
 def _cat_tokens(parts: Sequence[Axis], sizes: Sequence[int]) -> Axis:
     """A sequence axis joined from prefix tokens and then the positions of one grid (or an already joined token axis); else None.
 
@@ -437,16 +475,8 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
             if pad[2 * i] or pad[2 * i + 1]:
                 res[len(xl) - 1 - i] = None
         return tuple(res)
-    if name == "roll":  # a cyclic shift moves positions: the shifted axes are no longer the grid they were (not drawn)
-        if xl is None:
-            return None
-        dims = args[2] if len(args) > 2 else kwargs.get("dims")
-        shifts = args[1] if len(args) > 1 else kwargs.get("shifts")
-        if dims is None:
-            return None
-        dims_l = [dims] if isinstance(dims, int) else list(dims)
-        shifts_l = [shifts] * len(dims_l) if isinstance(shifts, int) else list(shifts)
-        return tuple(None if any(_norm_dim(d, len(xl)) == i and s for d, s in zip(dims_l, shifts_l)) else ax for i, ax in enumerate(xl))
+    if name == "roll":
+        return _roll_labels(xl, args, kwargs)
     if name in ("conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate", "conv_transpose2d",
                 "lp_pool2d", "pixel_shuffle", "pixel_unshuffle", "upsample", "upsample_bilinear", "upsample_nearest"):
         if xl is None or x.ndim != 4 or len(oshape) != 4:

@@ -420,6 +420,8 @@ class WindowAffinity(Record):
     Attributes:
         weights: ``(*lead, Nq, Nk)`` with ``lead`` the sizes of ``lead_atoms``.
         lead_atoms, query_atoms, key_atoms: ``(name, size)`` of each atom, row-major.
+        shift: ``(rh, rw)`` when the windows tile the image after ``torch.roll(…, shifts=(rh, rw))`` (Swin's shifted
+            windows): rows and keys are rolled back, so ``row`` is always in unshifted image coordinates.
     """
 
     kind: ClassVar[str] = "window"
@@ -427,6 +429,7 @@ class WindowAffinity(Record):
     lead_atoms: list[tuple[str, int]]
     query_atoms: list[tuple[str, int]]
     key_atoms: list[tuple[str, int]]
+    shift: tuple[int, int] = (0, 0)
 
     @property
     def batch_size(self) -> int:
@@ -474,6 +477,13 @@ class WindowAffinity(Record):
         H, W = self.hw
         if not (0 <= y < H and 0 <= x < W):
             raise IndexError(f"query ({y}, {x}) is outside the {H}×{W} grid of {self.name}")
+        if any(self.shift):  # the windows tile the rolled image: image cell (y, x) sits at ((y + rh) mod H, (x + rw) mod W)
+            rolled = self._row(((y + self.shift[0]) % H), ((x + self.shift[1]) % W), batch, head)
+            return torch.roll(rolled, shifts=(-self.shift[0], -self.shift[1]), dims=(0, 1))
+        return self._row(y, x, batch, head)
+
+    def _row(self, y: int, x: int, batch: int, head: int | None) -> torch.Tensor:
+        H, W = self.hw
         digits: dict[str, int] = {}
         for base, coord in (("h", y), ("w", x)):
             rem = coord

@@ -45,6 +45,7 @@ from .provenance import (
     positions,
     propagate,
     propagate_multi,
+    rolled,
     size_of,
     token_layout,
 )
@@ -81,6 +82,12 @@ SHAPE_OPS = {"view", "reshape", "permute", "transpose", "contiguous", "expand", 
 
 def _base(name: str) -> str:
     return name.split("[")[0]
+
+
+def _shift_of(window_atoms: list[Any]) -> tuple[int, int]:
+    """The roll (rh, rw) of the grid that windows tile (0, 0 for an unrolled grid)."""
+    r = rolled(window_atoms[0][0]) if window_atoms else None
+    return (r[1], r[2]) if r else (0, 0)
 
 
 def _sort_key(atom: tuple[int, str, int]) -> tuple[Any, ...]:
@@ -571,6 +578,9 @@ class Tracker:
         heads_atoms, window_atoms = split
         kp = positions(key_axis)
         qp = positions(q_axis) if q_axis else None
+        if not window_atoms and any(rolled(at[0]) for at in (*(key_axis or ()), *(q_axis or ()))):
+            c.reasons.append("attention over a cyclically shifted grid that is not split into windows (not placed)")
+            return
         rid = next((at[0] for at in (key_axis or ()) if at[1] == "region" and at[0] in self._regions), None)
         region = self._regions[rid] if rid is not None else None
         norm = "softmax" if c.op == "softmax" else "mean"
@@ -718,7 +728,8 @@ class Tracker:
             c.reasons.append(f"window-local attention with {full.numel() / 1e6:.0f} M weights, over the keep limit")
             return
         rec = WindowAffinity(weights=keep(full), lead_atoms=[(a_[1], a_[2]) for a_ in lead_atoms],
-                             query_atoms=[(a_[1], a_[2]) for a_ in (al[q_idx] or ())], key_atoms=[(a_[1], a_[2]) for a_ in (al[k_idx] or ())])
+                             query_atoms=[(a_[1], a_[2]) for a_ in (al[q_idx] or ())], key_atoms=[(a_[1], a_[2]) for a_ in (al[k_idx] or ())],
+                             shift=_shift_of(window_atoms))
         try:
             rec.validate()
         except ValueError as e:
@@ -737,6 +748,8 @@ class Tracker:
         ql, kl = self.get(q), self.get(k)
         qp = positions(ql[-2]) if ql else None
         kp = positions(kl[-2]) if kl else None
+        if (qp and rolled(qp[0])) or (kp and rolled(kp[0])):  # a rolled grid outside windows: not placed
+            qp = kp = None
         if isinstance(out, torch.Tensor) and ql is not None:  # the output keeps the queries' axes
             self.set(out, (*ql[:-1], None))
         if (qp is None or kp is None) and ql is not None and kl is not None and self._sdpa_window(q, k, ql, kl, mask, causal, scale, frame):
@@ -828,7 +841,7 @@ class Tracker:
                                   f"window-local attention with {full.numel() / 1e6:.0f} M weights, over the keep limit"))
             return True
         rec = WindowAffinity(weights=keep(full), lead_atoms=[(at[1], at[2]) for at in lead], query_atoms=[(at[1], at[2]) for at in qa],
-                             key_atoms=[(at[1], at[2]) for at in ka])
+                             key_atoms=[(at[1], at[2]) for at in ka], shift=_shift_of([at for at in lead if _base(at[1]) in ("h", "w")]))
         try:
             rec.validate()
         except ValueError as e:
