@@ -57,14 +57,20 @@ TOKENS: dict[int, TokenLayout] = {}  # token-axis id → layout (ids come from t
 MAX_TOKEN_LAYOUTS = 100_000
 
 
+def _remember(table: dict[int, Any], value: Any) -> int:
+    """A new grid id mapped to ``value`` in ``table``; a long-running server forgets the oldest half past the cap (their
+    forwards are over)."""
+    if len(table) > MAX_TOKEN_LAYOUTS:
+        for k in list(table)[: MAX_TOKEN_LAYOUTS // 2]:
+            del table[k]
+    g = new_grid()
+    table[g] = value
+    return g
+
+
 def token_axis(layout: TokenLayout) -> Axis:
     """A new token axis for ``layout``."""
-    if len(TOKENS) > MAX_TOKEN_LAYOUTS:  # a long-running server: forget the oldest layouts (their forwards are over)
-        for k in list(TOKENS)[: MAX_TOKEN_LAYOUTS // 2]:
-            del TOKENS[k]
-    t = new_grid()
-    TOKENS[t] = layout
-    return ((t, "tok", layout.size),)
+    return ((_remember(TOKENS, layout), "tok", layout.size),)
 
 
 def token_layout(axis: Axis) -> TokenLayout | None:
@@ -120,12 +126,7 @@ def _roll_labels(xl: Labels | None, args: tuple[Any, ...], kwargs: dict[str, Any
     for d, s in moved.items():
         _, n, size = xl[d][0]  # type: ignore[index]
         rh, rw = ((rh + s) % size, rw) if _outer_base(n) == "h" else (rh, (rw + s) % size)
-    g2 = base if (rh, rw) == (0, 0) else new_grid()
-    if g2 != base:
-        if len(ROLLED) > MAX_TOKEN_LAYOUTS:  # a long-running server: forget the oldest (their forwards are over)
-            for k in list(ROLLED)[: MAX_TOKEN_LAYOUTS // 2]:
-                del ROLLED[k]
-        ROLLED[g2] = (base, rh, rw)
+    g2 = base if (rh, rw) == (0, 0) else _remember(ROLLED, (base, rh, rw))
     return tuple(tuple((g2, n, s) if gid == g else (gid, n, s) for gid, n, s in ax) if ax else ax for ax in xl)
 
 
@@ -288,22 +289,25 @@ def _outer_base(name: str) -> str | None:
             return None
         name = m["base"]
         m = _SPLIT.match(name)
-    return name if m is None and "[" not in name and name in ("h", "w") and name != "" else None
+    return name if name in ("h", "w") else None
 
 
 def positions(axis: Axis) -> tuple[int, int, int] | None:
-    """(grid, H, W) when an axis is exactly the image positions of a grid (row-major), else None."""
+    """(grid, H, W) when an axis is exactly the image positions of a grid (row-major), else None.
+
+    Block rows × block columns of a grid (after patch merging) are a coarser grid. A grid moved by ``torch.roll`` is not
+    the image's: its positions are never placed as such (only windows that tile it are, rolled back: see ``rolled``).
+    """
     if not axis:
         return None
     atoms = merge_atoms(axis)
-    if len(atoms) == 2 and atoms[0][0] == atoms[1][0] and atoms[0][1] == "h" and atoms[1][1] == "w":
-        return atoms[0][0], atoms[0][2], atoms[1][2]
+    found = None
     if len(atoms) == 2 and atoms[0][0] == atoms[1][0] and (_outer_base(atoms[0][1]), _outer_base(atoms[1][1])) == ("h", "w"):
-        return atoms[0][0], atoms[0][2], atoms[1][2]  # the block rows × block columns of a grid (patch merging): a coarser grid
-    if len(atoms) == 1 and atoms[0][1] in ("h", "w"):  # a map with one side of length 1
+        found = atoms[0][0], atoms[0][2], atoms[1][2]
+    elif len(atoms) == 1 and atoms[0][1] in ("h", "w"):  # a map with one side of length 1
         g, n, s = atoms[0]
-        return (g, s, 1) if n == "h" else (g, 1, s)
-    return None
+        found = (g, s, 1) if n == "h" else (g, 1, s)
+    return None if found is None or found[0] in ROLLED else found
 
 
 def is_channels(axis: Axis) -> bool:

@@ -181,16 +181,23 @@ class Affinity(Record):
                 logits = (logits + rel) * self.scale if self.scale_pos else logits * self.scale + rel
             else:
                 logits = logits * self.scale
-            if self.mask is not None:
-                m = self.mask
-                m = m.reshape((1,) * (4 - m.ndim) + tuple(m.shape))  # (B|1, heads|1, N|1, M)
-                mrow = m[min(batch, m.shape[0] - 1), :, min(n, m.shape[2] - 1)]  # (heads|1, M)
-                logits = logits.masked_fill(~mrow, float("-inf")) if mrow.dtype == torch.bool else logits + mrow
+            logits = self.masked(logits, batch, n)
             if self.causal:
                 logits[:, n + 1 :] = float("-inf")
             rows = F.softmax(logits, dim=-1) if self.normalize == "softmax" else logits / logits.shape[-1]
         out = rows.mean(0) if head is None else rows[head]
         return out.reshape(self.key_hw)
+
+    def masked(self, logits: torch.Tensor, batch: int, n: int | None = None) -> torch.Tensor:
+        """``logits`` with the fused op's ``attn_mask`` applied: of query ``n`` ``(heads, M)``, or of every query
+        ``(heads, N, M)`` when ``n`` is None."""
+        if self.mask is None:
+            return logits
+        m = self.mask.reshape((1,) * (4 - self.mask.ndim) + tuple(self.mask.shape))  # (B|1, heads|1, N|1, M)
+        m = m[min(batch, m.shape[0] - 1)]  # (heads|1, N|1, M)
+        if n is not None:
+            m = m[:, min(n, m.shape[1] - 1)]  # (heads|1, M)
+        return logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m
 
     def _relative_logits(self, q: torch.Tensor, y: int, x: int) -> torch.Tensor:
         """Relative-position logits of query (y, x) for every key, ``(heads, Hk·Wk)``."""
@@ -233,11 +240,7 @@ class TokenAttention(Affinity):
         else:
             assert self.queries is not None and self.keys is not None
             logits = torch.einsum("hd,hdm->hm", self.queries[batch, :, n, :], self.keys[batch]) * self.scale  # (heads, M)
-            if self.mask is not None:
-                m = self.mask.reshape((1,) * (4 - self.mask.ndim) + tuple(self.mask.shape))
-                mrow = m[min(batch, m.shape[0] - 1), :, min(n, m.shape[2] - 1)]
-                logits = logits.masked_fill(~mrow, float("-inf")) if mrow.dtype == torch.bool else logits + mrow
-            rows = F.softmax(logits, dim=-1)
+            rows = F.softmax(self.masked(logits, batch, n), dim=-1)
         return rows.mean(0) if head is None else rows[head]
 
     def _patch_keys(self, w: torch.Tensor) -> torch.Tensor:

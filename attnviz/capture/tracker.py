@@ -84,6 +84,13 @@ def _base(name: str) -> str:
     return name.split("[")[0]
 
 
+def _keep_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A fused op's ``attn_mask`` as kept: float masks like every record tensor, boolean ones as they are (on the CPU)."""
+    if mask is None:
+        return None
+    return keep(mask) if mask.dtype != torch.bool else mask.detach().cpu().clone()
+
+
 def _shift_of(window_atoms: list[Any]) -> tuple[int, int]:
     """The roll (rh, rw) of the grid that windows tile (0, 0 for an unrolled grid)."""
     r = rolled(window_atoms[0][0]) if window_atoms else None
@@ -578,9 +585,6 @@ class Tracker:
         heads_atoms, window_atoms = split
         kp = positions(key_axis)
         qp = positions(q_axis) if q_axis else None
-        if not window_atoms and any(rolled(at[0]) for at in (*(key_axis or ()), *(q_axis or ()))):
-            c.reasons.append("attention over a cyclically shifted grid that is not split into windows (not placed)")
-            return
         rid = next((at[0] for at in (key_axis or ()) if at[1] == "region" and at[0] in self._regions), None)
         region = self._regions[rid] if rid is not None else None
         norm = "softmax" if c.op == "softmax" else "mean"
@@ -748,8 +752,6 @@ class Tracker:
         ql, kl = self.get(q), self.get(k)
         qp = positions(ql[-2]) if ql else None
         kp = positions(kl[-2]) if kl else None
-        if (qp and rolled(qp[0])) or (kp and rolled(kp[0])):  # a rolled grid outside windows: not placed
-            qp = kp = None
         if isinstance(out, torch.Tensor) and ql is not None:  # the output keeps the queries' axes
             self.set(out, (*ql[:-1], None))
         if (qp is None or kp is None) and ql is not None and kl is not None and self._sdpa_window(q, k, ql, kl, mask, causal, scale, frame):
@@ -760,13 +762,12 @@ class Tracker:
             self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape),
                                   "queries or keys are not traceable to image positions (e.g. tokens)"))
             return
-        qq = self._arrange(q, ql, q.ndim - 2, q.ndim - 1, query=True)
-        kk = self._arrange(k.transpose(-1, -2), tuple(list(kl[:-2]) + [kl[-1], kl[-2]]) if kl else None, k.ndim - 1, k.ndim - 2, query=False)
+        qq, kk = self._fused_qk(q, k, ql, kl)
         if qq is None or kk is None:
             self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), "batch or heads could not be separated"))
             return
-        rec = Affinity(queries=keep(qq), keys=keep(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale,
-                       mask=None if mask is None else keep(mask) if mask.dtype != torch.bool else mask.detach().cpu().clone(), causal=causal)
+        rec = Affinity(queries=keep(qq), keys=keep(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale, mask=_keep_mask(mask),
+                       causal=causal)
         rec.source = "generic"
         self.emit(frame, "", rec)
 
@@ -802,19 +803,23 @@ class Tracker:
         if not self._sdpa_tokens(q, k, (ql[bi], head_axis, ql[ti], None), (kl[bi], head_axis, kl[ti], None), None, 1.0 / math.sqrt(hd), frame):
             self.report_seen(Seen(frame.name, "multi_head_attention", tuple(query.shape), "queries or keys are not traceable to image positions"))
 
+    def _fused_qk(self, q: torch.Tensor, k: torch.Tensor, ql: Labels, kl: Labels) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """A fused op's queries ``(B, heads, N, d)`` and keys ``(B, heads, d, M)`` (None where batch or heads cannot be separated)."""
+        qq = self._arrange(q, ql, q.ndim - 2, q.ndim - 1, query=True)
+        kk = self._arrange(k.transpose(-1, -2), tuple(list(kl[:-2]) + [kl[-1], kl[-2]]), k.ndim - 1, k.ndim - 2, query=False)
+        return qq, kk
+
     def _sdpa_tokens(self, q: torch.Tensor, k: torch.Tensor, ql: Labels, kl: Labels, mask: Any, scale: float, frame: Frame) -> bool:
         """Fused attention over token sequences (prefix tokens ⊕ patches): rows stay lazy, from the captured q and k."""
         lq, lk = token_layout(ql[-2]), token_layout(kl[-2])
         if lq is None or lk is None:
             return False
-        qq = self._arrange(q, ql, q.ndim - 2, q.ndim - 1, query=True)
-        kk = self._arrange(k.transpose(-1, -2), tuple(list(kl[:-2]) + [kl[-1], kl[-2]]), k.ndim - 1, k.ndim - 2, query=False)
+        qq, kk = self._fused_qk(q, k, ql, kl)
         if qq is None or kk is None:
             self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), "batch or heads could not be separated"))
             return True
-        m = None if mask is None else keep(mask) if mask.dtype != torch.bool else mask.detach().cpu().clone()
-        rec = TokenAttention(queries=keep(qq), keys=keep(kk), query_hw=lq.hw, key_hw=lk.hw, scale=scale, mask=m, query_prefix=lq.prefix,
-                             key_prefix=lk.prefix)
+        rec = TokenAttention(queries=keep(qq), keys=keep(kk), query_hw=lq.hw, key_hw=lk.hw, scale=scale, mask=_keep_mask(mask),
+                             query_prefix=lq.prefix, key_prefix=lk.prefix)
         rec.note = "fused attention (scaled_dot_product_attention) over tokens; rows computed from its queries and keys"
         rec.source = "generic"
         self.emit(frame, "", rec)

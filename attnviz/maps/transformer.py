@@ -33,15 +33,18 @@ FUSIONS = ("mean", "max", "min")
 
 
 def full_attention(rec: Affinity, batch: int = 0) -> torch.Tensor:
-    """Every query's weights over every key, ``(heads, Nq, Nk)``, prefix tokens first for token records."""
+    """Every query's weights over every key, ``(heads, Nq, Nk)``, prefix tokens first for token records.
+
+    Softmax attention of ``scale · QKᵀ`` plus a mask only: a record with relative-position logits, a causal mask or the
+    dot-product normalisation (``f / N``) has rows only through its own ``row``.
+    """
     if rec.matrix is not None:
         return rec.matrix[batch].float()
+    if rec.rel_h is not None or rec.causal or rec.normalize != "softmax":
+        raise ValueError(f"{rec.name}: the whole matrix is formed only for softmax(scale · QKᵀ + mask) attention")
     assert rec.queries is not None and rec.keys is not None
     logits = torch.einsum("hnd,hdm->hnm", rec.queries[batch].float(), rec.keys[batch].float()) * rec.scale
-    if rec.mask is not None:
-        m = rec.mask.reshape((1,) * (4 - rec.mask.ndim) + tuple(rec.mask.shape))[min(batch, rec.mask.shape[0] - 1) if rec.mask.ndim == 4 else 0]
-        logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m
-    return logits.softmax(-1)
+    return rec.masked(logits, batch).softmax(-1)
 
 
 def cls_maps(rec: TokenAttention, batch: int = 0, token: int = 0) -> torch.Tensor:
