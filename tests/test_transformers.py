@@ -102,6 +102,15 @@ def hf_pair(cls: type, cfg: object) -> tuple[torch.nn.Module, torch.nn.Module]:
     return fused, eager
 
 
+def hf_capture(fused: torch.nn.Module, eager: torch.nn.Module, x: torch.Tensor) -> tuple[attnviz.Capture, tuple[torch.Tensor, ...]]:
+    """The fused model captured, and the eager model's own attentions, on the same input."""
+    with torch.no_grad(), attnviz.capture(fused) as cap:
+        fused(pixel_values=x)
+    with torch.no_grad():
+        atts = eager(pixel_values=x, output_attentions=True).attentions
+    return cap, atts
+
+
 @pytest.mark.parametrize("which", ["vit", "dinov2_registers"])
 def test_hf_rows_equal_eager_attentions(which: str) -> None:
     if which == "vit":
@@ -115,10 +124,7 @@ def test_hf_rows_equal_eager_attentions(which: str) -> None:
         prefix, size = ["cls", "reg0", "reg1", "reg2", "reg3"], (56, 72)  # non-square: 7×9 patches (position embeddings interpolated)
     hw = (size[0] // 8, size[1] // 8)
     x = torch.randn(2, 3, *size)
-    with torch.no_grad(), attnviz.capture(fused) as cap:
-        fused(pixel_values=x)
-    with torch.no_grad():
-        atts = eager(pixel_values=x, output_attentions=True).attentions
+    cap, atts = hf_capture(fused, eager, x)
     recs = list(cap.records.values())
     assert len(recs) == len(atts) == 2
     for rec, a in zip(recs, atts):
@@ -133,10 +139,7 @@ def test_hf_segformer_reduced_keys_on_their_own_grid() -> None:
                                        decoder_hidden_size=32, patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2])
     fused, eager = hf_pair(transformers.SegformerModel, cfg)
     x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad(), attnviz.capture(fused) as cap:
-        fused(pixel_values=x)
-    with torch.no_grad():
-        atts = eager(pixel_values=x, output_attentions=True).attentions
+    cap, atts = hf_capture(fused, eager, x)
     recs = list(cap.records.values())
     assert len(recs) == len(atts) == 2
     for rec, a, (qh, qw), (kh, kw) in zip(recs, atts, [(16, 24), (8, 12)], [(4, 6), (4, 6)]):
@@ -290,10 +293,8 @@ def test_hf_swin_windows_match_eager_attentions_and_the_rest_is_not_drawn() -> N
     cfg = transformers.SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4)
     fused, eager = hf_pair(transformers.SwinModel, cfg)
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad(), attnviz.capture(fused) as cap:
-        fused(pixel_values=x)
-    with torch.no_grad():
-        a = eager(pixel_values=x, output_attentions=True).attentions[0]  # stage 0, its last block (shifted): (16 windows, 2, 16, 16)
+    cap, atts = hf_capture(fused, eager, x)
+    a = atts[0]  # stage 0, its last block (shifted): (16 windows, 2, 16, 16)
     ws, h, w, s = 4, 16, 16, 2
     rec = cap.records["encoder.layers.0.blocks.1.attention"]
     assert rec.shift == ((-s) % h, (-s) % w)  # the roll the windows tile, modulo the grid

@@ -7,6 +7,7 @@ events and its named endpoints.
 
 from __future__ import annotations
 
+import abc
 import functools
 import logging
 import os
@@ -186,7 +187,7 @@ class Endpoint:
     name: str
 
 
-class Tab:
+class Tab(abc.ABC):
     """A tab: ``build()`` its components (inside ``gr.Tab``), ``fill()`` them for an analysis, ``wire()`` its own events,
     and list its named ``endpoints()``. ``outputs`` are filled for each new analysis, ``click_outputs`` on each click too."""
 
@@ -198,13 +199,15 @@ class Tab:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
 
+    @abc.abstractmethod
     def build(self) -> None:
-        raise NotImplementedError
+        """Create the tab's components (called inside its ``gr.Tab``)."""
 
+    @abc.abstractmethod
     def fill(self, a: Analysis, v: ViewState) -> dict[Any, Any]:
-        return {}
+        """The tab's outputs for one analysis (and click)."""
 
-    def wire(self) -> None:
+    def wire(self) -> None:  # noqa: B027  (a hook with a default: most tabs have no events of their own)
         """Events of the tab's own (none by default)."""
 
     def endpoints(self) -> list[Endpoint]:
