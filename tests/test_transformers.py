@@ -308,3 +308,32 @@ def test_hf_swin_windows_match_eager_attentions_and_the_rest_is_not_drawn() -> N
             torch.testing.assert_close(rec.row(y, xx, head=head), torch.roll(ref, shifts=(s, s), dims=(0, 1)), atol=TOL, rtol=0)
     assert {r.name for r in cap.records.values()} == {f"encoder.layers.0.blocks.{i}.attention" for i in range(2)}
     assert {f"encoder.layers.1.blocks.{i}.attention" for i in range(2)} <= {s["module"] for s in cap.seen_not_drawn()}
+
+
+def test_maxvit_grid_attention_is_placed_on_its_dilated_grid() -> None:
+    """MaxViT's grid attention (a g×g grid of cells H/g apart, one per offset): each row at its own pixels. Its within-grid
+    axes alone look like a coarser grid; the offsets folded into the batch say they are not (a regression the sweep found)."""
+    torch.manual_seed(0)
+    model = timm.create_model("maxvit_pico_rw_256", pretrained=False).eval()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    oracle = copy.deepcopy(model)
+    kept: list[torch.Tensor] = []
+    attn = oracle.stages[0].blocks[0].attn_grid.attn
+    attn.fused_attn = False
+    attn.attn_drop.register_forward_pre_hook(lambda m, a: kept.append(a[0].detach().clone()))
+    with torch.no_grad():
+        oracle(x)
+    rec = cap.records["stages.0.blocks.0.attn_grid.attn"]
+    a = kept[0]  # (offsets, heads, g·g, g·g)
+    h, w = rec.hw
+    g = 8
+    sh, sw = h // g, w // g  # cells of one grid lie sh rows / sw columns apart
+    for y, xx in [(0, 0), (h - 1, w - 1), (13, 42)]:
+        (gy, i), (gx, j) = divmod(y, sh), divmod(xx, sw)
+        for head in [None, 0]:
+            r = a[i * sw + j, :, gy * g + gx]
+            ref = torch.zeros(h, w)
+            ref[i::sh, j::sw] = (r.mean(0) if head is None else r[head]).reshape(g, g)
+            torch.testing.assert_close(rec.row(y, xx, head=head), ref, atol=TOL, rtol=0)

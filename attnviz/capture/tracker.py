@@ -754,7 +754,8 @@ class Tracker:
         kp = positions(kl[-2]) if kl else None
         if isinstance(out, torch.Tensor) and ql is not None:  # the output keeps the queries' axes
             self.set(out, (*ql[:-1], None))
-        if (qp is None or kp is None) and ql is not None and kl is not None and self._sdpa_window(q, k, ql, kl, mask, causal, scale, frame):
+        # windows or grids folded into the batch first: their within-window atoms can look like a coarser grid on their own
+        if ql is not None and kl is not None and self._sdpa_window(q, k, ql, kl, mask, causal, scale, frame):
             return
         if (qp is None or kp is None) and ql is not None and kl is not None and not causal and self._sdpa_tokens(q, k, ql, kl, mask, scale, frame):
             return
