@@ -1,4 +1,4 @@
-"""Command line: ``attnviz analyze | inspect | serve | video | download | train | evaluate | models``.
+"""Command line: ``attnviz analyze | inspect | serve | video | atlas | download | train | evaluate | models``.
 
 ``--model`` means the same in every subcommand: a registry name (``attnviz models`` lists them) or
 ``package.module:factory`` for your own code (with ``--model-kwargs`` for the factory's arguments).
@@ -256,6 +256,62 @@ def cmd_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_atlas(args: argparse.Namespace) -> int:
+    """Dataset-level statistics of every attention layer: Parquet tables, atlas.json and report.html in --out."""
+    from tqdm import tqdm
+
+    from .atlas import AtlasError, AtlasOptions, run_atlas, scan_folder, scene_source
+
+    if (args.data is None) == (args.scenes is None):
+        raise SystemExit("error: give --data DIR (an image folder) or --scenes N (generated scenes), not both")
+    name, model = resolve_model(args)
+    bar = tqdm(unit="img", desc="atlas", dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    opts = AtlasOptions(engine=args.engine, batch_size=args.batch_size, workers=args.workers, ray_address=args.ray_address,
+                        device=args.device, amp=args.amp, resume=args.resume, seed=args.seed, model_name=name)
+    try:
+        if args.data is not None:
+            source = scan_folder(args.data, args.masks)
+        else:
+            task = str((getattr(model, "card", None) or {}).get("task", "classification"))
+            source = scene_source(args.scenes, args.families, task, args.seed)
+        info = run_atlas(model, source, args.out, opts, progress)
+    except (AtlasError, RuntimeError) as e:
+        bar.close()
+        raise SystemExit(f"error: {_one_line(e) if not isinstance(e, AtlasError) else e}") from None
+    bar.close()
+    c = info["counts"]
+    print(f"{c['images']} images ({c['skipped']} skipped), {c['records']} layers → {Path(args.out) / 'report.html'}")
+    for key in ("accuracy", "miou"):
+        if key in info["metrics"]:
+            print(f"{key}: {info['metrics'][key]:.4f}")
+    return 0
+
+
+def _atlas_arguments(at: argparse.ArgumentParser) -> None:
+    """Arguments of ``attnviz atlas``."""
+    _add_model(at)
+    at.add_argument("--data", default=None, help="image folder; class sub-folders give labels (as torchvision's ImageFolder)")
+    at.add_argument("--masks", default=None, help="folder of per-pixel label maps named after the images' stems (0 = background, 255 = ignore)")
+    at.add_argument("--scenes", type=int, default=None, help="use N generated test scenes with their truth instead of --data")
+    at.add_argument("--families", nargs="+", default=None, help="background families of --scenes (default: all)")
+    at.add_argument("--out", required=True, help="output folder (per_image/gates/attention.parquet, atlas.json, report.html)")
+    at.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or ray (Ray Data; pip install 'attnviz[ray]')")
+    at.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start Ray on this machine)")
+    at.add_argument("--batch-size", type=int, default=16, help="images per batch (one shard); keep it when resuming")
+    at.add_argument("--workers", type=int, default=None, help="decoding processes (local) or actors (ray); default: cores − 1")
+    at.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
+    at.add_argument("--amp", action="store_true", help="autocast on CUDA")
+    at.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its finished shards")
+    at.add_argument("--seed", type=int, default=0, help="seed of the random query pairs and of --scenes")
+    at.set_defaults(func=cmd_atlas)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``attnviz`` argument parser."""
     p = argparse.ArgumentParser(prog="attnviz", description="Look inside CNN attention modules.")
@@ -311,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="accuracy / mIoU and map faithfulness of a zoo model, per background family")
     eval_mod.build_parser(ev)
     ev.set_defaults(func=eval_mod.run)
+    _atlas_arguments(sub.add_parser("atlas", help="dataset-level attention statistics: Parquet tables and report.html (local or Ray)"))
     ls = sub.add_parser("models", help="list every model and whether it can be loaded here")
     ls.set_defaults(func=cmd_models)
     return p
