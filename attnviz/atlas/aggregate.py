@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .compute import ALL
 
@@ -23,17 +25,58 @@ def shard_path(out: Path, index: int, table: str) -> Path:
     return out / "shards" / (f"{index:06d}.done.json" if table == "done" else f"{index:06d}.{table}.parquet")
 
 
-def read_shards(out: Path, indices: list[int], table: str) -> pd.DataFrame:
-    """One table of the given shards, concatenated in index order."""
-    frames = [pd.read_parquet(p) for i in sorted(indices) if (p := shard_path(out, i, table)).is_file()]
-    frames = [f for f in frames if len(f.columns)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def _summed(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     if df.empty:
         return df
     return df.groupby(keys, sort=False, dropna=False).sum(numeric_only=True).reset_index()
+
+
+def fold_shards(out: Path, indices: list[int], table: str, keys: list[str]) -> pd.DataFrame:
+    """The sum per key of one partial table over the shards, folded in index order: memory holds one shard and the running
+    sums, never the whole run."""
+    running = pd.DataFrame()
+    for i in sorted(indices):
+        p = shard_path(out, i, table)
+        part = pd.read_parquet(p) if p.is_file() else pd.DataFrame()
+        if part.empty:
+            continue
+        running = part if running.empty else _summed(pd.concat([running, part], ignore_index=True), keys)
+    return _summed(running, keys)
+
+
+def _unified_schema(paths: list[Path]) -> pa.Schema:
+    """Every column of the shards (first seen first), each with the first non-null type it has."""
+    types: dict[str, pa.DataType] = {}
+    for p in paths:
+        for f in pq.read_schema(p):
+            if f.name.startswith("__"):
+                continue
+            if f.name not in types or pa.types.is_null(types[f.name]):
+                types[f.name] = f.type
+    return pa.schema([(n, t if not pa.types.is_null(t) else pa.float64()) for n, t in types.items()])
+
+
+def write_per_image(out: Path, indices: list[int]) -> tuple[int, str]:
+    """Stream every shard's per-image rows into ``out/per_image.parquet`` (one shard in memory at a time).
+
+    Returns:
+        The number of rows and the task of the first row (``""`` when there are none).
+    """
+    paths = [p for i in sorted(indices) if (p := shard_path(out, i, "per_image")).is_file() and pq.read_metadata(p).num_rows]
+    target = out / "per_image.parquet"
+    if not paths:
+        pd.DataFrame(columns=["path", "label", "prediction", "confidence", "correct", "task"]).to_parquet(target, index=False)
+        return 0, ""
+    schema = _unified_schema(paths)
+    rows, task = 0, ""
+    with pq.ParquetWriter(target, schema) as writer:
+        for p in paths:
+            t = pq.read_table(p)
+            cols = [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema]
+            writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+            task = task or str(t.column("task")[0])
+            rows += t.num_rows
+    return rows, task
 
 
 def _mean_std(df: pd.DataFrame) -> pd.DataFrame:
@@ -44,10 +87,10 @@ def _mean_std(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def gates_table(partial: pd.DataFrame) -> pd.DataFrame:
-    """``layer, class, channel, count, mean, std, saturated_share`` (class ``(all)``: every image)."""
+    """From the summed partial: ``layer, class, channel, count, mean, std, saturated_share`` (class ``(all)``: every image)."""
     if partial.empty:
         return pd.DataFrame(columns=["layer", "class", "channel", "count", "mean", "std", "saturated_share"])
-    df = _mean_std(_summed(partial, ["layer", "class", "channel"]))
+    df = _mean_std(partial)
     df["saturated_share"] = df["saturated"] / df["count"]
     return df[["layer", "class", "channel", "count", "mean", "std", "saturated_share"]]
 
@@ -79,7 +122,7 @@ def attention_table(partial: pd.DataFrame, gates: pd.DataFrame) -> pd.DataFrame:
     cols = ["layer", "head", "statistic", "value", "std", "count"]
     rows = []
     if not partial.empty:
-        df = _mean_std(_summed(partial, ["layer", "head", "statistic"]))
+        df = _mean_std(partial)
         rows.append(df.rename(columns={"mean": "value"})[cols])
     whole = gates[gates["class"] == ALL]
     extra = []
@@ -99,10 +142,10 @@ def attention_table(partial: pd.DataFrame, gates: pd.DataFrame) -> pd.DataFrame:
 
 
 def metrics(counts: pd.DataFrame, classes: list[str], model_classes: list[str], task: str) -> dict[str, Any]:
-    """Accuracy and confusion (classification with labels), per-class IoU and mIoU (segmentation with label maps)."""
+    """From the summed counts: accuracy and confusion (classification with labels), per-class IoU and mIoU (segmentation with label maps)."""
     if counts.empty:
         return {}
-    c = _summed(counts, ["table", "i", "j"])
+    c = counts
     out: dict[str, Any] = {}
     conf = c[c["table"] == "confusion"]
     if len(conf):

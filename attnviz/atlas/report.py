@@ -96,7 +96,7 @@ def _table(df: pd.DataFrame, limit: int = 200) -> str:
     return df.head(limit).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="t")
 
 
-def write_report(out: Path, info: dict[str, Any], per_image: pd.DataFrame, gates: pd.DataFrame, attention: pd.DataFrame) -> Path:
+def write_report(out: Path, info: dict[str, Any], gates: pd.DataFrame, attention: pd.DataFrame) -> Path:
     """Write ``out/report.html`` and return its path."""
     e = html.escape
     parts = [f"<h1>Attention atlas: {e(str(info['model']))}</h1>",

@@ -152,26 +152,24 @@ def finish(out: Path, source: Source, opts: AtlasOptions, card: dict[str, Any], 
     """Merge every shard into the atlas's tables, ``atlas.json`` and ``report.html``."""
     n = len(source.shards(opts.batch_size))
     indices = list(range(n))
-    per_image = aggregate.read_shards(out, indices, "per_image")
-    gates = aggregate.gates_table(aggregate.read_shards(out, indices, "gates"))
-    attention = aggregate.attention_table(aggregate.read_shards(out, indices, "attention"), gates)
-    per_image.to_parquet(out / "per_image.parquet", index=False)
+    gates = aggregate.gates_table(aggregate.fold_shards(out, indices, "gates", ["layer", "class", "channel"]))
+    attention = aggregate.attention_table(aggregate.fold_shards(out, indices, "attention", ["layer", "head", "statistic"]), gates)
+    images, task = aggregate.write_per_image(out, indices)
     gates.to_parquet(out / "gates.parquet", index=False)
     attention.to_parquet(out / "attention.parquet", index=False)
     markers = [json.loads(aggregate.shard_path(out, i, "done").read_text()) for i in indices]
     skipped = source.skipped + [s for m in markers for s in m["skipped"]]
-    task = str(per_image["task"].iloc[0]) if len(per_image) else ""
     info = {
         "model": opts.model_name or card.get("name", type(card).__name__), "task": task, "data": source.description,
         "engine": opts.engine, "workers": workers, "batch_size": opts.batch_size, "device": opts.device or str(pick_device()), "amp": opts.amp,
         "seed": opts.seed, "query_limit": opts.query_limit, "input_size": list(card["input_size"]),
-        "counts": {"images": int(len(per_image)), "skipped": len(skipped), "shards": n, "records": int(attention["layer"].nunique()) if len(attention) else 0},
+        "counts": {"images": images, "skipped": len(skipped), "shards": n, "records": int(attention["layer"].nunique()) if len(attention) else 0},
         "seconds": round(seconds, 2), "classes": source.classes, "model_classes": model_classes,
-        "metrics": aggregate.metrics(aggregate.read_shards(out, indices, "counts"), source.classes, model_classes, task),
+        "metrics": aggregate.metrics(aggregate.fold_shards(out, indices, "counts", ["table", "i", "j"]), source.classes, model_classes, task),
         "skipped": skipped, "versions": _versions(opts.engine), "columns": COLUMNS, "statistics": STATISTICS,
     }
     (out / "atlas.json").write_text(json.dumps(info, indent=2, default=str))
     from .report import write_report  # noqa: PLC0415
 
-    write_report(out, info, per_image, gates, attention)
+    write_report(out, info, gates, attention)
     return info

@@ -60,7 +60,8 @@ class LayerRows:
     Attributes:
         name: Layer name (module path; CCNet's loops are one layer).
         kind: Record kind (``affinity``, ``tokens``, ``window``, ``criss_cross``, ``regions``).
-        rows: ``(heads, Q, M)`` non-negative weights over the keys, each row summing to 1.
+        rows: ``(heads, Q, M)`` non-negative weights over the keys, each row summing to 1 (float64: the statistics of
+            near-uniform rows are differences of nearly equal numbers).
         cells: ``(Q, 2)`` query cells (y, x) on ``query_hw``.
         query_px: ``(Q, 2)`` query cell centres in image pixels.
         key_px: ``(M, 2)`` key cell centres in image pixels.
@@ -88,9 +89,11 @@ class LayerRows:
 
 
 def pixel_layers(records: Mapping[str, Record]) -> dict[str, list[Record]]:
-    """Query-dependent layers of a capture in forward order: name → its records (CCNet: the loops in order)."""
+    """Query-dependent layers whose rows are distributions, in forward order: name → its records (CCNet: the loops in order)."""
     out: dict[str, list[Record]] = {}
     for name, rec in records.items():
+        if isinstance(rec, Affinity) and rec.normalize != "softmax":
+            continue  # dot-product Non-Local (f / N): its rows are no distributions, and these statistics need one
         if isinstance(rec, (Affinity, WindowAffinity, CrissCross, RegionAttention)):
             key = base_name(name) if isinstance(rec, CrissCross) else name
             out.setdefault(key, []).append(rec)
@@ -117,7 +120,7 @@ def _affinity_rows(rec: Affinity, cells: torch.Tensor, batch: int) -> tuple[torc
         from .transformer import full_attention  # noqa: PLC0415
 
         full = full_attention(rec, batch)[:, pq + idx, :]
-    else:  # relative positions, causal or dot-product normalisation: the record's own rows
+    else:  # relative positions or a causal mask: the record's own rows
         assert not pk
         full = torch.stack([torch.stack([rec.row(int(y), int(x), batch, head=hd).flatten() for y, x in cells.tolist()])
                             for hd in range(rec.heads)])
@@ -178,8 +181,8 @@ def layer_rows(name: str, recs: Sequence[Record], batch: int, image_hw: tuple[in
         raise TypeError(f"{name}: {type(rec).__name__} has no query rows")
     if base is None:
         base = reach[:1].float() / reach[:1].sum(-1, keepdim=True).clamp_min(1)
-    return LayerRows(name, rec.kind, rows.float(), cells, cell_centres(q_hw, image_hw)[cells[:, 0] * q_hw[1] + cells[:, 1]],
-                     cell_centres(k_hw, image_hw), k_hw, reach, base.float(), prefix)
+    return LayerRows(name, rec.kind, rows.double(), cells, cell_centres(q_hw, image_hw)[cells[:, 0] * q_hw[1] + cells[:, 1]],
+                     cell_centres(k_hw, image_hw), k_hw, reach, base.double(), prefix)
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -189,7 +192,7 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 def row_statistics(lr: LayerRows) -> dict[str, torch.Tensor]:
     """Per head ``(heads,)``: ``distance_px``, ``entropy``, ``entropy_norm`` and, for transformer layers, ``prefix_mass``
     (each the mean over the layer's query cells)."""
-    d = torch.cdist(lr.query_px.double(), lr.key_px.double()).float()  # (Q, M)
+    d = torch.cdist(lr.query_px.double(), lr.key_px.double())  # (Q, M)
     p = lr.rows
     ent = _entropy(p)  # (heads, Q)
     n = lr.reach.sum(-1).clamp_min(2).float()  # (heads, Q) keys each query can reach
