@@ -269,3 +269,14 @@ def test_serve_loads_a_user_model_safely(tmp_path: Path) -> None:
         load_user_model("test_analysis:Tiny", str(tmp_path / "pickle.pt"))
     with pytest.raises(SystemExit, match="package.module:factory"):
         load_user_model("no_colon_here")
+
+
+def test_client_atlas_over_the_shipped_examples(client) -> None:  # type: ignore[no-untyped-def]
+    from gradio_client.exceptions import AppError
+
+    c, _ = client
+    text, info = c.predict("se_resnet", "shipped examples", api_name="/atlas")
+    assert info["counts"]["images"] == len(list(EXAMPLES.glob("*.png"))) and info["model"] == "se_resnet"
+    assert "se_resnet" in text and "images" in text
+    with pytest.raises(AppError, match="data must be one of"):
+        c.predict("se_resnet", "my disk", api_name="/atlas")

@@ -283,3 +283,33 @@ def test_cli_runs_an_atlas_over_generated_scenes(tmp_path: Path, capsys: pytest.
 def test_scene_source_rejects_unknown_families() -> None:
     with pytest.raises(AtlasError, match="unknown scene families"):
         scene_source(4, ["moon"])
+
+
+def test_an_atlas_opens_from_its_folder_or_zip(folder: tuple[Path, Path], tmp_path: Path) -> None:
+    import zipfile
+
+    from attnviz.atlas.view import class_figure, layer_figure, layer_table, open_atlas, summary
+
+    data, masks = folder
+    run_atlas(small_model(), scan_folder(data, masks), tmp_path / "a", AtlasOptions(batch_size=16, workers=0, model_name="small"))
+    zipped = tmp_path / "a.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        for p in (tmp_path / "a").iterdir():
+            if p.is_file():
+                z.write(p, f"a/{p.name}")
+        z.writestr("../../escape.txt", "never written outside")
+    at = open_atlas(zipped, tmp_path / "unpacked")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path.parent / "escape.txt").exists()
+    assert at.classes == CLASSES and at.layers[:1] == ["2"]
+    assert "small" in summary(at) and "Query dependence" in summary(at)
+    class_figure(at, "bee")
+    layer_figure(at, "2")
+    layer_figure(at, "1")
+    assert set(layer_table(at, "2")["statistic"]) >= {"distance_px", "query_js", "entropy"}
+    with pytest.raises(AtlasError, match="class 'wasp'"):
+        class_figure(at, "wasp")
+    (tmp_path / "notzip.zip").write_text("hello")
+    with pytest.raises(AtlasError, match="not a zip"):
+        open_atlas(tmp_path / "notzip.zip", tmp_path / "u2")
+    with pytest.raises(AtlasError, match="not a finished atlas"):
+        open_atlas(tmp_path / "u2")

@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -94,25 +95,26 @@ def forward(model: nn.Module, x: torch.Tensor, ctx: BatchContext) -> tuple[str, 
 
 
 def _gates(records: dict[str, Record], classes: list[str], labels: torch.Tensor) -> pd.DataFrame:
-    rows = []
     names = [classes[i] if 0 <= i < len(classes) else None for i in labels.tolist()]
+    groups = [(ALL, torch.ones(len(names), dtype=torch.bool))]
+    groups += [(c, torch.tensor([n == c for n in names])) for c in sorted({n for n in names if n is not None})]
+    parts: list[pd.DataFrame] = []
     for name, rec in records.items():
         if isinstance(rec, ChannelGate):
-            parts = {name: rec.weights}
+            layers = {name: rec.weights}
         elif isinstance(rec, BranchWeights):
-            parts = {f"{name}[branch {m}]": rec.weights[:, m] for m in range(rec.weights.shape[1])}
+            layers = {f"{name}[branch {m}]": rec.weights[:, m] for m in range(rec.weights.shape[1])}
         else:
             continue
-        for layer, g in parts.items():
+        for layer, g in layers.items():
             g = g.double()  # (B, C)
             sat = ((g <= SATURATED) | (g >= 1 - SATURATED)).double()
-            groups = [(ALL, torch.ones(len(g), dtype=torch.bool))]
-            groups += [(c, torch.tensor([n == c for n in names])) for c in sorted({n for n in names if n is not None})]
             for cls, sel in groups:
-                gs = g[sel]
-                for ch, (s, q, k) in enumerate(zip(gs.sum(0).tolist(), (gs * gs).sum(0).tolist(), sat[sel].sum(0).tolist())):
-                    rows.append((layer, cls, ch, int(sel.sum()), s, q, k))
-    return pd.DataFrame(rows, columns=["layer", "class", "channel", "count", "sum", "sumsq", "saturated"])
+                gs, c = g[sel], g.shape[1]
+                parts.append(pd.DataFrame({"layer": layer, "class": cls, "channel": np.arange(c), "count": int(sel.sum()),
+                                           "sum": gs.sum(0).numpy(), "sumsq": (gs * gs).sum(0).numpy(), "saturated": sat[sel].sum(0).numpy()}))
+    cols = ["layer", "class", "channel", "count", "sum", "sumsq", "saturated"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
 def _head_values(acc: _Sums, per_image: dict[str, float], layer: str, stats: dict[str, torch.Tensor]) -> None:

@@ -31,6 +31,7 @@ from .common import Shared
 from .examples import load_examples
 from .page import Page
 from .sidebar import Sidebar
+from .tabs.atlas import AtlasTab
 from .tabs.attributions import AttributionsTab
 from .tabs.export import ExportTab
 from .tabs.gates import GatesTab, OthersTab
@@ -46,7 +47,7 @@ HEADER = """# attnviz — look inside CNN attention modules
 Pick an example or upload an image: click (or hover) any pixel to see where a Non-Local, CCNet, DANet or OCR layer
 looks from there, next to the prediction — plus channel gates, spatial masks, STN grids and captum attributions.
 """
-TABS = (PixelTab, TransformerTab, SegmentationTab, SpatialTab, GatesTab, OthersTab, StnTab, ModulesTab, AttributionsTab, VideoTab, ExportTab)
+TABS = (PixelTab, TransformerTab, SegmentationTab, SpatialTab, GatesTab, OthersTab, StnTab, ModulesTab, AttributionsTab, VideoTab, AtlasTab, ExportTab)
 CSS = """
 #view_image img, .pixelated img, .example-btn img { image-rendering: pixelated; }
 .example-btn { flex-direction: column; font-size: 12px; }
