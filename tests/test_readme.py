@@ -59,7 +59,8 @@ def test_files_named_in_commands_exist() -> None:
                 assert (ROOT / tok).exists(), f"README names {tok}, which does not exist"
 
 
-@pytest.mark.parametrize("line", [ln for ln in SH if ln.startswith("attnviz ") and ln.split()[1] in ("analyze", "inspect", "models", "video")])
+@pytest.mark.parametrize("line", [ln for ln in SH if ln.startswith("attnviz ") and (ln.split()[1] in ("analyze", "inspect", "models", "video")
+                                                                                    or ln.split()[1] == "atlas" and "--scenes" in ln)])
 def test_cli_lines_run(line: str, tmp_path: Path) -> None:
     needs_zoo()
     args = shlex.split(line, comments=True)

@@ -132,7 +132,9 @@ def attention_table(partial: pd.DataFrame, gates: pd.DataFrame) -> pd.DataFrame:
         extra.append((layer, -1, "gate_mean", float(g["mean"].mean()), float(g["mean"].std(ddof=0)), n))
         extra.append((layer, -1, "saturated_share", float(g["saturated_share"].mean()), float(g["saturated_share"].std(ddof=0)), n))
         if layer in sel:
+            k = int((gates[(gates["layer"] == layer) & (gates["class"] != ALL)]["class"]).nunique())
             extra.append((layer, -1, "class_selectivity", sel[str(layer)], float("nan"), n))
+            extra.append((layer, -1, "class_selectivity_chance", (k - 1) / max(n - 1, 1), float("nan"), n))  # E[η²] without any class effect
     if extra:
         rows.append(pd.DataFrame(extra, columns=cols))
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)

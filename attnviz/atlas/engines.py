@@ -9,6 +9,7 @@ writes its partial tables; a shard is finished once its ``done`` marker exists (
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -112,6 +113,7 @@ class ShardActor:
 def _ray_rows(model: nn.Module, plan: Plan, todo: list[int], ctx: BatchContext, out: Path, workers: int) -> Iterator[dict[str, Any]]:
     import ray  # noqa: PLC0415
 
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar reports; Ray's would interleave with it
     ray.data.DataContext.get_current().enable_progress_bars = False
     gpu = 1 if ctx.device.startswith("cuda") else 0
     ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=max(1, min(len(todo), 4 * workers)))
@@ -131,7 +133,7 @@ def run_ray(model: nn.Module, plan: Plan, todo: list[int], ctx: BatchContext, ou
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, num_cpus=None if address else max(workers, 1), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+                 logging_level=logging.ERROR, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     total = sum(len(plan.shards[i]) for i in todo)
     done = 0
     try:

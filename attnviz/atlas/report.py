@@ -67,8 +67,9 @@ def figures(info: dict[str, Any], gates: pd.DataFrame, attention: pd.DataFrame) 
         out.append(("Per-class excitation per block (SENet, fig. 6)", fig))
     sel = layer_stat(attention, "class_selectivity")
     if len(sel):
-        out.append(("Class selectivity of the gates over depth", charts.layer_lines(list(sel.index), {"η² (class share of the variance)": sel.to_numpy()},
-                                                                                    "class selectivity", "Gate class selectivity")))
+        chance = layer_stat(attention, "class_selectivity_chance").reindex(sel.index).to_numpy()
+        out.append(("Class selectivity of the gates over depth", charts.layer_lines(
+            list(sel.index), {"η² (class share of the variance)": sel.to_numpy(), "chance level": chance}, "class selectivity", "Gate class selectivity")))
     layers = pixel_layers(attention)
     if layers:
         out.append(("Mean attention distance, heads × layers (ViT, fig. 7)",

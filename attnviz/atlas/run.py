@@ -60,6 +60,7 @@ STATISTICS = {
     "pointing": "spatial masks: whether the mask's peak lies on an object",
     "gate_mean": "gates: mean over channels of the mean gate", "saturated_share": "gates: share ≤ 0.05 or ≥ 0.95",
     "class_selectivity": "gates: between-class share of each channel's variance (η²), mean over channels; needs labels",
+    "class_selectivity_chance": "what η² averages without any class effect, (classes − 1) ÷ (images − 1): read class_selectivity against it",
 }
 
 
