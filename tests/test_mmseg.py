@@ -216,3 +216,28 @@ def test_another_schedule_is_not_silently_our_checkpoint() -> None:
         cat.entry("gcnet_r50-d8_4xb2-40k_cityscapes-512x1024")
     with pytest.raises(UserError, match="Unknown model 'nope'"):
         cat.entry("nope")
+
+
+@pytest.mark.parametrize("sub_sample", [False, True])
+def test_concatenation_non_local_rows_are_the_modules_own(sub_sample: bool) -> None:
+    """mmcv's Non-Local in ``concatenation`` mode: f = ReLU(W·[θ_i, φ_j]) (θ repeated over the keys, φ over the queries),
+    rows f / N. Every captured row equals what the module computed (read at ``concat_project``), on the key grid φ uses."""
+    from mmcv.cnn import NonLocal2d
+
+    import attnviz
+
+    torch.manual_seed(0)
+    m = NonLocal2d(16, mode="concatenation", sub_sample=sub_sample).eval()
+    seen: dict[str, torch.Tensor] = {}
+    m.concat_project.register_forward_hook(lambda mod, args, out: seen.__setitem__("f", out.detach().clone()))
+    with torch.no_grad(), attnviz.capture(m) as cap:
+        m(torch.randn(2, 16, 6, 7))
+    rec = cap.records["model"]
+    assert rec.kind == "affinity" and rec.normalize == "mean" and rec.query_hw == (6, 7)
+    assert rec.key_hw == ((3, 3) if sub_sample else (6, 7))
+    f = seen["f"].flatten(1, 2)  # (B, N, M): query i = y·7 + x, key j on φ's grid
+    rows = f / f.shape[-1]
+    for b in range(2):
+        for y in range(6):
+            for x in range(7):
+                torch.testing.assert_close(rec.row(y, x, batch=b).flatten(), rows[b, y * 7 + x], atol=1e-6 * float(rows.abs().max()), rtol=0)

@@ -337,3 +337,27 @@ def test_maxvit_grid_attention_is_placed_on_its_dilated_grid() -> None:
             ref = torch.zeros(h, w)
             ref[i::sh, j::sw] = (r.mean(0) if head is None else r[head]).reshape(g, g)
             torch.testing.assert_close(rec.row(y, xx, head=head), ref, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["xcit_nano_12_p16_224", "edgenext_xx_small"])
+def test_cross_covariance_attention_is_a_block_diagonal_channel_affinity(name: str) -> None:
+    """XCiT / EdgeNeXt attend over channels, each head within its own channel group: the record is the module's own weights
+    (read from ``attn_drop``), head g's block at channels g·C/h …, and nothing between groups (a mean over heads would mix
+    unrelated channels)."""
+    torch.manual_seed(0)
+    m = timm.create_model(name, pretrained=False).eval()
+    ref: dict[str, torch.Tensor] = {}
+    for n, mod in m.named_modules():
+        if type(mod).__name__ in ("XCA", "CrossCovarianceAttn"):
+            mod.attn_drop.register_forward_hook(lambda mod_, args, out, n=n: ref.__setitem__(n, out.detach().clone()))
+    with torch.no_grad(), attnviz.capture(m) as cap:
+        m(torch.randn(2, 3, 224, 224))
+    recs = {k.rsplit(".channel_affinity", 1)[0]: r for k, r in cap.records.items() if r.kind == "channel_affinity"}
+    assert set(recs) == set(ref) and ref
+    for n, w in ref.items():  # (B, heads, C/h, C/h)
+        b, heads, c, _ = w.shape
+        expected = torch.zeros(b, heads * c, heads * c)
+        for g in range(heads):
+            expected[:, g * c : (g + 1) * c, g * c : (g + 1) * c] = w[:, g]
+        assert recs[n].groups == heads
+        torch.testing.assert_close(recs[n].matrix, expected, atol=TOL, rtol=0)

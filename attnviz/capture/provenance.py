@@ -390,6 +390,32 @@ def _einsum_labels(eq: str, ops: Sequence[torch.Tensor], labels: Sequence[Labels
     return out if any(o is not None for o in out) else None
 
 
+def _repeat_labels(xl: Labels, shape: list[int], oshape: list[int]) -> Labels:
+    """``x.repeat(...)``: an axis of size 1 repeated holds one value along it (broadcast); a real axis tiled is unknown."""
+    pad = len(oshape) - len(xl)
+    res: list[Axis] = []
+    for i, o in enumerate(oshape):
+        j = i - pad
+        if j < 0 or shape[j] == 1:
+            res.append(((BATCH_GRID, "bcast", int(o)),) if o > 1 else None)
+        else:
+            res.append(xl[j] if shape[j] == o else None)
+    return tuple(res)
+
+
+def _unbroadcast(res: list[Axis], lbs: list[Labels | None], d: int) -> list[Axis]:
+    """Channels of parts joined (``cat`` along ``d``): an axis broadcast in one part and indexed by positions in exactly one
+    other holds those positions (Non-Local's concatenation: θ repeated over the keys ⊕ φ repeated over the queries)."""
+    out = list(res)
+    for k, ax in enumerate(res):
+        if k == d or (ax is not None and not is_broadcast(ax)):
+            continue
+        real = {lb[k] for lb in lbs if lb is not None and lb[k] is not None and not is_broadcast(lb[k])}
+        if len(real) == 1 and all(lb is not None and (lb[k] in real or is_broadcast(lb[k])) for lb in lbs):
+            out[k] = real.pop()
+    return out
+
+
 def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Any) -> Labels | None:  # noqa: PLR0915  (one dispatch over op kinds; to be split by op family with the token-provenance rework, issue 20)
     """Labels of ``out`` (a tensor) from the labels of the inputs (``get(t)``), or None when unknown."""
     x = args[0] if args else kwargs.get("input")
@@ -403,6 +429,8 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         return xl if xl is not None and len(xl) == len(oshape) else None
     if name in ("view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze", "squeeze_", "unsqueeze_"):
         return reshape_labels(xl, list(x.shape), oshape) if xl is not None else None
+    if name == "repeat":
+        return _repeat_labels(xl, list(x.shape), oshape) if xl is not None else None
     if name in ("permute", "movedim"):
         if xl is None:
             return None
@@ -547,7 +575,7 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
                 return tuple(res)
         if all(p is not None and is_channels(p) for p in parts):  # channels joined: the channels of a new grid
             res[d] = ((new_grid(), "c", int(oshape[d])),)
-            return tuple(res)
+            return tuple(_unbroadcast(res, lbs, d))
         res[d] = _cat_tokens(parts, [int(t.shape[d]) for t in ts])  # prefix tokens ⊕ the positions of a grid, or unknown
         if lbs[-1] is not None and res[d] is not None:  # the other axes (batch, channels) are the patch part's
             res = [r if k == d else lbs[-1][k] for k, r in enumerate(res)]

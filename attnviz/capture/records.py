@@ -99,10 +99,18 @@ class BranchWeights(Record):
 
 @dataclass(eq=False, kw_only=True)
 class ChannelAffinity(Record):
-    """Channel-to-channel attention (DANet CAM)."""
+    """Channel-to-channel attention: DANet CAM, or cross-covariance attention (XCiT, EdgeNeXt; El-Nouby et al. 2021,
+    arXiv:2106.09681) whose heads attend within their own channel group.
+
+    Attributes:
+        matrix: ``(B, C, C)``: row c is what channel c attends to. With ``groups`` > 1 (one group per head) it is block
+            diagonal: head g's ``(C/g × C/g)`` weights at channels ``g·C/g … (g + 1)·C/g − 1``, zero between groups.
+        groups: Channel groups (heads) that attend only within themselves.
+    """
 
     kind: ClassVar[str] = "channel_affinity"
     matrix: torch.Tensor  # (B, C, C)
+    groups: int = 1
 
     @property
     def batch_size(self) -> int:

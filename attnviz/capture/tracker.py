@@ -74,10 +74,29 @@ TOKEN_PARAMS = {"cls_token": "cls", "class_token": "cls", "dist_token": "dist", 
 SOFTMAXES = {"softmax"}
 MULS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__", "multiply"}
 MATMULS = {"matmul", "bmm", "__matmul__", "__rmatmul__", "einsum", "baddbmm"}
+DIVISIONS = ("div", "__truediv__", "true_divide", "div_", "__itruediv__")
 SCALAR_OPS = {"mul", "__mul__", "__rmul__", "div", "__truediv__", "add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "true_divide",
               "mul_", "div_", "add_", "sub_", "__imul__", "__itruediv__", "__iadd__", "__isub__"}
 SHAPE_OPS = {"view", "reshape", "permute", "transpose", "contiguous", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "unflatten",
              "clone", "detach", "to", "float", "half", "broadcast_to", "view_as", "reshape_as", "movedim", "swapaxes", "type_as", "mT", "t"}
+
+
+def _channel_groups(key_axis: Axis, q_axis: Axis, heads: list[tuple[int, str, int]]) -> int | None:
+    """Heads of a channel attention that split the very channels it attends over (XCiT's ``c → (heads, c/heads)``): their
+    number (1 without heads); None when the heads are anything else (their mean would mix unrelated channels)."""
+    if not heads:
+        return 1
+    if len(heads) != 1 or len(key_axis) != 1 or len(q_axis) != 1:  # type: ignore[arg-type]
+        return None
+    (gk, kn, ks), (gq, qn, _), (gh, hn, hs) = key_axis[0], q_axis[0], heads[0]  # type: ignore[index]
+    parent, inner = kn.rsplit("[", 1)
+    same_split = hn.rsplit("[", 1)[0] == parent and inner == f"{ks}i]" and hn.endswith(f"[{hs}o]")
+    return hs if gk == gq == gh and kn == qn and same_split else None
+
+
+def _block_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """``(B, G, n, n)`` → ``(B, G·n, G·n)`` with block g on the diagonal."""
+    return torch.stack([torch.block_diag(*mb.unbind(0)) for mb in m])
 
 
 def _base(name: str) -> str:
@@ -321,6 +340,8 @@ class Tracker:
         elif name in SCALAR_OPS and isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
             hit = self._logits.get(id(args[0]))
             other = args[1] if len(args) > 1 else None
+            if hit is None and name in DIVISIONS and isinstance(other, (int, float)) and self._pairwise_mean(args[0], float(other)):
+                self._candidate("normalized", out, frame, dim=out.ndim - 1)  # f / N over pairs of positions (concatenation Non-Local)
             if hit is not None and hit[0]() is args[0] and isinstance(other, (int, float)):
                 if name in ("mul", "__mul__", "mul_", "__imul__"):
                     self._logits[id(out)] = (weakref.ref(out), hit[1], hit[2], hit[3] * float(other))
@@ -347,6 +368,13 @@ class Tracker:
                 if hit is not None and hit[0]() is x and dim == out.ndim - 1:
                     qk = (hit[1], hit[2], hit[3])
                 self._candidate("softmax", out, frame, dim=dim, qk=qk)
+
+    def _pairwise_mean(self, t: torch.Tensor, other: float) -> bool:
+        """Whether ``t / other`` normalises pairwise weights by their key count: ``t``'s last two axes are image positions
+        and ``other`` is the number of keys (Non-Local's ``f / N`` with f not a product of queries and keys)."""
+        lb = self.get(t)
+        return (lb is not None and t.ndim >= 3 and other == float(t.shape[-1]) and positions(lb[-1]) is not None
+                and positions(lb[-2]) is not None)
 
     def _cross(self, out: torch.Tensor, dim: int, frame: Frame) -> bool:
         """A softmax over a criss-cross key axis (column ⊕ row of the query's grid): CCNet's attention."""
@@ -634,10 +662,7 @@ class Tracker:
             self._record(c, "channel", rec)
             return
         if is_channels(key_axis) and q_axis is not None and is_channels(q_axis) and not window_atoms:
-            m = self._matrix(a, d, al, k_idx, q_idx)
-            if m is None:
-                return
-            self._record(c, "channel_affinity", ChannelAffinity(matrix=keep(m.mean(1))))
+            self._channel_affinity(c, a, d, al, k_idx, q_idx, key_axis, q_axis, heads_atoms)
             return
         if kp is not None and qp is not None and not window_atoms:
             self._affinity(c, a, d, al, k_idx, q_idx, qp, kp, norm)
@@ -651,6 +676,18 @@ class Tracker:
             return
         why = "keys that are not image positions" if kp is None else "queries that are not image positions"
         c.reasons.append(f"{c.op} over {size_of(key_axis) if key_axis else '?'} {why}")
+
+    def _channel_affinity(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, key_axis: Axis, q_axis: Axis,
+                          heads_atoms: list[Any]) -> None:
+        """Channels over channels (DANet CAM; XCiT's heads, each within its own channel group: block diagonal)."""
+        groups = _channel_groups(key_axis, q_axis, heads_atoms)
+        m = self._matrix(a, d, al, k_idx, q_idx) if groups else None
+        if m is None:
+            c.reasons.append("channel attention whose heads are not groups of the channels it attends over")
+            return
+        rec = ChannelAffinity(matrix=keep(_block_diagonal(m)), groups=groups or 1)
+        rec.note = f"{c.op} over channels" + (f", per head within its group of {m.shape[-1]} channels (block diagonal)" if m.shape[1] > 1 else "")
+        self._record(c, "channel_affinity", rec)
 
     def _matrix(self, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int) -> torch.Tensor | None:
         """The weights as ``(B, heads, Nq, Nk)`` (queries 1 when absent), heads = every folded non-batch atom."""
