@@ -14,7 +14,7 @@ from conftest import free_port
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 PY = re.findall(r"```python\n(.*?)```", README, re.S)
-SH = [line for block in re.findall(r"```bash\n(.*?)```", README, re.S) for line in block.splitlines()]
+SH = [line for block in re.findall(r"```bash\n(.*?)```", README, re.S) for line in block.replace("\\\n", " ").splitlines()]  # continued lines joined
 
 
 def needs_zoo() -> None:
