@@ -117,6 +117,19 @@ def rss(data: Path, out: Path) -> dict[str, float]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def ray_vs_local(model: nn.Module, data: Path, tmp: Path, workers: int) -> dict[str, object]:
+    """The Ray engine (2 actors, Ray started beforehand and timed apart) and local, one after the other."""
+    import ray  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    start = round(time.perf_counter() - t0, 2)
+    ray_s = atlas(model, data, tmp / "out-ray", "ray", 2)
+    local_s = atlas(model, data, tmp / "out-local", "local", workers)
+    ray.shutdown()
+    return {"ray_start_s": start, "ray_s": ray_s, "local_again_s": local_s, "throughput_ray_vs_local": round(local_s / ray_s, 3)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=256)
@@ -125,6 +138,8 @@ def main() -> None:
     p.add_argument("--large", type=int, default=20000)
     p.add_argument("--workers", type=int, default=1, help="decoding processes (local) and actors (ray: at least 2)")
     p.add_argument("--out", default="bench/out/atlas.json")
+    p.add_argument("--skip-ray", action="store_true")
+    p.add_argument("--skip-rss", action="store_true")
     p.add_argument("--rss-child", nargs=2, default=None)
     args = p.parse_args()
     if args.rss_child:
@@ -147,16 +162,10 @@ def main() -> None:
         res["throughput_local_vs_plain"] = round(min(times["plain"]) / min(times["local"]), 3)
         res["throughput_local_vs_plain_without_report"] = round(min(times["plain"]) / (min(times["local"]) - res["merge_and_report_s"]), 3)
         res["per_image_ms"] = {"plain": round(1000 * min(times["plain"]) / args.images, 2), "atlas": round(1000 * min(times["local"]) / args.images, 2)}
-        import ray  # noqa: PLC0415
-
-        t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-        res["ray_start_s"] = round(time.perf_counter() - t0, 2)
-        ray_s = atlas(model, data, tmp / "out-ray", "ray", 2)
-        local_s = atlas(model, data, tmp / "out-local", "local", args.workers)
-        ray.shutdown()
-        res["ray_s"], res["local_again_s"] = ray_s, local_s
-        res["throughput_ray_vs_local"] = round(local_s / ray_s, 3)
+        if not args.skip_ray:
+            res.update(ray_vs_local(model, data, tmp, args.workers))
+        if args.skip_rss:
+            return _write(res, args.out)
         big = tiny(tmp / "tiny", args.large, rng)
         small_dir = tmp / "tiny-small"
         for cls in "abcd":
@@ -167,9 +176,13 @@ def main() -> None:
         res["rss_ratio_large_vs_small"] = round(res["rss_large"]["peak_mb"] / res["rss_small"]["peak_mb"], 3)  # type: ignore[index]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return _write(res, args.out)
+
+
+def _write(res: dict[str, object], out: str) -> None:
     print(json.dumps(res, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

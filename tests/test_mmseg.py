@@ -241,3 +241,51 @@ def test_concatenation_non_local_rows_are_the_modules_own(sub_sample: bool) -> N
         for y in range(6):
             for x in range(7):
                 torch.testing.assert_close(rec.row(y, x, batch=b).flatten(), rows[b, y * 7 + x], atol=1e-6 * float(rows.abs().max()), rtol=0)
+
+
+class SoftmaxRecorder(torch.overrides.TorchFunctionMode):
+    """Keeps the output of every softmax (the module's own attention weights), independently of attnviz."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "__name__", "") == "softmax":
+            self.out.append(out.detach().clone())
+        return out
+
+
+@pytest.mark.parametrize("block", ["APNB", "AFNB"])
+def test_ann_pyramid_attention_is_pixel_to_region_attention_over_the_pooled_cells(block: str) -> None:
+    """ANN's asymmetric non-local blocks: each pixel attends over 110 pyramid cells (adaptive average pools 1, 3, 6, 8 of the
+    key features). Captured as pixel → region attention: the weights are the module's softmax, and each region is exactly
+    the area its cell averages (the pyramid applied to one-hot maps, in the test)."""
+    from mmseg.models.decode_heads import ann_head
+
+    import attnviz
+
+    torch.manual_seed(0)
+    kw = dict(out_channels=32, query_scales=(1,), key_pool_scales=(1, 3, 6, 8), conv_cfg=None, norm_cfg=None, act_cfg=dict(type="ReLU"))
+    high = torch.randn(2, 32, 20, 24)
+    if block == "APNB":
+        m, args = ann_head.APNB(in_channels=32, channels=16, **kw).eval(), (high,)
+    else:
+        m, args = ann_head.AFNB(low_in_channels=16, high_in_channels=32, channels=16, **kw).eval(), (torch.randn(2, 16, 20, 24), high)
+    rec_mode = SoftmaxRecorder()
+    with torch.no_grad(), rec_mode:
+        m(*args)
+    with torch.no_grad(), attnviz.capture(m) as cap:
+        m(*args)
+    (name, rec), = cap.records.items()
+    assert name == "stages.0" and rec.kind == "regions" and rec.query_hw == (20, 24) and rec.regions == 110
+    weights = rec_mode.out[0]  # (B, 480, 110)
+    onehot = torch.eye(20 * 24).view(20 * 24, 1, 20, 24)
+    regions = m.stages[0].key_downsample(onehot)[:, 0].T.reshape(110, 20, 24)  # (K, H, W): each cell's weight on each position
+    torch.testing.assert_close(rec.pixel_weights, weights, atol=1e-6, rtol=0)
+    for b in range(2):
+        torch.testing.assert_close(rec.region_maps[b], regions, atol=1e-6, rtol=0)
+        for y, x in [(0, 0), (7, 13), (19, 23)]:
+            expected = torch.einsum("k,khw->hw", weights[b, y * 24 + x], regions)
+            torch.testing.assert_close(rec.pixel_map(y, x, batch=b), expected, atol=1e-6 * float(expected.max()), rtol=0)

@@ -118,7 +118,7 @@ def _ray_rows(model: nn.Module, plan: Plan, todo: list[int], ctx: BatchContext, 
     gpu = 1 if ctx.device.startswith("cuda") else 0
     ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=max(1, min(len(todo), 4 * workers)))
     ds = ds.map_batches(ShardActor, fn_constructor_kwargs={"model": model.cpu(), "plan": plan, "ctx": asdict(ctx), "out": str(out)},
-                        batch_size=1, concurrency=workers, num_gpus=gpu, num_cpus=1)
+                        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpu, num_cpus=1)
     yield from ds.iter_rows()
 
 

@@ -97,6 +97,8 @@ def prefix_atoms(names: Sequence[str]) -> Axis:
     return tuple((BATCH_GRID, f"pre:{n}", 1) for n in names) or None
 
 
+POOLED: dict[int, tuple[int, int, int]] = {}  # grid id of an adaptive average pool's output → (source grid, H, W)
+PYRAMID = "pyr"  # atom name prefix of pooled cells of several scales joined (ANN's pyramid keys): "pyr:H×W:s1×s1,s2×s2,…"
 ROLLED: dict[int, tuple[int, int, int]] = {}  # rolled grid id → (base grid, rh, rw): the base grid after torch.roll by (rh, rw)
 
 
@@ -210,6 +212,10 @@ def reshape_labels(labels: Labels | None, old: Sequence[int], new: Sequence[int]
     """Labels after ``reshape(new)`` of a tensor of shape ``old``; None when atoms cannot be followed."""
     if labels is None:
         return None
+    cell = labels[-2:] if len(labels) >= 2 else None
+    if (cell and list(old[-2:]) == [1, 1] and list(new) == [*old[:-2], 1] and all(ax and len(ax) == 1 and ax[0][2] == 1 for ax in cell)
+            and cell[0][0][0] == cell[1][0][0] in POOLED):  # type: ignore[index]
+        return (*labels[:-2], (*cell[0], *cell[1]))  # type: ignore[misc]  # a pooled 1×1 cell flattened stays that cell
     atoms: list[Atom | None] = []
     for ax, s in zip(labels, old):
         if s == 1:
@@ -390,6 +396,46 @@ def _einsum_labels(eq: str, ops: Sequence[torch.Tensor], labels: Sequence[Labels
     return out if any(o is not None for o in out) else None
 
 
+def _pyramid(parts: list[Axis]) -> Axis:
+    """Flattened adaptive-average-pool outputs of one grid joined (a pyramid of cells): one axis named after the source grid
+    and the scales, so keys and values pooled alike carry the same label; None for anything else."""
+    scales, src = [], None
+    for p in parts:
+        one = bool(p) and len(p) == 2 and p[0][0] == p[1][0] and (p[0][1], p[1][1], p[0][2], p[1][2]) == ("h", "w", 1, 1)  # type: ignore[index]
+        g = (p[0][0], 1, 1) if one else positions(p)  # type: ignore[index]
+        if g is None or g[0] not in POOLED:
+            return None
+        s = POOLED[g[0]]
+        if src is not None and s != src:
+            return None
+        src = s
+        scales.append(f"{g[1]}x{g[2]}")
+    if src is None or len(scales) < 2:
+        return None
+    return ((src[0], f"{PYRAMID}:{src[1]}x{src[2]}:{','.join(scales)}", sum(int(a) * int(b) for a, b in (x.split("x") for x in scales))),)
+
+
+def pyramid_regions(axis: Axis) -> tuple[int, torch.Tensor] | None:
+    """For a pyramid key axis: (source grid, the weight of every source cell in every pooled cell ``(K, H, W)``), exactly as
+    ``adaptive_avg_pool2d`` averages (cell i of n spans rows ⌊i·H/n⌋ … ⌈(i + 1)·H/n⌉ − 1); None for other axes."""
+    if not axis or len(axis) != 1 or not str(axis[0][1]).startswith(PYRAMID + ":"):
+        return None
+    g, name, _ = axis[0]
+    _, hw, scales = name.split(":")
+    h, w = (int(v) for v in hw.split("x"))
+    maps = []
+    for sc in scales.split(","):
+        sh, sw = (int(v) for v in sc.split("x"))
+        for i in range(sh):
+            for j in range(sw):
+                m = torch.zeros(h, w)
+                y0, y1 = (i * h) // sh, -((-(i + 1) * h) // sh)
+                x0, x1 = (j * w) // sw, -((-(j + 1) * w) // sw)
+                m[y0:y1, x0:x1] = 1.0 / ((y1 - y0) * (x1 - x0))
+                maps.append(m)
+    return g, torch.stack(maps)
+
+
 def _repeat_labels(xl: Labels, shape: list[int], oshape: list[int]) -> Labels:
     """``x.repeat(...)``: an axis of size 1 repeated holds one value along it (broadcast); a real axis tiled is unknown."""
     pad = len(oshape) - len(xl)
@@ -515,11 +561,13 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
             return None
         keep_c = name not in ("conv2d", "conv_transpose2d", "pixel_shuffle", "pixel_unshuffle")
         same_hw = list(x.shape[2:]) == oshape[2:] and name != "pad"
-        g = new_grid()
+        src = positions((*(xl[2] or ()), *(xl[3] or ()))) if name == "adaptive_avg_pool2d" and not same_hw else None
+        g = _remember(POOLED, (src[0], src[1], src[2])) if src is not None else new_grid()  # cells of known areas of that grid
         c = xl[1] if keep_c and int(x.shape[1]) == oshape[1] else ((g, "c", oshape[1]),)
         if same_hw:
             return (xl[0], c, xl[2], xl[3])
-        return (xl[0], c, ((g, "h", oshape[2]),) if oshape[2] > 1 else None, ((g, "w", oshape[3]),) if oshape[3] > 1 else None)
+        one = src is not None  # an adaptive average pool's 1×1 cell is still a cell of its grid (a pyramid's first level)
+        return (xl[0], c, ((g, "h", oshape[2]),) if oshape[2] > 1 or one else None, ((g, "w", oshape[3]),) if oshape[3] > 1 or one else None)
     if name == "__getitem__":
         if xl is None:
             return None
@@ -576,6 +624,10 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         if all(p is not None and is_channels(p) for p in parts):  # channels joined: the channels of a new grid
             res[d] = ((new_grid(), "c", int(oshape[d])),)
             return tuple(_unbroadcast(res, lbs, d))
+        pyramid = _pyramid(parts)
+        if pyramid is not None:
+            res[d] = pyramid
+            return tuple(res)
         res[d] = _cat_tokens(parts, [int(t.shape[d]) for t in ts])  # prefix tokens ⊕ the positions of a grid, or unknown
         if lbs[-1] is not None and res[d] is not None:  # the other axes (batch, channels) are the patch part's
             res = [r if k == d else lbs[-1][k] for k, r in enumerate(res)]

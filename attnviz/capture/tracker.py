@@ -45,6 +45,7 @@ from .provenance import (
     positions,
     propagate,
     propagate_multi,
+    pyramid_regions,
     rolled,
     size_of,
     token_layout,
@@ -653,6 +654,8 @@ class Tracker:
             self._region_of.pop(rid, None)  # type: ignore[arg-type]
             self._record(c, "", RegionAttention(region_maps=maps, pixel_weights=keep(pix), query_hw=(qp[1], qp[2])))
             return
+        if qp is not None and not window_atoms and self._pyramid_keys(c, a, d, al, k_idx, q_idx, key_axis, qp):
+            return
         if is_channels(key_axis) and (q_axis is None or size_of(q_axis) == 1) and not window_atoms:
             m = self._matrix(a, d, al, k_idx, q_idx)
             if m is None:
@@ -676,6 +679,24 @@ class Tracker:
             return
         why = "keys that are not image positions" if kp is None else "queries that are not image positions"
         c.reasons.append(f"{c.op} over {size_of(key_axis) if key_axis else '?'} {why}")
+
+    def _pyramid_keys(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, key_axis: Axis,
+                      qp: tuple[int, int, int]) -> bool:
+        """Pixels over pyramid cells (ANN's APNB / AFNB keys: adaptive average pools of one grid, joined): pixel → region
+        attention whose regions are the cells' exact pooling areas. Returns whether the candidate was decided here."""
+        pyr = pyramid_regions(key_axis)
+        if pyr is None:
+            return False
+        m = self._matrix(a, d, al, k_idx, q_idx)
+        if m is None:
+            c.reasons.append("attention over pyramid cells whose axes could not be arranged")
+            return True
+        maps = pyr[1]  # (K, H, W) on the pooled grid
+        rec = RegionAttention(region_maps=maps.expand(m.shape[0], *maps.shape).clone(), pixel_weights=keep(m.mean(1)), query_hw=(qp[1], qp[2]))
+        scales = key_axis[0][1].split(":")[2]  # type: ignore[index]
+        rec.note = f"{c.op} over {maps.shape[0]} pyramid cells ({scales} adaptive average pools of a {maps.shape[1]}×{maps.shape[2]} grid)"
+        self._record(c, "", rec)
+        return True
 
     def _channel_affinity(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, key_axis: Axis, q_axis: Axis,
                           heads_atoms: list[Any]) -> None:
