@@ -174,12 +174,13 @@ def test_transformer_distance_and_dino_jaccard_equal_their_references(folder: tu
     vit.card = {"input_size": [64, 64], "class_names": CLASSES}
     run_atlas(vit, scan_folder(data, masks), tmp_path, AtlasOptions(batch_size=16, workers=0))
     att = tables(tmp_path)["attention"]
-    dist, jac = [], []
+    dist, jac, prefix = [], [], []
     for path in sorted(data.rglob("*.png")):
         with torch.no_grad(), capture(vit) as cap:
             vit(preprocess(np.asarray(Image.open(path).convert("RGB")), card_of(vit), torch.device("cpu")))
         rec = cap.records["blocks.11.attn"]
         dist.append(mean_attention_distance(rec, (16.0, 16.0)).numpy())
+        prefix.append([float(np.mean([float(rec.prefix_mass(y, x, head=h).sum()) for y in range(4) for x in range(4)])) for h in range(3)])
         lab = np.asarray(Image.open(masks / path.name), dtype=np.int64)
         truth = torch.nn.functional.interpolate(torch.from_numpy(lab)[None, None].float(), size=(64, 64), mode="nearest")[0, 0] > 0
         m = dino_mask(cls_maps(rec)).repeat_interleave(16, 1).repeat_interleave(16, 2)  # (heads, 64, 64)
@@ -187,6 +188,80 @@ def test_transformer_distance_and_dino_jaccard_equal_their_references(folder: tu
     for h in range(3):
         assert stat(att, "blocks.11.attn", "distance_px", h).value == pytest.approx(np.mean([d[h] for d in dist]), rel=1e-5)
         assert stat(att, "blocks.11.attn", "mask_jaccard", h).value == pytest.approx(np.mean([j[h] for j in jac]), rel=1e-5)
+        assert stat(att, "blocks.11.attn", "prefix_mass", h).value == pytest.approx(np.mean([p[h] for p in prefix]), rel=1e-5)
+
+
+def seg_model(seed: int = 0) -> nn.Sequential:
+    """conv (stride 4) → CBAM (a spatial mask) → CCNet (two loops) → 4-class dense logits (background + the three classes)."""
+    from attnviz.modules.cbam import CBAM
+    from attnviz.modules.ccnet import RecurrentCrissCross
+
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), CBAM(16, rd_ratio=0.25), RecurrentCrissCross(16, rd_ratio=0.25), nn.Conv2d(16, 4, 1))
+    with torch.no_grad():
+        m[2].cca.gamma.fill_(1.0)
+        m[2].cca.query.weight.mul_(6.0)  # peaked rows
+    m.card = {"input_size": [SIZE, SIZE], "class_names": ["background", *CLASSES], "mean": [0.5] * 3, "std": [0.25] * 3}  # type: ignore[assignment]
+    return m.eval()
+
+
+def test_reach_pointing_iou_and_confusion_equal_a_brute_force_computation(folder: tuple[Path, Path], tmp_path: Path) -> None:
+    """The rest of the statistics, each from per-image captures and loops: CCNet's two-hop reach (distance, entropy ÷ its
+    maximum, same peak, same-class mass and its uniform-loops baseline), spatial-mask pointing, per-class IoU and mIoU; and
+    the classifier's confusion matrix."""
+    from attnviz.maps import criss_cross_reach, uniform_reach
+
+    data, masks = folder
+    model = seg_model()
+    info = run_atlas(model, scan_folder(data, masks), tmp_path, AtlasOptions(batch_size=6, workers=0))
+    att = tables(tmp_path)["attention"]
+    layer = "2.cca"
+    ref: dict[str, list[float]] = {}
+    inter, union = np.zeros(4), np.zeros(4)
+    centres = np.array([((y + 0.5) * 4, (x + 0.5) * 4) for y in range(8) for x in range(8)])
+    d = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    for path in sorted(data.rglob("*.png")):
+        lab = torch.from_numpy(np.asarray(Image.open(masks / path.name), dtype=np.int64))
+        lab = torch.nn.functional.interpolate(lab[None, None].float(), size=(SIZE, SIZE), mode="nearest")[0, 0].long()
+        with torch.no_grad(), capture(model) as cap:
+            logits = model(preprocess(np.asarray(Image.open(path).convert("RGB")), card_of(model), torch.device("cpu")))
+        loops = [r for k, r in cap.records.items() if k.startswith(layer)]
+        rows = np.stack([criss_cross_reach(loops[0], loops[1], y, x).numpy().ravel() for y in range(8) for x in range(8)]).astype(np.float64)
+        base = np.stack([uniform_reach((8, 8), y, x).numpy().ravel() for y in range(8) for x in range(8)]).astype(np.float64)
+        ent = -(rows * np.log(np.clip(rows, 1e-30, None))).sum(1)
+        ref.setdefault("distance_px", []).append(float((rows * d).sum(1).mean()))
+        ref.setdefault("entropy_norm", []).append(float((ent / np.log(np.maximum((rows > 0).sum(1), 2))).mean()))
+        pairs = query_pairs(64, torch.Generator().manual_seed(seed_of(str(path), layer, 0))).numpy()
+        ref.setdefault("same_peak", []).append(float((rows[pairs[:, 0]].argmax(1) == rows[pairs[:, 1]].argmax(1)).mean()))
+        klab = np.array([int(lab[int(cy), int(cx)]) for cy, cx in centres])
+        on = [q for q in range(64) if klab[q] > 0]
+        if on:
+            same = [klab == klab[q] for q in on]
+            ref.setdefault("same_class_mass_ratio", []).append(float(np.mean([rows[q][s].sum() / s.mean() for q, s in zip(on, same)])))
+            ref.setdefault("same_class_baseline", []).append(float(np.mean([base[q][s].sum() / s.mean() for q, s in zip(on, same)])))
+        mask = next(r for r in cap.records.values() if r.kind == "spatial").mask
+        up = torch.nn.functional.interpolate(mask[:, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0, 0]
+        ref.setdefault("pointing", []).append(float(lab.flatten()[up.argmax()] > 0))
+        pred = torch.nn.functional.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0].argmax(0)
+        for c in range(4):
+            inter[c] += int(((pred == c) & (lab == c)).sum())
+            union[c] += int(((pred == c) | (lab == c)).sum())
+    for name, values in ref.items():
+        lay = next(k for k in att["layer"].unique() if k.endswith("spatial")) if name == "pointing" else layer
+        assert stat(att, lay, name).value == pytest.approx(np.mean(values), rel=1e-5), name
+    iou = {n: inter[c] / union[c] for c, n in enumerate(["background", *CLASSES]) if union[c] > 0}
+    assert info["metrics"]["per_class_iou"] == pytest.approx(iou, rel=1e-5)
+    assert info["metrics"]["miou"] == pytest.approx(np.mean(list(iou.values())), rel=1e-6)
+    # a classifier's accuracy and confusion (folder classes are the model's class names)
+    clf = small_model(seed=4)
+    info = run_atlas(clf, scan_folder(data, masks), tmp_path / "clf", AtlasOptions(batch_size=7, workers=0))
+    conf = np.zeros((3, 3), dtype=int)
+    for path in sorted(data.rglob("*.png")):
+        with torch.no_grad():
+            p = int(clf(preprocess(np.asarray(Image.open(path).convert("RGB")), card_of(clf), torch.device("cpu"))).argmax())
+        conf[CLASSES.index(path.parent.name), p] += 1
+    assert info["metrics"]["confusion"] == conf.tolist()
+    assert info["metrics"]["accuracy"] == pytest.approx(np.trace(conf) / 64)
 
 
 # ---------------------------------------------------------------------------------------------- engines, resume

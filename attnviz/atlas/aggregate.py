@@ -160,6 +160,6 @@ def metrics(counts: pd.DataFrame, classes: list[str], model_classes: list[str], 
     inter, union = c[c["table"] == "inter"].set_index("i")["sum"], c[c["table"] == "union"].set_index("i")["sum"]
     if len(union):
         iou = {int(i): float(inter.get(i, 0.0) / u) for i, u in union.items() if u > 0}
-        out["per_class_iou"] = {model_classes[i] if i < len(model_classes) else f"class {i}": round(v, 6) for i, v in iou.items()}
+        out["per_class_iou"] = {model_classes[i] if i < len(model_classes) else f"class {i}": v for i, v in iou.items()}
         out["miou"] = float(np.mean(list(iou.values()))) if iou else math.nan
     return out
