@@ -1,4 +1,9 @@
-"""Evaluate a zoo model on test scenes v2, per background family: ``attnviz evaluate --model NAME``.
+"""Evaluate a zoo model on test scenes v2, per background family: ``attnviz evaluate --model NAME [--atlas DIR]``.
+
+Each family is an atlas run (:mod:`attnviz.atlas`: its engine, captured forward and per-batch function) over the family's
+seeded test scenes, with this module's measures as the run's scorer; ``--atlas DIR`` keeps each family's atlas
+(dataset-level attention statistics, Parquet tables, report) in ``DIR/FAMILY``. The scorers draw their random queries
+from one generator per family, so an evaluation runs its chunks in order on the local engine and never resumes.
 
 Every background family is evaluated on its own (test items from t10k, seeds ``seed·1000 + family
 index``), so the report separates families the model trained on (*in-family*) from the ones it never
@@ -22,16 +27,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .capture import Affinity, BranchWeights, CrissCross, SamplingGrid, SpatialMask, capture
+from .atlas import AtlasError, AtlasOptions, Item, Source, run_atlas
+from .atlas.compute import Scorer
+from .atlas.data import Decoded
+from .capture import Affinity, BranchWeights, CrissCross, SamplingGrid, SpatialMask
 from .capture.records import RegionAttention
 from .data import (
+    CLASSES,
     FAMILIES,
     HELDOUT_FAMILIES,
     SceneBatch,
@@ -72,6 +83,38 @@ def test_scenes(family: str, n: int, size: int, items: tuple[int, int], seed: in
         yield gen.generate(min(CHUNK, n - start), seed=(seed * 1000 + names.index(family)) * 100 + i, clutter=clutter)
 
 
+class SceneChunks:
+    """The atlas decoder of :func:`test_scenes`: shard i is chunk i of one family (the same seeds, the same scenes), as the
+    model's input (``normalize``), its labels and label maps; the boxes ride along for the scorers."""
+
+    def __init__(self, family: str, size: int, items: tuple[int, int], seed: int = 0, clutter: bool = True) -> None:
+        self.family, self.size, self.items, self.seed, self.clutter = family, size, items, seed, clutter
+
+    def __call__(self, items: list[Item], shard: int) -> Decoded:
+        names = list(FAMILIES) + [PHOTOS]
+        cfg = SceneConfig(size=self.size, items=self.items, families=("photo",) if self.family == PHOTOS else (self.family,),
+                          photos="heldout" if self.family == PHOTOS else "train")
+        batch = SceneGenerator("test", cfg).generate(len(items), seed=(self.seed * 1000 + names.index(self.family)) * 100 + shard, clutter=self.clutter)
+        return Decoded(normalize(batch.images), batch.labels, batch.label_map, [it.path for it in items], extra={"boxes": batch.boxes})
+
+
+def scene_run(model: nn.Module, family: str, n: int, size: int, items: tuple[int, int], seed: int, scorer: Scorer, clutter: bool = True,
+              atlas_dir: Path | None = None) -> None:
+    """One atlas run over a family's test scenes (chunks of :data:`CHUNK`, in order) with an evaluation ``scorer``; with
+    ``atlas_dir`` the run's atlas (statistics, tables, report) is kept in ``atlas_dir/FAMILY``, else only the scorer's
+    measures are made."""
+    source = Source([Item(f"scene:{family}:{i}") for i in range(n)], list(CLASSES), description=f"{n} test scenes of family {family}",
+                    decoder=SceneChunks(family, size, items, seed, clutter))
+    keep = atlas_dir is not None
+    with tempfile.TemporaryDirectory(prefix="attnviz-eval-") as tmp:
+        out = atlas_dir / (family if clutter else f"{family}-clean") if atlas_dir is not None else Path(tmp)
+        if (out / "manifest.json").exists():  # an evaluation measures every scene: it never resumes
+            raise AtlasError(f"{out} already holds an atlas; choose an empty --atlas folder")
+        opts = AtlasOptions(batch_size=CHUNK, workers=0, seed=seed, statistics=keep, report=keep, scorer=scorer, resume=False,
+                            device=str(next(model.parameters()).device), model_name=str((getattr(model, "card", None) or {}).get("name", "")))
+        run_atlas(model, source, out, opts)
+
+
 def _feature_point(boxes: torch.Tensor, hw: tuple[int, int], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Box centres in feature-grid coordinates (y, x)."""
     cy = (boxes[:, 1] + boxes[:, 3]).float() / 2 / size * hw[0]
@@ -91,16 +134,14 @@ def _mean(values: list[float]) -> float:
 
 # ---------------------------------------------------------------------------------------------- classification
 @torch.no_grad()
-def _native(model: nn.Module, x: torch.Tensor, boxes: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, list[Any]]]:
-    """Logits and per-scene native-map scores of one chunk of classification scenes."""
+def _native(records: dict[str, Any], x: torch.Tensor, boxes: torch.Tensor, gen: torch.Generator) -> dict[str, list[Any]]:
+    """Per-scene native-map scores of one chunk of classification scenes, from its captured records."""
     size = x.shape[-1]
 
     def up(m: torch.Tensor) -> torch.Tensor:
         return upsample_map(m, (size, size))
 
-    with capture(model) as cap:
-        logits = model(x)
-    recs = list(cap.records.values())
+    recs = list(records.values())
     out: dict[str, list[Any]] = {}
     b = x.shape[0]
     spatial = [r for r in recs if isinstance(r, SpatialMask)]
@@ -146,7 +187,7 @@ def _native(model: nn.Module, x: torch.Tensor, boxes: torch.Tensor, gen: torch.G
         out["item_size"] = item_side(boxes, size).tolist()
         for r in branches:
             out[f"{SK_WEIGHT}{r.name}"] = r.weights[:, -1].mean(1).tolist()  # (B,) mean over channels
-    return logits, out
+    return out
 
 
 SK_WEIGHT = "sk_widest_weight:"  # per-scene score key prefix, one per SK layer
@@ -155,24 +196,36 @@ CLS_KEYS = ("accuracy", "centre_baseline_pointing", "spatial_pointing", "spatial
             "stn_iou", "gradcam_pointing", "gradcam_mass_ratio")
 
 
-def _classification_family(model: nn.Module, family: str, n: int, seed: int, gradcam: bool) -> dict[str, Any]:
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    agg: dict[str, list[Any]] = {"accuracy": [], "centre_baseline_pointing": []}
-    labels_all: list[int] = []
-    for batch in test_scenes(family, n, INPUT_SIZE, (1, 1), seed):
-        x = normalize(batch.images).to(device)
-        logits, scores = _native(model, x, batch.boxes, gen)
+class _ClassificationScorer:
+    """Accumulates a family's classification measures chunk by chunk (one generator for the random queries, in order)."""
+
+    def __init__(self, seed: int, gradcam: bool) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.gradcam = gradcam
+        self.agg: dict[str, list[Any]] = {"accuracy": [], "centre_baseline_pointing": []}
+        self.labels: list[int] = []
+
+    def __call__(self, model: nn.Module, batch: Decoded, task: str, logits: torch.Tensor, records: dict[str, Any]) -> dict[str, list[Any]]:
+        boxes = batch.extra["boxes"]
+        x = batch.x.to(next(model.parameters()).device)
+        scores = _native(records, x, boxes, self.gen)
         pred = logits.argmax(1).cpu()
-        agg["accuracy"] += (pred == batch.labels).float().tolist()
-        agg["centre_baseline_pointing"] += centre_in_box(batch.boxes, INPUT_SIZE).float().tolist()
-        labels_all += batch.labels.tolist()
-        if gradcam and hasattr(model, "last_conv_stage"):
-            cam = grad_cam(model, model.last_conv_stage, x, pred.to(device)).cpu()
-            scores["gradcam_pointing"] = pointing(cam, batch.boxes).float().tolist()
-            scores["gradcam_mass_ratio"] = mass_ratio(cam, batch.boxes).tolist()
+        self.agg["accuracy"] += (pred == batch.labels).float().tolist()
+        self.agg["centre_baseline_pointing"] += centre_in_box(boxes, INPUT_SIZE).float().tolist()
+        self.labels += batch.labels.tolist()
+        if self.gradcam and hasattr(model, "last_conv_stage"):
+            cam = grad_cam(model, model.last_conv_stage, x, pred.to(x.device)).cpu()
+            scores["gradcam_pointing"] = pointing(cam, boxes).float().tolist()
+            scores["gradcam_mass_ratio"] = mass_ratio(cam, boxes).tolist()
         for k, v in scores.items():
-            agg.setdefault(k, []).extend(v)
+            self.agg.setdefault(k, []).extend(v)
+        return {f"evaluate:{k}": v for k, v in scores.items() if k in CLS_KEYS}
+
+
+def _classification_family(model: nn.Module, family: str, n: int, seed: int, gradcam: bool, atlas_dir: Path | None = None) -> dict[str, Any]:
+    scorer = _ClassificationScorer(seed, gradcam)
+    scene_run(model, family, n, INPUT_SIZE, (1, 1), seed, scorer, atlas_dir=atlas_dir)
+    agg, labels_all = scorer.agg, scorer.labels
     res: dict[str, Any] = {"n": n}
     for key in CLS_KEYS:
         if key in agg:
@@ -220,53 +273,64 @@ def _layer_rows(rec_list: list[Any], fy: int, fx: int, b: int) -> dict[str, torc
     return {}
 
 
-@torch.no_grad()
-def _segmentation_family(model: nn.Module, family: str, n: int, seed: int, num_classes: int, queries: int = 4) -> dict[str, Any]:
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    inter = np.zeros((0, num_classes))
-    union = np.zeros((0, num_classes))
-    correct = total = 0
-    fg = np.zeros(2)  # foreground intersection, union
-    bgc = np.zeros(2)
-    layer_scores: dict[str, dict[str, list[float]]] = {}
-    for batch in test_scenes(family, n, SEG_INPUT_SIZE, (1, 6), seed):
-        x = normalize(batch.images).to(device)
-        with capture(model) as cap:
-            logits = model(x)
+class _SegmentationScorer:
+    """Accumulates a family's segmentation measures chunk by chunk (one generator for the query points, in order)."""
+
+    def __init__(self, seed: int, num_classes: int, queries: int) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.k, self.queries = num_classes, queries
+        self.inter = np.zeros((0, num_classes))
+        self.union = np.zeros((0, num_classes))
+        self.correct = self.total = 0
+        self.fg = np.zeros(2)  # foreground intersection, union
+        self.bg = np.zeros(2)
+        self.layer_scores: dict[str, dict[str, list[float]]] = {}
+
+    def __call__(self, model: nn.Module, batch: Decoded, task: str, logits: torch.Tensor, records: dict[str, Any]) -> dict[str, list[Any]]:
         pred = logits.argmax(1).cpu()
-        gt = batch.label_map
-        correct += int((pred == gt).sum())
-        total += gt.numel()
-        ci = np.stack([((pred == c) & (gt == c)).flatten(1).sum(1).numpy() for c in range(num_classes)], 1)
-        cu = np.stack([((pred == c) | (gt == c)).flatten(1).sum(1).numpy() for c in range(num_classes)], 1)
-        inter, union = np.concatenate([inter, ci]), np.concatenate([union, cu])
-        fg += [int(((pred > 0) & (gt > 0)).sum()), int(((pred > 0) | (gt > 0)).sum())]
-        bgc += [int(((pred == 0) & (gt == 0)).sum()), int(((pred == 0) | (gt == 0)).sum())]
+        gt = batch.masks
+        assert gt is not None
+        self.correct += int((pred == gt).sum())
+        self.total += gt.numel()
+        ci = np.stack([((pred == c) & (gt == c)).flatten(1).sum(1).numpy() for c in range(self.k)], 1)
+        cu = np.stack([((pred == c) | (gt == c)).flatten(1).sum(1).numpy() for c in range(self.k)], 1)
+        self.inter, self.union = np.concatenate([self.inter, ci]), np.concatenate([self.union, cu])
+        self.fg += [int(((pred > 0) & (gt > 0)).sum()), int(((pred > 0) | (gt > 0)).sum())]
+        self.bg += [int(((pred == 0) & (gt == 0)).sum()), int(((pred == 0) | (gt == 0)).sum())]
         layers: dict[str, list[Any]] = {}
-        for name, rec in cap.records.items():
+        for name, rec in records.items():
             if isinstance(rec, (Affinity, CrissCross, RegionAttention)):
                 layers.setdefault(name.split("#")[0], []).append(rec)
         for lname, recs in layers.items():
-            sc = layer_scores.setdefault(lname, {})
-            hw = recs[0].query_hw if isinstance(recs[0], (Affinity, RegionAttention)) else recs[0].hw
-            for b in range(x.shape[0]):
-                pts = _query_points(gt[b], hw, queries, gen)
-                for fy, fx, cls in pts:
-                    for view, m in _layer_rows(recs, fy, fx, b).items():
-                        if view == "regions":
-                            continue
-                        up = upsample_map(m, gt.shape[-2:])[None]
-                        sc.setdefault(f"{view}_same_class_mass_ratio", []).append(float(same_class_mass(up, gt[b][None], torch.tensor([cls]))[0]))
-                # query dependence: two random queries anywhere in the image
-                h, w = hw
-                q = torch.randint(0, h * w, (2,), generator=gen)
-                ra = _layer_rows(recs, int(q[0]) // w, int(q[0]) % w, b)
-                rb = _layer_rows(recs, int(q[1]) // w, int(q[1]) % w, b)
-                key = "reach" if "reach" in ra else "row" if "row" in ra else "regions" if "regions" in ra else "loop1"
-                qd = query_dependence(ra[key].flatten()[None], rb[key].flatten()[None])
-                sc.setdefault("query_js", []).append(qd["js"])
-                sc.setdefault("query_same_peak", []).append(qd["same_peak"])
+            self._layer(lname, recs, gt, batch.x.shape[0])
+        return {"evaluate:pixel_accuracy": ((pred == gt).flatten(1).float().mean(1)).tolist()}
+
+    def _layer(self, lname: str, recs: list[Any], gt: torch.Tensor, b_size: int) -> None:
+        sc = self.layer_scores.setdefault(lname, {})
+        hw = recs[0].query_hw if isinstance(recs[0], (Affinity, RegionAttention)) else recs[0].hw
+        for b in range(b_size):
+            for fy, fx, cls in _query_points(gt[b], hw, self.queries, self.gen):
+                for view, m in _layer_rows(recs, fy, fx, b).items():
+                    if view == "regions":
+                        continue
+                    up = upsample_map(m, gt.shape[-2:])[None]
+                    sc.setdefault(f"{view}_same_class_mass_ratio", []).append(float(same_class_mass(up, gt[b][None], torch.tensor([cls]))[0]))
+            # query dependence: two random queries anywhere in the image
+            h, w = hw
+            q = torch.randint(0, h * w, (2,), generator=self.gen)
+            ra = _layer_rows(recs, int(q[0]) // w, int(q[0]) % w, b)
+            rb = _layer_rows(recs, int(q[1]) // w, int(q[1]) % w, b)
+            key = "reach" if "reach" in ra else "row" if "row" in ra else "regions" if "regions" in ra else "loop1"
+            qd = query_dependence(ra[key].flatten()[None], rb[key].flatten()[None])
+            sc.setdefault("query_js", []).append(qd["js"])
+            sc.setdefault("query_same_peak", []).append(qd["same_peak"])
+
+
+def _segmentation_family(model: nn.Module, family: str, n: int, seed: int, num_classes: int, queries: int = 4,
+                         atlas_dir: Path | None = None) -> dict[str, Any]:
+    sc = _SegmentationScorer(seed, num_classes, queries)
+    scene_run(model, family, n, SEG_INPUT_SIZE, (1, 6), seed, sc, atlas_dir=atlas_dir)
+    inter, union, correct, total, fg, bgc, layer_scores = sc.inter, sc.union, sc.correct, sc.total, sc.fg, sc.bg, sc.layer_scores
     iou = inter.sum(0) / np.maximum(union.sum(0), 1)
     present = union.sum(0) > 0
     res: dict[str, Any] = {
@@ -314,8 +378,11 @@ def _aggregate(per: dict[str, dict[str, Any]], fams: Sequence[str]) -> dict[str,
 
 
 def evaluate(model: nn.Module, per_family: int = 200, seed: int = 0, gradcam: bool = True, train_families: Sequence[str] | None = None,
-             task: str | None = None, baseline: nn.Module | None = None) -> dict[str, Any]:
+             task: str | None = None, baseline: nn.Module | None = None, atlas_dir: str | Path | None = None) -> dict[str, Any]:
     """Per-family evaluation of a zoo model (eval mode), with in-family / held-out / photos summaries.
+
+    Each family is an atlas run over its seeded test scenes (:func:`scene_run`: the atlas's engine, captured forward and
+    per-batch function, with this module's measures as its scorer).
 
     Args:
         model: A zoo model (classification or segmentation).
@@ -325,8 +392,10 @@ def evaluate(model: nn.Module, per_family: int = 200, seed: int = 0, gradcam: bo
         train_families: The families the model trained on (default: its card's, else all but the held-out ones).
         task: ``"classification"`` or ``"segmentation"`` (default: from the card).
         baseline: Segmentation: a model to report ΔmIoU against, on the same scenes.
+        atlas_dir: Keep each family's atlas (statistics, tables, report) in ``atlas_dir/FAMILY``.
     """
     model.eval()
+    adir = Path(atlas_dir) if atlas_dir is not None else None
     card = getattr(model, "card", {}) or {}
     task = task or card.get("task", "classification")
     trained = list(train_families or card.get("data", {}).get("train_families") or [f for f in FAMILIES if f not in HELDOUT_FAMILIES])
@@ -335,9 +404,9 @@ def evaluate(model: nn.Module, per_family: int = 200, seed: int = 0, gradcam: bo
     deltas: dict[str, Any] = {}
     for f in fams:
         if task == "classification":
-            per[f] = _classification_family(model, f, per_family, seed, gradcam)
+            per[f] = _classification_family(model, f, per_family, seed, gradcam, adir)
         else:
-            per[f] = _segmentation_family(model, f, per_family, seed, len(card.get("class_names") or SEG_CLASSES))
+            per[f] = _segmentation_family(model, f, per_family, seed, len(card.get("class_names") or SEG_CLASSES), atlas_dir=adir)
             if baseline is not None:
                 base = _segmentation_family(baseline, f, per_family, seed, len(card.get("class_names") or SEG_CLASSES), queries=0)
                 deltas[f] = (per[f]["_inter"], per[f]["_union"], base["_inter"], base["_union"])
@@ -354,10 +423,13 @@ def evaluate(model: nn.Module, per_family: int = 200, seed: int = 0, gradcam: bo
             if parts:
                 res[name]["vs_baseline"] = _bootstrap_delta(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
     if task == "classification":
-        clean = []
-        for batch in test_scenes("flat", min(per_family, 200), INPUT_SIZE, (1, 1), seed + 1, clutter=False):
-            with torch.no_grad():
-                clean += (model(normalize(batch.images).to(next(model.parameters()).device)).argmax(1).cpu() == batch.labels).float().tolist()
+        clean: list[float] = []
+
+        def correct(model: nn.Module, batch: Decoded, task: str, logits: torch.Tensor, records: dict[str, Any]) -> dict[str, list[Any]]:
+            clean.extend((logits.argmax(1).cpu() == batch.labels).float().tolist())
+            return {}
+
+        scene_run(model, "flat", min(per_family, 200), INPUT_SIZE, (1, 1), seed + 1, correct, clutter=False, atlas_dir=adir)
         res["accuracy_clean_flat"] = _mean(clean)
     for v in per.values():
         v.pop("_inter", None)
@@ -374,6 +446,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--seed", type=int, default=0, help="scene seed")
     p.add_argument("--weights", default=None, help="evaluate this checkpoint instead of the shipped one (e.g. a held-out-family variant)")
     p.add_argument("--baseline", default=None, help="segmentation: report ΔmIoU against this zoo model (e.g. fcn_seg)")
+    p.add_argument("--atlas", default=None, help="keep each family's attention atlas (Parquet tables, report.html) in ATLAS/FAMILY")
     p.add_argument("--write-card", action="store_true", help="store the result (and the test suite's check subset) in pretrained/NAME.json")
     return p
 
@@ -384,7 +457,10 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_pretrained(args.model, weights=args.weights)
     baseline = load_pretrained(args.baseline) if args.baseline else None
-    res = evaluate(model, per_family=args.per_family, seed=args.seed, baseline=baseline)
+    try:
+        res = evaluate(model, per_family=args.per_family, seed=args.seed, baseline=baseline, atlas_dir=args.atlas)
+    except AtlasError as e:
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps(res, indent=2))
     if args.write_card:
         path = card_path(args.model)

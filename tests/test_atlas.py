@@ -388,3 +388,21 @@ def test_an_atlas_opens_from_its_folder_or_zip(folder: tuple[Path, Path], tmp_pa
         open_atlas(tmp_path / "notzip.zip", tmp_path / "u2")
     with pytest.raises(AtlasError, match="not a finished atlas"):
         open_atlas(tmp_path / "u2")
+
+
+def test_evaluate_is_an_atlas_run_whose_atlas_can_be_kept(tmp_path: Path) -> None:
+    """``attnviz evaluate`` runs each family as an atlas (its scorer on top); keeping the atlas changes no evaluation figure."""
+    import attnviz
+    from attnviz.evaluate import evaluate
+
+    model = attnviz.load_pretrained("nonlocal_resnet")
+    plain = evaluate(model, per_family=8, seed=0, gradcam=False)
+    kept = evaluate(model, per_family=8, seed=0, gradcam=False, atlas_dir=tmp_path)
+    assert kept == plain
+    att = pd.read_parquet(tmp_path / "checks" / "attention.parquet")
+    assert stat(att, "context", "query_js")["count"] == 8
+    per_image = pd.read_parquet(tmp_path / "checks" / "per_image.parquet")
+    assert len(per_image) == 8 and "evaluate:affinity_query_js" in per_image.columns
+    assert (tmp_path / "flat-clean" / "report.html").is_file()
+    with pytest.raises(AtlasError, match="empty --atlas folder"):
+        evaluate(model, per_family=8, seed=0, gradcam=False, atlas_dir=tmp_path)

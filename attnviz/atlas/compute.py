@@ -15,6 +15,7 @@ Partial tables (pandas DataFrames):
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ from ..maps.stats import (
 from ..maps.transformer import cls_maps, dino_mask
 from .data import IGNORE, Decoded, seed_of
 
+Scorer = Callable[[nn.Module, Decoded, str, torch.Tensor, dict[str, Record]], dict[str, list[Any]]]
 SATURATED = 0.05  # a gate within this of 0 or 1 counts as saturated
 ALL = "(all)"  # the class of the rows over every image
 DINO_KEEP = 0.6
@@ -57,6 +59,9 @@ class BatchContext:
         amp: Autocast on CUDA.
         seed: Seed of the random query pairs (combined with each image's path).
         query_limit: Query cells per layer and image.
+        statistics: Compute the attention statistics (off: predictions and the scorer only).
+        scorer: ``scorer(model, batch, task, logits, records)``, called after the captured forward with what it saw, for a
+            caller's own per-batch measures (``attnviz evaluate``); what it returns (per-image lists) joins ``per_image``.
     """
 
     classes: list[str] = field(default_factory=list)
@@ -65,6 +70,8 @@ class BatchContext:
     amp: bool = False
     seed: int = 0
     query_limit: int = QUERY_LIMIT
+    statistics: bool = True
+    scorer: Scorer | None = None
 
 
 class _Sums:
@@ -207,6 +214,13 @@ def process_batch(model: nn.Module, batch: Decoded, ctx: BatchContext) -> dict[s
     per_image = _predictions(task, logits, batch, ctx, counts)
     for row in per_image:
         row["task"] = task
+    if ctx.scorer is not None:
+        for key, values in ctx.scorer(model, batch, task, logits, records).items():
+            for row, v in zip(per_image, values):
+                row[key] = v
+    if not ctx.statistics:
+        return {"per_image": pd.DataFrame(per_image), "gates": _gates({}, ctx.classes, batch.labels), "attention": acc.frame(["layer", "head", "statistic"]),
+                "counts": counts.frame(["table", "i", "j"])}
     _pixel(records, batch, ctx, per_image, acc)
     _spatial(records, batch, per_image, acc)
     gates = _gates(records, ctx.classes, batch.labels)

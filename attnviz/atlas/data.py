@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,8 @@ class Source:
         skipped: Files left out before the run (not images by name), each ``{"path", "reason"}``.
         description: What the data is, for ``atlas.json``.
         scenes: For generated scenes: ``{"families", "seed", "task", "size"}``.
+        decoder: ``decoder(items, shard) -> Decoded``: how a caller's own source makes a shard (``attnviz evaluate``'s
+            seeded scene chunks); must be picklable for worker processes and Ray.
     """
 
     items: list[Item]
@@ -52,6 +55,7 @@ class Source:
     skipped: list[dict[str, str]] = field(default_factory=list)
     description: str = ""
     scenes: dict[str, object] | None = None
+    decoder: Callable[[list[Item], int], Decoded] | None = None
 
     def shards(self, batch_size: int) -> list[list[Item]]:
         """The items in fixed runs of ``batch_size``."""
@@ -120,6 +124,7 @@ class Decoded:
         masks: ``(B, h, w)`` long label maps at the input size (nearest), or None.
         paths: The items' paths.
         skipped: Items that could not be read, each ``{"path", "reason"}``.
+        extra: What a caller's decoder adds for its own scorer (e.g. the scenes' boxes).
     """
 
     x: torch.Tensor
@@ -127,6 +132,7 @@ class Decoded:
     masks: torch.Tensor | None
     paths: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def read_mask(path: str, size: tuple[int, int], image: str) -> np.ndarray:

@@ -36,9 +36,12 @@ class Plan:
     shards: list[list[Item]]
     card: dict[str, Any]
     scenes: dict[str, Any] | None = None
+    decoder: Callable[[list[Item], int], Decoded] | None = None
 
     def decode(self, index: int) -> Decoded:
         items = self.shards[index]
+        if self.decoder is not None:
+            return self.decoder(items, index)
         return decode_scenes(items, index, self.scenes, self.card) if self.scenes else decode_files(items, self.card)
 
 

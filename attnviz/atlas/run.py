@@ -78,6 +78,9 @@ class AtlasOptions:
     seed: int = 0
     query_limit: int = 64
     model_name: str = ""
+    statistics: bool = True
+    report: bool = True
+    scorer: Any = None  # see BatchContext.scorer
 
 
 def _label_map(classes: list[str], model_classes: list[str]) -> list[int]:
@@ -125,8 +128,9 @@ def run_atlas(model: nn.Module, source: Source, out: str | os.PathLike[str], opt
     device = pick_device(opts.device)
     model = model.to(device).eval()
     model_classes = [str(c) for c in card.get("class_names") or []]
-    ctx = BatchContext(source.classes, _label_map(source.classes, model_classes), str(device), opts.amp, opts.seed, opts.query_limit)
-    plan = Plan(source.shards(opts.batch_size), card, source.scenes)
+    ctx = BatchContext(source.classes, _label_map(source.classes, model_classes), str(device), opts.amp, opts.seed, opts.query_limit,
+                       opts.statistics, opts.scorer)
+    plan = Plan(source.shards(opts.batch_size), card, source.scenes, source.decoder)
     todo = sorted(set(range(len(plan.shards))) - done_shards(outp, len(plan.shards)))
     workers = opts.workers if opts.workers is not None else max(1 if opts.engine == "ray" else 0, min(4, (os.cpu_count() or 1) - 1))
     t0 = time.perf_counter()
@@ -170,7 +174,8 @@ def finish(out: Path, source: Source, opts: AtlasOptions, card: dict[str, Any], 
         "skipped": skipped, "versions": _versions(opts.engine), "columns": COLUMNS, "statistics": STATISTICS,
     }
     (out / "atlas.json").write_text(json.dumps(info, indent=2, default=str))
-    from .report import write_report  # noqa: PLC0415
+    if opts.report:
+        from .report import write_report  # noqa: PLC0415
 
-    write_report(out, info, gates, attention)
+        write_report(out, info, gates, attention)
     return info
