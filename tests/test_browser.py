@@ -380,6 +380,40 @@ def test_video_tab_plays_the_returned_clip(server, browser) -> None:  # type: ig
     page.close()
 
 
+def test_atlas_tab_runs_and_opens_an_atlas(server, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Run a small atlas over generated scenes from the tab, read its plots, pick a layer; then open a zipped atlas."""
+    import zipfile
+
+    import attnviz
+    from attnviz.atlas import AtlasOptions, run_atlas, scene_source
+
+    url, _, _ = server
+    page, errors = open_page(browser, url)
+    select_tab(page, "Atlas")
+    page.get_by_label("64 generated scenes").check()
+    page.locator("#atlas_run").click()
+    page.wait_for_function("() => document.querySelector('#atlas_summary').innerText.includes('64 images')", timeout=180_000)
+    settle(page)
+    page.screenshot(path=str(SHOTS / "atlas_tab.png"), full_page=True)
+    assert page.locator("[id^=atlas_plot]:visible").count() >= 3, page.locator("#atlas_summary").inner_text()
+    assert page.locator("#atlas_class input").input_value() and page.locator("#atlas_layer input").input_value()
+    page.locator("#atlas_class_plot").scroll_into_view_if_needed()
+    assert page.locator("#atlas_class_plot img, #atlas_class_plot svg, #atlas_class_plot canvas").count() > 0
+    page.screenshot(path=str(SHOTS / "atlas_tab.png"), full_page=True)
+    out = tmp_path / "se"
+    run_atlas(attnviz.load_pretrained("se_resnet"), scene_source(16, ["flat"]), out, AtlasOptions(batch_size=8, workers=0, model_name="se_resnet"))
+    zipped = tmp_path / "se.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        for f in out.iterdir():
+            if f.is_file():
+                z.write(f, f.name)
+    page.set_input_files("#atlas_upload input[type=file]", str(zipped))
+    page.wait_for_function("() => document.querySelector('#atlas_summary').innerText.includes('16 images')", timeout=60_000)
+    assert "se_resnet" in page.locator("#atlas_summary").inner_text()
+    assert not errors, errors
+    page.close()
+
+
 def test_api_page_lists_endpoints(server, browser) -> None:  # type: ignore[no-untyped-def]
     url, _, _ = server
     import urllib.request

@@ -93,6 +93,8 @@ def summary(at: OpenedAtlas) -> str:
     i, c, m = at.info, at.info.get("counts", {}), at.info.get("metrics", {})
     parts = [f"**{i.get('model', '?')}** over {i.get('data', '?')}: {c.get('images', 0)} images ({c.get('skipped', 0)} skipped), "
              f"{i.get('task', '')}, engine {i.get('engine', '?')}, {i.get('seconds', '?')} s."]
+    if at.attention.empty:
+        parts.append("The model has no attention layer attnviz can read: only its predictions are summarised.")
     if "accuracy" in m:
         parts.append(f"Accuracy {m['accuracy']:.3f}.")
     if "miou" in m:
@@ -100,7 +102,9 @@ def summary(at: OpenedAtlas) -> str:
     sel = layer_stat(at.attention, "class_selectivity")
     if len(sel) >= 2:
         trend = "rises" if sel.iloc[-1] > sel.iloc[0] else "falls"
-        parts.append(f"Gate class selectivity {trend} with depth: {sel.iloc[0]:.3f} ({sel.index[0]}) → {sel.iloc[-1]:.3f} ({sel.index[-1]}).")
+        chance = layer_stat(at.attention, "class_selectivity_chance")
+        level = f" (chance level {float(chance.iloc[0]):.3f} with this many images)" if len(chance) else ""
+        parts.append(f"Gate class selectivity {trend} with depth: {sel.iloc[0]:.3f} ({sel.index[0]}) → {sel.iloc[-1]:.3f} ({sel.index[-1]}){level}.")
     js = layer_stat(at.attention, "query_js")
     if len(js):
         parts.append("Query dependence (JS of two queries' maps, ≤ ln 2 = 0.693): "

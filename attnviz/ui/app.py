@@ -43,9 +43,10 @@ from .tabs.stn import StnTab
 from .tabs.transformer import TransformerTab
 from .tabs.video import VideoTab
 
-HEADER = """# attnviz — look inside CNN attention modules
-Pick an example or upload an image: click (or hover) any pixel to see where a Non-Local, CCNet, DANet or OCR layer
-looks from there, next to the prediction — plus channel gates, spatial masks, STN grids and captum attributions.
+HEADER = """# attnviz — look inside attention modules, CNN and transformer
+Pick an example or upload an image: click (or hover) any pixel to see where a Non-Local, CCNet, DANet, OCR or transformer
+layer looks from there, next to the prediction — plus channel gates, spatial masks, STN grids, captum attributions, and
+dataset-level statistics in the Atlas tab.
 """
 TABS = (PixelTab, TransformerTab, SegmentationTab, SpatialTab, GatesTab, OthersTab, StnTab, ModulesTab, AttributionsTab, VideoTab, AtlasTab, ExportTab)
 CSS = """

@@ -37,7 +37,9 @@ class AtlasTab(Tab):
                                   height=110)
             with gr.Column():
                 zoo = [c for c in cat.choices() if cat.entries[c[1]].source == "attnviz" and cat.entries[c[1]].available] or cat.choices()
-                self.model = gr.Dropdown(choices=zoo, value=zoo[0][1] if zoo else None, label="Model for a new atlas", elem_id="atlas_model")
+                names = [v for _, v in zoo]
+                first = next((n for n in ("se_resnet", "cbam_resnet", "nonlocal_resnet") if n in names), names[0] if names else None)
+                self.model = gr.Dropdown(choices=zoo, value=first, label="Model for a new atlas", elem_id="atlas_model")
                 self.data = gr.Radio(list(DATA), value=DATA[0], label="Data", elem_id="atlas_data")
                 self.run_btn = gr.Button("Run a small atlas", variant="primary", elem_id="atlas_run")
         self.summary = gr.Markdown("", elem_id="atlas_summary")
