@@ -242,12 +242,19 @@ def test_reach_pointing_iou_and_confusion_equal_a_brute_force_computation(folder
         mask = next(r for r in cap.records.values() if r.kind == "spatial").mask
         up = torch.nn.functional.interpolate(mask[:, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0, 0]
         ref.setdefault("pointing", []).append(float(lab.flatten()[up.argmax()] > 0))
+        flat = up.flatten().double()
+        order = flat.argsort(descending=True)
+        before = flat[order].cumsum(0) - flat[order]  # the mass of the larger weights: keep a position while it is under 60 %
+        region = torch.zeros_like(flat, dtype=torch.bool)
+        region[order[before / flat.sum() < 0.6]] = True
+        objects = (lab > 0).flatten()
+        ref.setdefault("mask_jaccard", []).append(float((region & objects).sum() / (region | objects).sum()))
         pred = torch.nn.functional.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0].argmax(0)
         for c in range(4):
             inter[c] += int(((pred == c) & (lab == c)).sum())
             union[c] += int(((pred == c) | (lab == c)).sum())
     for name, values in ref.items():
-        lay = next(k for k in att["layer"].unique() if k.endswith("spatial")) if name == "pointing" else layer
+        lay = next(k for k in att["layer"].unique() if k.endswith("spatial")) if name in ("pointing", "mask_jaccard") else layer
         assert stat(att, lay, name).value == pytest.approx(np.mean(values), rel=1e-5), name
     iou = {n: inter[c] / union[c] for c, n in enumerate(["background", *CLASSES]) if union[c] > 0}
     assert info["metrics"]["per_class_iou"] == pytest.approx(iou, rel=1e-5)

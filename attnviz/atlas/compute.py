@@ -163,18 +163,24 @@ def _pixel(records: dict[str, Record], batch: Decoded, ctx: BatchContext, per_im
 
 
 def _spatial(records: dict[str, Record], batch: Decoded, per_image: list[dict[str, Any]], acc: _Sums) -> None:
-    """Pointing of spatial masks: whether each mask's peak (at the input size) lies on an object."""
+    """Spatial masks against the objects: whether each mask's peak (at the input size) lies on one (pointing), and the
+    Jaccard index of the mask's 60 %-mass region (as DINO thresholds its maps) with them."""
     if batch.masks is None:
         return
+    valid = batch.masks != IGNORE
+    objects = (batch.masks > 0) & valid
     for name, rec in records.items():
         if not isinstance(rec, SpatialMask) or isinstance(rec, ElementGate):
             continue
         up = F.interpolate(rec.mask[:, None].float(), size=batch.masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         peak = up.flatten(1).argmax(1)
         lab = batch.masks.flatten(1).gather(1, peak[:, None])[:, 0]
+        jac = mask_jaccard(dino_mask(up.clamp_min(0), DINO_KEEP) & valid, objects)  # (B,)
         for b, hit in enumerate(((lab > 0) & (lab != IGNORE)).tolist()):
             acc.add((name, -1, "pointing"), float(hit))
+            acc.add((name, -1, "mask_jaccard"), float(jac[b]))
             per_image[b][f"{name}:pointing"] = float(hit)
+            per_image[b][f"{name}:mask_jaccard"] = float(jac[b])
 
 
 def _predictions(task: str, logits: torch.Tensor, batch: Decoded, ctx: BatchContext, counts: _Sums) -> list[dict[str, Any]]:

@@ -56,7 +56,8 @@ STATISTICS = {
     "same_peak": "share of random query pairs whose rows peak at the same key",
     "same_class_mass_ratio": "queries on objects: mass on their class ÷ the class's share of the image (1 = chance)",
     "same_class_baseline": "the same for uniform weights over the keys each query can reach (the geometry alone)",
-    "mask_jaccard": "DINO: Jaccard of the class token's 60 %-mass mask with the objects of the label map",
+    "mask_jaccard": "Jaccard of a map's 60 %-mass region (DINO's threshold) with the objects of the label map: the class token's map per "
+                    "head of transformer layers, the mask of spatial-mask layers",
     "pointing": "spatial masks: whether the mask's peak lies on an object",
     "gate_mean": "gates: mean over channels of the mean gate", "saturated_share": "gates: share ≤ 0.05 or ≥ 0.95",
     "class_selectivity": "gates: between-class share of each channel's variance (η²), mean over channels; needs labels",
