@@ -287,27 +287,30 @@ def test_gradient_rollout_view_in_the_analysis_layer(tmp_path) -> None:  # type:
         transformer.gradient_rollout_view(engine, a, target=7)
 
 
-def test_hf_swin_windows_match_eager_attentions_and_the_rest_is_not_drawn() -> None:
-    """HF Swin: stage 0's shifted block (HF returns each stage's last block's attentions) equals the eager attentions, rolled
-    back to image cells; later stages, after HF's strided-slice patch merging, are seen, not drawn — never placed on a guess."""
+def test_hf_swin_windows_match_eager_attentions_in_every_stage() -> None:
+    """HF Swin: each stage's shifted block (HF returns each stage's last block's attentions) equals the eager attentions, rolled
+    back to image cells — stage 1 too, after HF's patch merging (strided slices x[:, k::2, l::2] joined along the channels),
+    on its 8×8 grid of 2×2 blocks."""
     cfg = transformers.SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4)
     fused, eager = hf_pair(transformers.SwinModel, cfg)
     x = torch.randn(1, 3, 64, 64)
     cap, atts = hf_capture(fused, eager, x)
-    a = atts[0]  # stage 0, its last block (shifted): (16 windows, 2, 16, 16)
-    ws, h, w, s = 4, 16, 16, 2
-    rec = cap.records["encoder.layers.0.blocks.1.attention"]
-    assert rec.shift == ((-s) % h, (-s) % w)  # the roll the windows tile, modulo the grid
-    for y, xx in [(0, 0), (15, 15), (6, 9), (1, 14)]:
-        yi, xi = (y - s) % h, (xx - s) % w  # the cell's place in the rolled grid
-        (wy, iy), (wx, ix) = divmod(yi, ws), divmod(xi, ws)
-        for head in [None, 0, 1]:
-            r = a[wy * (w // ws) + wx, :, iy * ws + ix]
-            ref = torch.zeros(h, w)
-            ref[wy * ws:(wy + 1) * ws, wx * ws:(wx + 1) * ws] = (r.mean(0) if head is None else r[head]).reshape(ws, ws)
-            torch.testing.assert_close(rec.row(y, xx, head=head), torch.roll(ref, shifts=(s, s), dims=(0, 1)), atol=TOL, rtol=0)
-    assert {r.name for r in cap.records.values()} == {f"encoder.layers.0.blocks.{i}.attention" for i in range(2)}
-    assert {f"encoder.layers.1.blocks.{i}.attention" for i in range(2)} <= {s["module"] for s in cap.seen_not_drawn()}
+    ws, s = 4, 2
+    for stage, (h, heads) in enumerate([(16, 2), (8, 4)]):
+        a = atts[stage]  # its last block (shifted): ((h/ws)², heads, ws², ws²)
+        w = h
+        rec = cap.records[f"encoder.layers.{stage}.blocks.1.attention"]
+        assert rec.hw == (h, w) and rec.shift == ((-s) % h, (-s) % w)  # the roll the windows tile, modulo the grid
+        for y, xx in [(0, 0), (h - 1, w - 1), (6, 5), (1, w - 2)]:
+            yi, xi = (y - s) % h, (xx - s) % w  # the cell's place in the rolled grid
+            (wy, iy), (wx, ix) = divmod(yi, ws), divmod(xi, ws)
+            for head in [None, 0, heads - 1]:
+                r = a[wy * (w // ws) + wx, :, iy * ws + ix]
+                ref = torch.zeros(h, w)
+                ref[wy * ws:(wy + 1) * ws, wx * ws:(wx + 1) * ws] = (r.mean(0) if head is None else r[head]).reshape(ws, ws)
+                torch.testing.assert_close(rec.row(y, xx, head=head), torch.roll(ref, shifts=(s, s), dims=(0, 1)), atol=TOL, rtol=0)
+    assert {r.name for r in cap.records.values()} == {f"encoder.layers.{i}.blocks.{j}.attention" for i in range(2) for j in range(2)}
+    assert not cap.seen_not_drawn()
 
 
 def test_maxvit_grid_attention_is_placed_on_its_dilated_grid() -> None:

@@ -436,6 +436,15 @@ def pyramid_regions(axis: Axis) -> tuple[int, torch.Tensor] | None:
     return g, torch.stack(maps)
 
 
+def _cell_stride(ax: Axis, i: slice) -> bool:
+    """Whether ``x[k::s]`` on axis ``ax`` takes one position of every block of ``s`` rows (or columns) of a grid: the result
+    is that grid's block rows, a coarser grid (HF Swin's patch merging joins the four offsets along the channels)."""
+    if not ax or len(ax) != 1 or _outer_base(ax[0][1]) is None or not isinstance(i.step, int) or i.step < 2:
+        return False
+    start = 0 if i.start is None else i.start
+    return isinstance(start, int) and 0 <= start < i.step and i.stop is None and ax[0][2] % i.step == 0
+
+
 def _repeat_labels(xl: Labels, shape: list[int], oshape: list[int]) -> Labels:
     """``x.repeat(...)``: an axis of size 1 repeated holds one value along it (broadcast); a real axis tiled is unknown."""
     pad = len(oshape) - len(xl)
@@ -595,6 +604,9 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
                     res.append(ax)
                 elif layout is not None:
                     res.append(_slice_tokens(layout, i))
+                elif _cell_stride(ax, i):  # every s-th row from offset k < s: one sample per block of s rows (patch merging)
+                    g, nm, size = ax[0]  # type: ignore[index]
+                    res.append(((g, f"{nm}[{size // i.step}o]", size // i.step),))
                 else:
                     res.append(((new_grid(), "c", 0),) if is_channels(ax) else None)  # sized below
                 d += 1
