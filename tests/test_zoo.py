@@ -77,13 +77,14 @@ IMAGENET_KINDS = {
     "seresnet50": {"channel": 16}, "ecaresnet50t": {"channel": 16}, "gcresnet50t": {"spatial": 16},
     "skresnet18": {"branch": 8}, "botnet26t_256": {"affinity": 3}, "efficientnet_b0": {"channel": 16},
     "mobilenet_v3_large": {"channel": 8}, "regnet_y_400mf": {"channel": 16},
+    "deit_small_patch16_224.fb_in1k": {"tokens": 12}, "swin_tiny_patch4_window7_224.ms_in1k": {"window": 10, "affinity": 2},  # the last stage: one 7×7 window, the whole grid
 }
 
 
 @pytest.mark.parametrize("name", sorted(IMAGENET_KINDS))
 def test_imagenet_architectures_random_init_are_captured(name: str) -> None:
     m = build_imagenet(name).eval()
-    side = 256 if name == "botnet26t_256" else 128
+    side = {"botnet26t_256": 256, "deit_small_patch16_224.fb_in1k": 224, "swin_tiny_patch4_window7_224.ms_in1k": 224}.get(name, 128)
     with torch.no_grad(), attnviz.capture(m) as cap:
         m(torch.randn(1, 3, side, side))
     counts: dict[str, int] = {}

@@ -32,7 +32,8 @@ SEG_TRAINED_ON = "128×128 synthetic scenes of 1–6 Fashion-MNIST items (backgr
 
 PRETRAINED_DIR = Path(os.environ.get("ATTNVIZ_PRETRAINED", Path(__file__).resolve().parents[2] / "pretrained"))
 
-TIMM_MODELS = ("seresnet50", "ecaresnet50t", "gcresnet50t", "skresnet18", "botnet26t_256")
+TIMM_MODELS = ("seresnet50", "ecaresnet50t", "gcresnet50t", "skresnet18", "botnet26t_256",
+               "deit_small_patch16_224.fb_in1k", "swin_tiny_patch4_window7_224.ms_in1k")  # timm's name[.pretrained tag]
 TORCHVISION_MODELS = ("efficientnet_b0", "mobilenet_v3_large", "regnet_y_400mf")
 
 
@@ -107,8 +108,19 @@ def _torchvision_cache_file(name: str) -> Path | None:
     return path if path.exists() else None
 
 
+def _timm_input(name: str) -> tuple[int, list[float], list[float]]:
+    """Input side, mean and std of a timm checkpoint, from its pretrained config (no download)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    size = int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
+    mean = list(cfg.mean) if cfg is not None and cfg.mean else [0.485, 0.456, 0.406]
+    std = list(cfg.std) if cfg is not None and cfg.std else [0.229, 0.224, 0.225]
+    return size, mean, std
+
+
 def _imagenet_status(name: str, source: str) -> ModelInfo:
-    size = 256 if name == "botnet26t_256" else 224
+    size = _timm_input(name)[0] if source == "timm" else 224
     try:
         hit = _timm_cache_file(name) if source == "timm" else _torchvision_cache_file(name)
     except Exception as e:  # a broken cache or library must not break the listing
@@ -221,10 +233,9 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
             path = Path(weights)
         model = build_imagenet(name)
         model.load_state_dict(_read_state(path))
-        size = 256 if name == "botnet26t_256" else 224
+        size, mean, std = _timm_input(name) if source == "timm" else (224, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
         card = {"name": name, "source": source, "task": "classification", "trained_on": "ImageNet-1k photos (1000 classes)", "input_size": [size, size],
-                "mean": [0.485, 0.456, 0.406],
-                "std": [0.229, 0.224, 0.225], "class_names": imagenet_classes(), "weights": str(path)}
+                "mean": mean, "std": std, "class_names": imagenet_classes(), "weights": str(path)}
     else:
         valid = list(ZOO) + list(SEG_ZOO) + list(MMSEG) + list(TIMM_MODELS) + list(TORCHVISION_MODELS)
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(valid)}")
