@@ -1,7 +1,8 @@
 """Command line: ``attnviz analyze | inspect | serve | video | atlas | download | train | evaluate | models``.
 
-``--model`` means the same in every subcommand: a registry name (``attnviz models`` lists them) or
-``package.module:factory`` for your own code (with ``--model-kwargs`` for the factory's arguments).
+``--model`` means the same in every subcommand: a registry name (``attnviz models`` lists them),
+``package.module:factory`` for your own code (with ``--model-kwargs`` for the factory's arguments), or ``hf:REPO_ID``
+(a Hugging Face ``transformers`` vision model, downloaded and cached by the hub, or ``hf:/a/local/folder``).
 Errors end in one line on stderr and a non-zero exit code, never a traceback.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-MODEL_HELP = "a registry name (see `attnviz models`) or package.module:factory of your own model"
+MODEL_HELP = "a registry name (see `attnviz models`), package.module:factory of your own model, or hf:REPO_ID (Hugging Face transformers)"
 
 
 def _one_line(e: BaseException) -> str:
@@ -96,6 +97,16 @@ def load_user_model(spec: str, weights: str | None = None, labels: str | None = 
 def resolve_model(args: argparse.Namespace) -> tuple[str, nn.Module]:
     """``--model`` as a registry name or a factory (the same rules in every subcommand)."""
     spec = args.model
+    if spec.startswith("hf:"):
+        from .models.hf import HFUnavailable, load_hf
+
+        try:
+            model = load_hf(spec)
+        except HFUnavailable as e:
+            raise SystemExit(f"error: {e}") from None
+        if getattr(args, "input_size", None):
+            model.card["input_size"] = [args.input_size, args.input_size]
+        return spec, model
     if ":" in spec:
         model = load_user_model(spec, getattr(args, "weights", None), getattr(args, "labels", None), getattr(args, "input_size", None),
                                 parse_kwargs(getattr(args, "model_kwargs", None)))

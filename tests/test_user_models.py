@@ -6,6 +6,7 @@ Random weights (offline); the same code paths open the real weights when torchvi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,29 @@ def test_cli_says_in_one_line_when_the_models_own_forward_fails() -> None:
                         '{"model_name": "halonet26t", "pretrained": false}', "--size", "64"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "failed on a 1×3×64×64 input: AssertionError" in r.stderr, r.stderr
+
+
+def test_hf_repository_route_loads_a_transformers_model_with_its_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--model hf:REPO`` (here a local folder in the hub's layout): the Auto class from the config, the card from the image
+    processor and id2label, captured on SDPA; a repository that is not cached while offline is one line, no traceback."""
+    transformers = pytest.importorskip("transformers")
+    from attnviz.cli import main
+    from attnviz.models.hf import load_hf
+
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 num_labels=3, id2label={0: "ant", 1: "bee", 2: "cow"}, label2id={"ant": 0, "bee": 1, "cow": 2})
+    transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tmp_path / "vit")
+    model = load_hf(f"hf:{tmp_path / 'vit'}")
+    assert type(model).__name__ == "ViTForImageClassification"
+    assert model.card["input_size"] == [32, 32] and model.card["class_names"] == ["ant", "bee", "cow"] and model.card["mean"] == [0.5] * 3
+    assert main(["inspect", "--model", f"hf:{tmp_path / 'vit'}", "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"vit\.(encoder\.layer|layers)\.1\.attention\S*\s+tokens", out), out  # the module path differs across transformers versions
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(SystemExit) as err:
+            main(["inspect", "--model", "hf:nobody/no-such-repo-attnviz"])
+    msg = str(err.value)
+    assert msg.startswith("error: hf:nobody/no-such-repo-attnviz could not be loaded here") and "\n" not in msg and "from_pretrained" in msg

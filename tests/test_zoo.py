@@ -77,7 +77,8 @@ IMAGENET_KINDS = {
     "seresnet50": {"channel": 16}, "ecaresnet50t": {"channel": 16}, "gcresnet50t": {"spatial": 16},
     "skresnet18": {"branch": 8}, "botnet26t_256": {"affinity": 3}, "efficientnet_b0": {"channel": 16},
     "mobilenet_v3_large": {"channel": 8}, "regnet_y_400mf": {"channel": 16},
-    "deit_small_patch16_224.fb_in1k": {"tokens": 12}, "swin_tiny_patch4_window7_224.ms_in1k": {"window": 10, "affinity": 2},  # the last stage: one 7×7 window, the whole grid
+    "deit_small_patch16_224.fb_in1k": {"tokens": 12},
+    "swin_tiny_patch4_window7_224.ms_in1k": {"window": 10, "affinity": 2},  # the last stage's one 7×7 window is the whole grid
 }
 
 
