@@ -455,6 +455,11 @@ def test_vit_head_grid_and_rollout_in_the_browser(browser, tmp_path: Path) -> No
         assert "4 self-attention layers with 6 heads" in page.locator("#tf_answer").inner_text()
         settle(page)
         page.screenshot(path=str(SHOTS / "vit_head_grid.png"), full_page=True)
+        grid = page.locator("#head_grid img")
+        box = grid.bounding_box()
+        grid.click(position={"x": box["width"] * 0.6, "y": box["height"] * 0.42})  # layer 1, head 3 of the 4 × 6 grid
+        page.locator("#head_opened img").wait_for(state="visible", timeout=60_000)
+        assert "blocks.1.attn, head 3" in page.locator("#head_opened_note").inner_text()
         assert not errors, errors
         page.close()
     finally:

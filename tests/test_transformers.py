@@ -264,6 +264,20 @@ def test_transformer_views_head_grid_rollout_and_distance(tmp_path) -> None:  # 
     assert transformer.head_grid(a, 40, 20).axes and transformer.distance_figure(a).axes
     with pytest.raises(UserError, match="query must be"):
         transformer.head_maps(a, query="nope")
+    # a click on a thumbnail of the grid image opens that layer and head
+    from attnviz import render
+
+    fig = transformer.head_grid(a, 40, 20)
+    grid = render.figure_to_rgb(fig)
+    boxes = render.axes_boxes(fig)
+    assert len(boxes) == 9 and all(0 <= x0 < x1 <= grid.shape[1] and 0 <= y0 < y1 <= grid.shape[0] for x0, y0, x1, y1 in boxes)
+    x0, y0, x1, y1 = boxes[2 * 3 + 1]  # layer 2, head 1
+    assert transformer.head_at(a, (x0 + x1) / 2, (y0 + y1) / 2, 40, 20) == (2, 1)
+    with pytest.raises(UserError, match="between thumbnails"):
+        transformer.head_at(a, 1, 1, 40, 20)
+    img, info = transformer.head_view(a, 2, 1, 40, 20)
+    assert img.ndim == 3 and info["layer"] == "blocks.2.attn" and info["head"] == 1
+    assert info["sum"] == pytest.approx(float(a.records["blocks.2.attn"].row(1, 2, head=1).sum()), rel=1e-5) and "prefix" in info["text"]
 
 
 def test_gradient_rollout_view_in_the_analysis_layer(tmp_path) -> None:  # type: ignore[no-untyped-def]

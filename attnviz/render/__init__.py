@@ -19,6 +19,7 @@ from .overlay import (
 )
 from .plots import (
     affinity_matrix,
+    axes_boxes,
     branch_bars,
     distance_plot,
     figure_to_rgb,
@@ -44,7 +45,7 @@ __all__ = [
     "legend",
     "lut",
     "with_colorbar",
-    "affinity_matrix",
+    "affinity_matrix", "axes_boxes",
     "branch_bars",
     "colorize",
     "draw_lattice",

@@ -173,6 +173,17 @@ def distance_plot(distances: np.ndarray, layers: Sequence[str], title: str = "Me
     return fig
 
 
+def axes_boxes(fig: Figure) -> list[tuple[int, int, int, int]]:
+    """Where each of a rasterised Figure's axes lies in its ``figure_to_rgb`` image: ``(x0, y0, x1, y1)`` pixels, top-left
+    origin, in the order of ``fig.axes`` (call after :func:`figure_to_rgb`, which lays the figure out)."""
+    height = fig.canvas.get_width_height()[1]
+    out = []
+    for ax in fig.axes:
+        b = ax.get_window_extent()
+        out.append((int(b.x0), int(height - b.y1), int(np.ceil(b.x1)), int(np.ceil(height - b.y0))))
+    return out
+
+
 def figure_to_rgb(fig: Figure) -> np.ndarray:
     """Rasterise a Figure to ``(H, W, 3) uint8`` (Agg canvas, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -63,6 +63,37 @@ def head_grid(a: Analysis, x: Any = None, y: Any = None, query: str = "patch", c
     return render.head_grid(maps, names, f"Attention of {what}: every layer (rows) and head (columns)", cmap)
 
 
+def head_at(a: Analysis, px: float, py: float, x: Any = None, y: Any = None, query: str = "patch", cmap: str = "inferno") -> tuple[int, int]:
+    """The (layer, head) of the thumbnail under pixel (px, py) of the head grid image drawn by :func:`head_grid`.
+
+    Raises:
+        UserError: The pixel lies between thumbnails (titles, margins).
+    """
+    fig = head_grid(a, x, y, query, cmap)
+    render.figure_to_rgb(fig)  # lays the figure out as the page shows it
+    n_heads = head_maps(a, x, y, query)[0].shape[1]
+    for k, (x0, y0, x1, y1) in enumerate(render.axes_boxes(fig)):
+        if x0 <= px < x1 and y0 <= py < y1:
+            return divmod(k, n_heads)
+    raise UserError("That point of the grid is between thumbnails; click on one to open it.")
+
+
+def head_view(a: Analysis, layer: int, head: int, x: Any = None, y: Any = None, query: str = "patch",
+              style: Style | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """One thumbnail of the head grid opened: that layer and head's map for the query, drawn over the image."""
+    style = (style or Style()).check()
+    maps, names, what = head_maps(a, x, y, query)
+    if not (0 <= layer < maps.shape[0] and 0 <= head < maps.shape[1]):
+        raise UserError(f"layer must be in [0, {maps.shape[0]}) and head in [0, {maps.shape[1]}); got layer {layer}, head {head}.")
+    fx, fy = point(a, a.hw[1] / 2 if x in (None, "") else x, a.hw[0] / 2 if y in (None, "") else y)
+    m = maps[layer, head]
+    img = overlay_map(a, m, style, point=None if query == "cls" else (fx, fy))
+    share = float(m.sum())
+    rest = f" (their share {share:.0%}; the rest goes to the prefix tokens)" if share < 0.9995 else ""
+    return img, {"layer": names[layer], "head": head, "query": what, "max": float(m.max()), "sum": share,
+                 "text": f"{names[layer]}, head {head}: attention of {what} over the patches{rest}."}
+
+
 def rollout_view(a: Analysis, x: Any = None, y: Any = None, query: str = "cls", style: Style | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Attention rollout through every layer (Abnar & Zuidema 2020) of the class token or the clicked patch, over the image."""
     style = (style or Style()).check()

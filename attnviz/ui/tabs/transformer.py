@@ -24,8 +24,10 @@ class TransformerTab(Tab):
     def build(self) -> None:
         self.note = gr.Markdown("", elem_classes=["note"])
         self.query = gr.Radio(QUERY_CHOICES, value="patch", label="Query", elem_id="tf_query")
-        self.grid = gr.Image(label="Every layer (rows) and head (columns), each with its own scale", format="png", interactive=False,
-                             elem_id="head_grid")
+        self.grid = gr.Image(label="Every layer (rows) and head (columns), each with its own scale: click a thumbnail to open it", format="png",
+                             interactive=False, elem_id="head_grid")
+        self.opened = gr.Image(label="The thumbnail, opened", format="png", interactive=False, visible=False, elem_id="head_opened")
+        self.opened_note = gr.Markdown("", elem_id="head_opened_note")
         with gr.Row():
             self.rollout = gr.Image(label="Attention rollout through every layer", format="png", interactive=False, elem_id="rollout")
             self.distance = gr.Plot(label="Mean attention distance", elem_id="distance_plot")
@@ -37,18 +39,18 @@ class TransformerTab(Tab):
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.note, self.grid, self.rollout, self.distance, self.answer, self.query, self.grad_img, self.grad_note]
+        return [self.note, self.grid, self.rollout, self.distance, self.answer, self.query, self.grad_img, self.grad_note, self.opened, self.opened_note]
 
     @property
     def click_outputs(self) -> list[Any]:
-        return [self.grid, self.rollout, self.answer]
+        return [self.grid, self.rollout, self.answer, self.opened, self.opened_note]  # a new click closes the opened thumbnail
 
     def fill(self, a: Analysis, v: ViewState, query: str = "patch") -> dict[Any, Any]:
         layers = transformer.token_layers(a)
         if not layers:
             hidden = gr.update(value=None, visible=False)
             return {self.note: HINT, self.grid: hidden, self.rollout: hidden, self.distance: hidden, self.answer: "",
-                    self.query: gr.update(visible=False), self.grad_img: hidden, self.grad_note: ""}
+                    self.query: gr.update(visible=False), self.grad_img: hidden, self.grad_note: "", self.opened: hidden, self.opened_note: ""}
         has_cls = bool(layers[0].query_prefix)
         query = query if has_cls else "patch"
         x, y = v.click if v.click is not None else (None, None)
@@ -60,7 +62,8 @@ class TransformerTab(Tab):
                   f"{info['layers']} layers: {info['prefix_share']:.0%} of it stays on the prefix tokens, the rest is drawn.")
         return {self.note: "", self.grid: gr.update(value=grid, visible=True), self.rollout: gr.update(value=roll, visible=True),
                 self.distance: gr.update(value=transformer.distance_figure(a), visible=True), self.answer: answer,
-                self.query: gr.update(visible=has_cls, value=query), self.grad_img: gr.update(value=None, visible=True), self.grad_note: ""}
+                self.query: gr.update(visible=has_cls, value=query), self.grad_img: gr.update(value=None, visible=True), self.grad_note: "",
+                self.opened: gr.update(value=None, visible=False), self.opened_note: ""}
 
     def wire(self) -> None:
         s = self.shared
@@ -72,6 +75,18 @@ class TransformerTab(Tab):
         self.query.change(redraw, [s.input_state, s.xy_state, self.query, s.cmap], [self.grid], api_visibility="private")
 
         @guard
+        def open_cell(state: Any, xy: Any, query: str, cmap: str, alpha: float, evt: gr.SelectData) -> tuple[Any, str]:
+            a = self.shared.current(state)
+            x, y = (xy or [None, None])[:2]
+            px, py = (evt.index or [0, 0])[:2]
+            layer, head = transformer.head_at(a, float(px), float(py), x, y, query, cmap)
+            img, info = transformer.head_view(a, layer, head, x, y, query, style_of(cmap, alpha, "per map"))
+            return gr.update(value=img, visible=True), info["text"]
+
+        self.grid.select(open_cell, [s.input_state, s.xy_state, self.query, s.cmap, s.alpha], [self.opened, self.opened_note],
+                         api_visibility="private")
+
+        @guard
         def grad(state: Any, cmap: str) -> tuple[Any, str]:
             a = self.shared.current(state)
             img, info = transformer.gradient_rollout_view(s.engine, a, None, style_of(cmap, 0.55, "per map"))
@@ -80,7 +95,31 @@ class TransformerTab(Tab):
         self.grad_btn.click(grad, [s.input_state, s.cmap], [self.grad_img, self.grad_note], api_visibility="private")
 
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint(self.head_grid, 6, lambda: [gr.Image(format="png")], "head_grid")]
+        return [Endpoint(self.head_grid, 6, lambda: [gr.Image(format="png")], "head_grid"),
+                Endpoint(self.head_view, 8, lambda: [gr.Image(format="png"), gr.JSON()], "head_view")]
+
+    @guard
+    def head_view(self, image: Any, model_name: str, layer: Any, head: Any, x: float | None = None, y: float | None = None,
+                  query: str = "patch", cmap: str = "inferno") -> tuple[np.ndarray, dict[str, Any]]:
+        """One thumbnail of the head grid, opened: a layer and head's attention for the clicked patch (or the class token), over the image.
+
+        Args:
+            image: The image file.
+            model_name: A transformer model.
+            layer: Row of the head grid (0 = the first self-attention layer).
+            head: Column of the head grid (head index).
+            x: Column of the clicked pixel (image pixels); default the centre.
+            y: Row of the clicked pixel (image pixels); default the centre.
+            query: 'patch' (the patch under the pixel) or 'cls' (the class token).
+            cmap: Colormap.
+        """
+        style = style_of(cmap, 0.55, "per map")
+        a = self.shared.get(image, model_name)
+        try:
+            li, hi = int(layer), int(head)
+        except (TypeError, ValueError):
+            raise UserError(f"layer and head must be whole numbers; got layer {layer!r}, head {head!r}.") from None
+        return transformer.head_view(a, li, hi, x, y, query, style)
 
     @guard
     def head_grid(self, image: Any, model_name: str, x: float | None = None, y: float | None = None, query: str = "patch",
