@@ -50,8 +50,7 @@ def geometry(r: Record) -> str:
     if isinstance(r, RegionAttention):
         return f"{r.query_hw[0]}×{r.query_hw[1]} pixels → {r.regions} soft regions"
     if isinstance(r, WindowAffinity):
-        h, w = r.hw
-        return f"window-local on a {h}×{w} grid"
+        return r.layout()
     if isinstance(r, SamplingGrid):
         return f"{r.grid.shape[1]}×{r.grid.shape[2]} sampling grid" + (" from θ" if r.theta is not None else "")
     return ""

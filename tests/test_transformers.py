@@ -378,3 +378,34 @@ def test_cross_covariance_attention_is_a_block_diagonal_channel_affinity(name: s
             expected[:, g * c : (g + 1) * c, g * c : (g + 1) * c] = w[:, g]
         assert recs[n].groups == heads
         torch.testing.assert_close(recs[n].matrix, expected, atol=TOL, rtol=0)
+
+
+def test_mobilevit_attention_is_a_dilated_grid_named_after_its_module() -> None:
+    """MobileViT unfolds the map into 2×2 patches and attends across patches at one intra-patch offset: a query sees the
+    cells 2 apart that share its offset. Rows equal timm's explicit path, mapped by the unfolding's own definition
+    (batch row b·4 + offset, token = patch index); the record says "dilated grid" and is named after its attention module."""
+    torch.manual_seed(0)
+    model = timm.create_model("mobilevit_xxs", pretrained=False).eval()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    oracle = copy.deepcopy(model)
+    attn = oracle.stages[3][1].transformer[0].attn
+    attn.fused_attn = False
+    kept: list[torch.Tensor] = []
+    attn.attn_drop.register_forward_pre_hook(lambda m, a: kept.append(a[0].detach().clone()))
+    with torch.no_grad():
+        oracle(x)
+    rec = cap.records["stages.3.1.transformer.0.attn"]
+    assert rec.layout() == "dilated grid: 8×8 cells 2×2 apart on a 16×16 grid"
+    a = kept[0]  # (4 offsets, heads, 64 patches, 64 patches)
+    ph = pw = 2
+    nw = 8
+    for y, xx in [(0, 0), (5, 9), (15, 14), (8, 3)]:
+        (py, iy), (px, ix) = divmod(y, ph), divmod(xx, pw)
+        for head in [None, 0, a.shape[1] - 1]:
+            r = a[iy * pw + ix, :, py * nw + px]  # (heads, 64)
+            r = r.mean(0) if head is None else r[head]
+            ref = torch.zeros(16, 16)
+            ref[iy::ph, ix::pw] = r.reshape(8, 8)
+            torch.testing.assert_close(rec.row(y, xx, head=head), ref, atol=TOL, rtol=0)

@@ -463,6 +463,26 @@ class WindowAffinity(Record):
         """The grid (H, W) the windows tile."""
         return (int(torch.tensor([s for _, s, _ in self._radix("h")]).prod()), int(torch.tensor([s for _, s, _ in self._radix("w")]).prod()))
 
+    def layout(self) -> str:
+        """What a query attends to, in words: local windows (the within-window atoms are the grid's finest) or a dilated
+        grid (the finest atoms are folded into the batch: cells a fixed step apart, as MobileViT's and MaxViT's grid attention)."""
+        h, w = self.hw
+        sizes, steps = [], []
+        for base in ("h", "w"):
+            radix = self._radix(base)
+            q = [s for _, s, where in radix if where == "q"]
+            inner = 1
+            for _, s, where in reversed(radix):  # the finest atoms that are not the query's: the step between attended cells
+                if where == "q":
+                    break
+                inner *= s
+            sizes.append(int(torch.tensor(q).prod()) if q else 1)
+            steps.append(inner)
+        if steps == [1, 1]:
+            shifted = f", shifted by {self.shift[0]}×{self.shift[1]} (rolled back)" if any(self.shift) else ""
+            return f"window-local: {sizes[0]}×{sizes[1]} windows on a {h}×{w} grid{shifted}"
+        return f"dilated grid: {sizes[0]}×{sizes[1]} cells {steps[0]}×{steps[1]} apart on a {h}×{w} grid"
+
     def validate(self) -> None:
         """Raise ValueError unless queries and keys tile the same grid window by window."""
         qn = sorted(n for n, _ in self.query_atoms)
