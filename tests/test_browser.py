@@ -460,6 +460,18 @@ def test_vit_head_grid_and_rollout_in_the_browser(browser, tmp_path: Path) -> No
         grid.click(position={"x": box["width"] * 0.6, "y": box["height"] * 0.42})  # layer 1, head 3 of the 4 × 6 grid
         page.locator("#head_opened img").wait_for(state="visible", timeout=60_000)
         assert "blocks.1.attn, head 3" in page.locator("#head_opened_note").inner_text()
+        select_tab(page, "Pixel attention")  # hover: the page forms the transformer's rows itself (prefix tokens in the softmax)
+        page.get_by_text("Hover to explore").click()
+        canvas = page.locator("#hover canvas.av-main")
+        canvas.wait_for(state="visible", timeout=30_000)
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        for i in range(10):
+            page.mouse.move(box["x"] + box["width"] * (0.1 + 0.08 * i), box["y"] + box["height"] * 0.5)
+            page.wait_for_timeout(30)
+        time.sleep(0.3)
+        assert int(page.evaluate("() => document.querySelector('#hover').dataset.frames || 0")) >= 3
+        assert "cell" in page.locator("#hover .av-info").inner_text()
         assert not errors, errors
         page.close()
     finally:

@@ -409,3 +409,37 @@ def test_mobilevit_attention_is_a_dilated_grid_named_after_its_module() -> None:
             ref = torch.zeros(16, 16)
             ref[iy::ph, ix::pw] = r.reshape(8, 8)
             torch.testing.assert_close(rec.row(y, xx, head=head), ref, atol=TOL, rtol=0)
+
+
+def test_hover_payload_of_a_token_layer_gives_the_rows_the_server_gives(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Hover for transformers: the page receives q and k with the prefix tokens (class, distillation) and forms each row as
+    the page's script does — softmax over every key, the patch keys drawn. Replayed here in numpy: equal to the record's row."""
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    from attnviz.analysis import Catalog, Engine, Entry
+    from attnviz.ui.hover import payload
+
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=(64, 96), depth=2, num_classes=4).eval()
+    model.card = {"input_size": [64, 96], "class_names": ["a", "b", "c", "d"]}
+    engine = Engine(Catalog([Entry("deit", True, loader=lambda: model)], torch.device("cpu")))
+    path = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(path)
+    a = engine.analyze(path, "deit")
+    p = payload(a, "blocks.1.attn", "row")
+    assert p["id"] and p["kind"] == "affinity" and (p["pq"], p["pk"]) == (2, 2) and (p["fh"], p["fw"]) == (4, 6)
+
+    def arr(key: str) -> np.ndarray:
+        return np.frombuffer(base64.b64decode(p["data"][key]), dtype=np.float32)
+
+    q, k = arr("q").reshape(p["heads"], p["n"], p["d"]), arr("k").reshape(p["heads"], p["d"], p["m"] + p["pk"])
+    for cy, cx in [(0, 0), (3, 5), (2, 1)]:
+        logits = np.einsum("hd,hdm->hm", q[:, p["pq"] + cy * p["fw"] + cx].astype(np.float64), k.astype(np.float64)) * p["scale"]
+        rows = np.exp(logits - logits.max(1, keepdims=True))
+        rows /= rows.sum(1, keepdims=True)
+        page = rows[:, p["pk"]:].mean(0).reshape(p["kh"], p["kw"])
+        np.testing.assert_allclose(page, a.records["blocks.1.attn"].row(cy, cx).numpy(), atol=TOL)
+    assert not payload(a, "blocks.1.attn", "cls")["id"]  # the class token's map does not follow the pointer

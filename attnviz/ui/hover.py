@@ -1,7 +1,8 @@
 """Hover exploration: the browser redraws a layer's map for the query under the pointer, no server round trip.
 
 For layers with at most :data:`MAX_POSITIONS` query positions the page receives, once per analysis, what
-the rows are computed from — queries and keys (float32) for Non-Local / DANet rows and CCNet loops (the
+the rows are computed from — queries and keys (float32) for Non-Local / DANet / transformer rows (prefix tokens
+included in the softmax, left out of the map) and CCNet loops (the
 browser forms the softmax rows and the two-hop reach with the same formulas as
 :mod:`attnviz.capture.records` and :mod:`attnviz.maps.reach`), or the pixel → region weights and region
 maps for OCR. That is far smaller than all rows (O(N·d) instead of O(N²)). A click pins a query;
@@ -71,16 +72,17 @@ function cross(L, y, x, H, W) {  // loop weights of query (y, x): [col (H), row 
 }
 function mapAt(v, cy, cx) {
   const H = v.fh, W = v.fw;
-  if (v.kind === 'affinity') {
-    const M = v.m, D = v.d, heads = v.heads, q = v.arrays.q, k = v.arrays.k, out = new Float64Array(M), lg = new Float64Array(M), row = new Float64Array(M);
-    const n = cy * W + cx;
+  if (v.kind === 'affinity') {  // prefix tokens (class, registers) first in the queries (pq) and the keys (pk) of transformers
+    const pq = v.pq || 0, pk = v.pk || 0, M = v.m, MA = M + pk, D = v.d, heads = v.heads, q = v.arrays.q, k = v.arrays.k;
+    const out = new Float64Array(M), lg = new Float64Array(MA), row = new Float64Array(MA);
+    const n = pq + cy * W + cx;
     for (let h = 0; h < heads; h++) {
-      if (v.matrix) { for (let m = 0; m < M; m++) row[m] = v.arrays.matrix[(h * v.n + n) * M + m]; }
+      if (v.matrix) { for (let m = 0; m < MA; m++) row[m] = v.arrays.matrix[(h * v.n + n) * MA + m]; }
       else {
-        for (let m = 0; m < M; m++) { let s = 0; for (let d = 0; d < D; d++) s += q[(h * v.n + n) * D + d] * k[(h * D + d) * M + m]; lg[m] = s * v.scale; }
-        if (v.normalize === 'softmax') softmaxInto(row, lg); else for (let m = 0; m < M; m++) row[m] = lg[m] / M;
+        for (let m = 0; m < MA; m++) { let s = 0; for (let d = 0; d < D; d++) s += q[(h * v.n + n) * D + d] * k[(h * D + d) * MA + m]; lg[m] = s * v.scale; }
+        if (v.normalize === 'softmax') softmaxInto(row, lg); else for (let m = 0; m < MA; m++) row[m] = lg[m] / MA;
       }
-      for (let m = 0; m < M; m++) out[m] += row[m] / heads;
+      for (let m = 0; m < M; m++) out[m] += row[pk + m] / heads;  // the patch keys; the prefix tokens' share is left out (sum < 1)
     }
     return out;
   }
@@ -190,14 +192,16 @@ def payload(a: Analysis, layer: str | None, view: str | None, cmap: str = "infer
     if fh * fw > MAX_POSITIONS:
         return empty(f"{name} has {fh}×{fw} = {fh * fw} query positions (hover is sent for up to {MAX_POSITIONS}); click the image instead.")
     rec = cl.records[0]
-    if cl.kind == "tokens":
-        return empty(f"{name} attends over prefix tokens as well as patches; its rows are computed on the server: click the image instead.")
+    if cl.kind == "tokens" and view != "row":
+        return empty(f"{name} · {view}: " + ("the class token's map is the same for every pointer position: click the image."
+                                             if view == "cls" else "rollout multiplies every layer's matrix, on the server: click the image."))
     data: dict[str, np.ndarray] = {}
-    meta: dict[str, Any] = {"kind": cl.kind, "view": view, "fh": fh, "fw": fw}
+    meta: dict[str, Any] = {"kind": "affinity" if cl.kind == "tokens" else cl.kind, "view": view, "fh": fh, "fw": fw}
     if isinstance(rec, Affinity):
-        if rec.rel_h is not None:
-            return empty(f"{name} adds relative-position logits (BotNet); its rows are computed on the server: click the image instead.")
-        meta.update(heads=rec.heads, n=fh * fw, kh=rec.key_hw[0], kw=rec.key_hw[1], m=rec.key_hw[0] * rec.key_hw[1])
+        if rec.rel_h is not None or rec.mask is not None or rec.causal:
+            return empty(f"{name} adds relative positions or a mask to its logits; its rows are computed on the server: click the image instead.")
+        pq, pk = len(getattr(rec, "query_prefix", ())), len(getattr(rec, "key_prefix", ()))
+        meta.update(heads=rec.heads, n=pq + fh * fw, kh=rec.key_hw[0], kw=rec.key_hw[1], m=rec.key_hw[0] * rec.key_hw[1], pq=pq, pk=pk)
         if rec.matrix is not None:
             data["matrix"] = rec.matrix[0].numpy()
             meta.update(matrix=True, d=0, scale=1.0, normalize="softmax")
