@@ -372,6 +372,8 @@ def _maps(job: _Job, batch: list[tuple[int, float, np.ndarray]]) -> None:
 def _prediction(job: _Job, output: Any, b: int) -> dict[str, Any]:
     """Classification: the top class and its probability. Segmentation: the largest class, its area share, the query's class."""
     names = job.names
+    if output.task == "features":  # a backbone: nothing to predict
+        return {"prediction": "", "confidence": float("nan")}
     if output.task == "classification":
         p = output.logits.float()[b].softmax(0)
         c = int(p.argmax())

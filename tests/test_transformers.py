@@ -443,3 +443,33 @@ def test_hover_payload_of_a_token_layer_gives_the_rows_the_server_gives(tmp_path
         page = rows[:, p["pk"]:].mean(0).reshape(p["kh"], p["kw"])
         np.testing.assert_allclose(page, a.records["blocks.1.attn"].row(cy, cx).numpy(), atol=TOL)
     assert not payload(a, "blocks.1.attn", "cls")["id"]  # the class token's map does not follow the pointer
+
+
+def test_a_backbone_without_classes_is_analysed_as_features(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A DINO-style backbone (no head, card task "features"): its attention is analysed as for any ViT; nothing pretends to be
+    a class — no prediction, attributions and gradient rollout say why, ablation reports how much the features move."""
+    import numpy as np
+    from PIL import Image
+
+    from attnviz.analysis import Catalog, Engine, Entry, UserError, attributions, modules, transformer
+    from attnviz.atlas import AtlasOptions, Item, Source, run_atlas
+    from attnviz.ui.sidebar import headline
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=64, depth=2, num_classes=0).eval()
+    model.card = {"input_size": [64, 64], "task": "features"}
+    engine = Engine(Catalog([Entry("dino", True, loader=lambda: model)], torch.device("cpu")))
+    path = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
+    a = engine.analyze(path, "dino")
+    assert a.task == "features" and a.logits.shape == (384,) and a.top() == {}
+    assert "384 features, no classes" in headline(a, None)
+    assert transformer.head_grid(a, 30, 30).axes
+    with pytest.raises(UserError, match="backbone without classes"):
+        attributions.compare(engine, a)
+    with pytest.raises(UserError, match="backbone without classes"):
+        transformer.gradient_rollout_view(engine, a)
+    _, info = modules.ablate(engine, a, "blocks.1.attn")
+    assert info["relative_feature_change"] > 0 and -1 <= info["cosine_similarity"] <= 1
+    out = run_atlas(model, Source([Item(str(path))]), tmp_path / "atlas", AtlasOptions(workers=0))
+    assert out["task"] == "features" and "accuracy" not in out["metrics"]

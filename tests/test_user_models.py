@@ -123,6 +123,9 @@ def test_hf_repository_route_loads_a_transformers_model_with_its_card(tmp_path: 
     assert main(["inspect", "--model", f"hf:{tmp_path / 'vit'}", "--size", "32"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"vit\.(encoder\.layer|layers)\.1\.attention\S*\s+tokens", out), out  # the module path differs across transformers versions
+    transformers.ViTModel(cfg).save_pretrained(tmp_path / "bare")  # a backbone: features, no classes
+    bare = load_hf(f"hf:{tmp_path / 'bare'}")
+    assert bare.card["task"] == "features" and "class_names" not in bare.card
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         with pytest.raises(SystemExit) as err:

@@ -65,6 +65,7 @@ def test_registry_lists_everything_and_imagenet_is_offline_safe() -> None:
     for name in list(ZOO) + list(SEG_ZOO) + list(registry.TIMM_MODELS) + list(registry.TORCHVISION_MODELS):
         assert name in infos
     assert all(infos[n].task == "segmentation" for n in SEG_ZOO) and all(infos[n].task == "classification" for n in ZOO)
+    assert {n for n in registry.TIMM_MODELS if infos[n].task == "features"} == set(registry.BACKBONES)  # DINO, DINOv2: no classes
     for name in registry.TIMM_MODELS + registry.TORCHVISION_MODELS:
         info = infos[name]
         if not info.available:
@@ -79,13 +80,15 @@ IMAGENET_KINDS = {
     "mobilenet_v3_large": {"channel": 8}, "regnet_y_400mf": {"channel": 16},
     "deit_small_patch16_224.fb_in1k": {"tokens": 12},
     "swin_tiny_patch4_window7_224.ms_in1k": {"window": 10, "affinity": 2},  # the last stage's one 7×7 window is the whole grid
+    "vit_small_patch16_224.dino": {"tokens": 12}, "vit_small_patch14_reg4_dinov2.lvd142m": {"tokens": 12},
 }
 
 
 @pytest.mark.parametrize("name", sorted(IMAGENET_KINDS))
 def test_imagenet_architectures_random_init_are_captured(name: str) -> None:
     m = build_imagenet(name).eval()
-    side = {"botnet26t_256": 256, "deit_small_patch16_224.fb_in1k": 224, "swin_tiny_patch4_window7_224.ms_in1k": 224}.get(name, 128)
+    side = {"botnet26t_256": 256, "deit_small_patch16_224.fb_in1k": 224, "swin_tiny_patch4_window7_224.ms_in1k": 224,
+            "vit_small_patch16_224.dino": 224, "vit_small_patch14_reg4_dinov2.lvd142m": 518}.get(name, 128)
     with torch.no_grad(), attnviz.capture(m) as cap:
         m(torch.randn(1, 3, side, side))
     counts: dict[str, int] = {}

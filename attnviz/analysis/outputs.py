@@ -27,8 +27,8 @@ class ModelOutput:
     """A model's main output.
 
     Attributes:
-        task: ``"classification"`` or ``"segmentation"``.
-        logits: ``(B, K)`` or ``(B, K, h, w)`` float.
+        task: ``"classification"``, ``"segmentation"`` or ``"features"`` (a backbone without classes).
+        logits: ``(B, K)`` or ``(B, K, h, w)`` float; features ``(B, D)``.
     """
 
     task: str
@@ -43,8 +43,27 @@ def _describe(out: Any) -> str:
     return type(out).__name__
 
 
-def interpret_output(out: Any, postprocess: Postprocess | None = None) -> ModelOutput:
+def _features(out: Any, raw: Any) -> torch.Tensor:
+    """A backbone's output as one vector per image ``(B, D)``: as it is, tokens averaged, or a feature map pooled (HF outputs:
+    ``pooler_output``, else ``last_hidden_state``)."""
+    if not isinstance(out, torch.Tensor):
+        get = out.get if isinstance(out, Mapping) else (lambda k: getattr(out, k, None))
+        pooled, hidden = get("pooler_output"), get("last_hidden_state")
+        out = pooled if isinstance(pooled, torch.Tensor) else hidden if isinstance(hidden, torch.Tensor) else (
+            out[0] if isinstance(out, (tuple, list)) and out else None)
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.ndim not in (2, 3, 4):
+        raise OutputError(f"The backbone returned {_describe(raw)}; attnviz reads (B, D) features, (B, tokens, D) or (B, D, h, w).")
+    return out if out.ndim == 2 else out.mean(1) if out.ndim == 3 else out.mean((2, 3))
+
+
+def interpret_output(out: Any, postprocess: Postprocess | None = None, features: bool = False) -> ModelOutput:
     """The main logits of a forward's output, and the task they imply.
+
+    Args:
+        out: What the model returned.
+        postprocess: A user function that turns it into logits.
+        features: The model is a backbone without classes (its card's task is ``"features"``): task ``"features"``,
+            the output as one vector per image.
 
     Raises:
         OutputError: The output (after ``postprocess``) is not logits of either task; the message
@@ -53,6 +72,8 @@ def interpret_output(out: Any, postprocess: Postprocess | None = None) -> ModelO
     raw = out
     if postprocess is not None:
         out = postprocess(out)
+    if features:
+        return ModelOutput("features", _features(out, raw))
     if isinstance(out, Mapping):
         if "out" in out:
             out = out["out"]

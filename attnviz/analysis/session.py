@@ -41,7 +41,7 @@ class Analysis:
     Attributes:
         key: Cache key (upload digest + model).
         model_name: The model.
-        task: ``"classification"`` or ``"segmentation"``.
+        task: ``"classification"``, ``"segmentation"`` or ``"features"`` (a backbone without classes).
         image: ``(H, W, 3) uint8`` the image as loaded; every coordinate refers to its pixels.
         x: ``(1, 3, h, w)`` the model input.
         logits: ``(K,)`` or ``(K, h', w')`` (segmentation, at the model's output resolution).
@@ -98,7 +98,9 @@ class Analysis:
         return self.class_names[i] if 0 <= i < len(self.class_names) else f"class {i}"
 
     def top(self, k: int = 5) -> dict[str, float]:
-        """Classification: top-k labels and probabilities. Segmentation: classes by predicted area."""
+        """Classification: top-k labels and probabilities. Segmentation: classes by predicted area. A backbone: none."""
+        if self.task == "features":
+            return {}
         if self.task == "segmentation":
             return {r["name"]: round(float(r["area"]), 4) for r in self.legend()[:k]}  # type: ignore[index]
         p = self.logits.softmax(0)
@@ -266,7 +268,7 @@ class Engine:
         except Exception as e:
             raise UserError(f"{model_name} failed on this image: {type(e).__name__}: {e}") from e
         try:
-            out = interpret_output(raw, entry.postprocess)
+            out = interpret_output(raw, entry.postprocess, features=card.get("task") == "features")
         except OutputError as e:
             raise UserError(f"{model_name}: {e}") from None
         names = list(card.get("class_names") or [])

@@ -62,6 +62,7 @@ class BatchContext:
         statistics: Compute the attention statistics (off: predictions and the scorer only).
         scorer: ``scorer(model, batch, task, logits, records)``, called after the captured forward with what it saw, for a
             caller's own per-batch measures (``attnviz evaluate``); what it returns (per-image lists) joins ``per_image``.
+        features: The model is a backbone without classes (its card's task is ``"features"``).
     """
 
     classes: list[str] = field(default_factory=list)
@@ -72,6 +73,7 @@ class BatchContext:
     query_limit: int = QUERY_LIMIT
     statistics: bool = True
     scorer: Scorer | None = None
+    features: bool = False  # a backbone without classes (card task "features"): no prediction
 
 
 class _Sums:
@@ -97,7 +99,7 @@ def forward(model: nn.Module, x: torch.Tensor, ctx: BatchContext) -> tuple[str, 
     amp = torch.autocast(dev.type) if ctx.amp and dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     with torch.inference_mode(), amp, capture(model) as cap:
         raw = model(x.to(dev))
-    out = interpret_output(raw)
+    out = interpret_output(raw, features=ctx.features)
     return out.task, out.logits.detach().float().cpu(), dict(cap.records)
 
 
@@ -185,7 +187,9 @@ def _spatial(records: dict[str, Record], batch: Decoded, per_image: list[dict[st
 
 def _predictions(task: str, logits: torch.Tensor, batch: Decoded, ctx: BatchContext, counts: _Sums) -> list[dict[str, Any]]:
     rows = []
-    if task == "classification":
+    if task == "features":  # a backbone: nothing predicted
+        conf, pred = torch.full((len(batch.paths),), float("nan")), torch.full((len(batch.paths),), -1)
+    elif task == "classification":
         p = logits.softmax(1)
         conf, pred = p.max(1)
     else:

@@ -130,7 +130,7 @@ def run_atlas(model: nn.Module, source: Source, out: str | os.PathLike[str], opt
     model = model.to(device).eval()
     model_classes = [str(c) for c in card.get("class_names") or []]
     ctx = BatchContext(source.classes, _label_map(source.classes, model_classes), str(device), opts.amp, opts.seed, opts.query_limit,
-                       opts.statistics, opts.scorer)
+                       opts.statistics, opts.scorer, features=card.get("task") == "features")
     plan = Plan(source.shards(opts.batch_size), card, source.scenes, source.decoder)
     todo = sorted(set(range(len(plan.shards))) - done_shards(outp, len(plan.shards)))
     workers = opts.workers if opts.workers is not None else max(1 if opts.engine == "ray" else 0, min(4, (os.cpu_count() or 1) - 1))

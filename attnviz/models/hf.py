@@ -73,4 +73,7 @@ def load_hf(spec: str) -> nn.Module:
         first = " ".join(str(e).split())[:160]
         raise HFUnavailable(f"hf:{repo} could not be loaded here ({type(e).__name__}: {first}); {how}") from None
     model.card = _card(repo, config, local_only)  # type: ignore[assignment]
+    if _auto_class(config) is transformers.AutoModel:  # the bare model: a backbone without classes
+        model.card["task"] = "features"
+        model.card.pop("class_names", None)
     return model.eval()

@@ -33,7 +33,13 @@ SEG_TRAINED_ON = "128×128 synthetic scenes of 1–6 Fashion-MNIST items (backgr
 PRETRAINED_DIR = Path(os.environ.get("ATTNVIZ_PRETRAINED", Path(__file__).resolve().parents[2] / "pretrained"))
 
 TIMM_MODELS = ("seresnet50", "ecaresnet50t", "gcresnet50t", "skresnet18", "botnet26t_256",
-               "deit_small_patch16_224.fb_in1k", "swin_tiny_patch4_window7_224.ms_in1k")  # timm's name[.pretrained tag]
+               "deit_small_patch16_224.fb_in1k", "swin_tiny_patch4_window7_224.ms_in1k",
+               "vit_small_patch16_224.dino", "vit_small_patch14_reg4_dinov2.lvd142m")  # timm's name[.pretrained tag]
+BACKBONES = {  # self-supervised backbones: features, no classes
+    "vit_small_patch16_224.dino": "ImageNet-1k photos without labels (DINO, self-supervised)",
+    "vit_small_patch14_reg4_dinov2.lvd142m": "LVD-142M photos without labels (DINOv2 with registers, self-supervised)",
+}
+IMAGENET_TRAINED = "ImageNet-1k photos (1000 classes)"
 TORCHVISION_MODELS = ("efficientnet_b0", "mobilenet_v3_large", "regnet_y_400mf")
 
 
@@ -125,11 +131,12 @@ def _imagenet_status(name: str, source: str) -> ModelInfo:
         hit = _timm_cache_file(name) if source == "timm" else _torchvision_cache_file(name)
     except Exception as e:  # a broken cache or library must not break the listing
         return ModelInfo(name, source, False, f"cannot look up cached weights: {e}", size)
+    task, trained = ("features", BACKBONES[name]) if name in BACKBONES else ("classification", IMAGENET_TRAINED)
     if hit is not None:
-        return ModelInfo(name, source, True, input_size=size, trained_on="ImageNet-1k photos (1000 classes)")
+        return ModelInfo(name, source, True, input_size=size, task=task, trained_on=trained)
     how = (f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`" if source == "timm"
            else f"`python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\"`")
-    return ModelInfo(name, source, False, f"ImageNet weights not in the local cache; on a machine with internet run {how}, or pass weights=FILE", size)
+    return ModelInfo(name, source, False, f"weights not in the local cache; on a machine with internet run {how}, or pass weights=FILE", size, task, trained)
 
 
 def registry_remote(name: str) -> Remote | None:
@@ -234,8 +241,10 @@ def load_pretrained(name: str, device: str | torch.device | None = None, weights
         model = build_imagenet(name)
         model.load_state_dict(_read_state(path))
         size, mean, std = _timm_input(name) if source == "timm" else (224, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-        card = {"name": name, "source": source, "task": "classification", "trained_on": "ImageNet-1k photos (1000 classes)", "input_size": [size, size],
+        card = {"name": name, "source": source, "task": "classification", "trained_on": IMAGENET_TRAINED, "input_size": [size, size],
                 "mean": mean, "std": std, "class_names": imagenet_classes(), "weights": str(path)}
+        if name in BACKBONES:
+            card.update(task="features", trained_on=BACKBONES[name], class_names=[])
     else:
         valid = list(ZOO) + list(SEG_ZOO) + list(MMSEG) + list(TIMM_MODELS) + list(TORCHVISION_MODELS)
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(valid)}")

@@ -22,6 +22,8 @@ def headline(a: Analysis, click: tuple[float, float] | None) -> str:
     if a.task == "classification":
         (name, p), = a.top(1).items()
         text = f"### {html.escape(name)} · {p:.0%}"
+    elif a.task == "features":
+        text = f"### A backbone: {a.logits.numel()} features, no classes  \nIts attention is all there is to see here."
     else:
         found = [str(r["name"]) for r in a.legend() if str(r["name"]).lower() != "background"]
         text = "### Found: " + (html.escape(", ".join(found[:4])) + (f" and {len(found) - 4} more" if len(found) > 4 else "") if found else "background only")

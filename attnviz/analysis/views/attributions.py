@@ -59,6 +59,8 @@ def compare(engine: Engine, a: Analysis, method: str = "Grad-CAM", native: str |
     style = (style or Style()).check()
     if a.task == "segmentation":
         raise UserError("For a segmentation model, click a pixel: its class's Grad-CAM over the segment is shown beside the native attention.")
+    if a.task == "features":
+        raise UserError(f"{a.model_name} is a backbone without classes; attributions explain a class score.")
     maps = native_maps(a)
     if not maps:
         raise UserError(f"{a.model_name} has no spatial or click-dependent attention map to compare with.")

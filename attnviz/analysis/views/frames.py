@@ -45,7 +45,7 @@ def forward_batch(model: nn.Module, frames: Sequence[np.ndarray], card: dict, de
     ctx = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" and autocast else torch.autocast("cpu", enabled=False)
     with torch.inference_mode(), ctx, capture(model) as cap:
         raw = model(x)
-    return BatchResult(interpret_output(raw, postprocess), dict(cap.records))
+    return BatchResult(interpret_output(raw, postprocess, features=card.get("task") == "features"), dict(cap.records))
 
 
 def kinds_of(records: dict[str, Record], task: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from matplotlib.figure import Figure
 
 from ... import render
@@ -60,6 +61,15 @@ def status_line(a: Analysis) -> str:
     return f"{a.model_name} · {a.task} · {a.device.upper()} · forward {a.forward_ms:.1f} ms · image {w}×{h}, {resize}"
 
 
+def _feature_change(record_name: str, what: str, b: torch.Tensor, af: torch.Tensor) -> tuple[Figure, dict[str, Any]]:
+    """A backbone without classes: how much its features move (the 12 that move most drawn)."""
+    idx = (af - b).abs().topk(min(12, b.numel())).indices
+    fig = render.logit_change([f"feature {int(i)}" for i in idx], b[idx].numpy(), af[idx].numpy(), title=what + " (the features that move most)")
+    rel = float((af - b).norm() / b.norm().clamp_min(1e-12))
+    cos = float(torch.nn.functional.cosine_similarity(af, b, dim=0))
+    return fig, {"layer": record_name, "change": what, "relative_feature_change": round(rel, 4), "cosine_similarity": round(cos, 4)}
+
+
 def ablate(engine: Engine, a: Analysis, record_name: str) -> tuple[Figure, dict[str, Any]]:
     """Bypass one module (gate = 1 / γ = 0) and show how the output changes."""
     if record_name not in a.records:
@@ -72,8 +82,11 @@ def ablate(engine: Engine, a: Analysis, record_name: str) -> tuple[Figure, dict[
             before, after, what = bypass(model, a.x, record_name)
     except ValueError as e:
         raise UserError(str(e)) from None
-    b = interpret_output(before, entry.postprocess).logits[0].float().cpu()
-    af = interpret_output(after, entry.postprocess).logits[0].float().cpu()
+    feats = a.task == "features"
+    b = interpret_output(before, entry.postprocess, features=feats).logits[0].float().cpu()
+    af = interpret_output(after, entry.postprocess, features=feats).logits[0].float().cpu()
+    if feats:
+        return _feature_change(record_name, what, b, af)
     if a.task == "segmentation":  # compare per-class mean logits and the share of pixels whose class changes
         changed = float((b.argmax(0) != af.argmax(0)).float().mean())
         b, af = b.mean((1, 2)), af.mean((1, 2))

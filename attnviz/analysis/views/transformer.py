@@ -114,7 +114,8 @@ def gradient_rollout_view(engine: Engine, a: Analysis, target: int | None = None
     style = (style or Style()).check()
     layers = _layers(a)
     if a.task != "classification":
-        raise UserError("Gradient rollout explains one class of a classifier; this model segments.")
+        what = "is a backbone without classes" if a.task == "features" else "segments"
+        raise UserError(f"Gradient rollout explains one class of a classifier; {a.model_name} {what}.")
     cls = int(a.logits.argmax()) if target is None else int(target)
     if not 0 <= cls < a.logits.shape[0]:
         raise UserError(f"target must be a class index in [0, {a.logits.shape[0]}); got {target!r}.")
