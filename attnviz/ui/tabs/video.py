@@ -272,8 +272,11 @@ def run(eng: Engine, gpu: Callable[..., Any], video: Any, model_name: str, kind:
 def _results(res: Any) -> tuple[Any, ...]:
     maps = np.load(res.npz)["maps"]
     times = np.array([r["time"] for r in res.rows])
-    conf_label = "top-1 probability" if res.task == "classification" else "area share of the largest class"
-    conf = render.timeline(times, {"confidence": np.array([r["confidence"] for r in res.rows])}, conf_label, "Prediction over time")
+    if res.task == "features":  # a backbone without classes predicts nothing
+        conf = None
+    else:
+        conf_label = "top-1 probability" if res.task == "classification" else "area share of the largest class"
+        conf = render.timeline(times, {"confidence": np.array([r["confidence"] for r in res.rows])}, conf_label, "Prediction over time")
     if res.kind == "channel":
         over = render.series_heatmap(maps.T, times, "channel", f"{res.layer}: gates over time")
     elif res.kind == "grid":
