@@ -75,26 +75,27 @@ PHOTOS = "photos"  # the held-out natural photos (photo family, held-out photo s
 
 def test_scenes(family: str, n: int, size: int, items: tuple[int, int], seed: int = 0, clutter: bool = True) -> Iterator[SceneBatch]:
     """Seeded test scenes of one background family (or ``photos``), in chunks of ``CHUNK``."""
-    names = list(FAMILIES) + [PHOTOS]
-    cfg = SceneConfig(size=size, items=items, families=("photo",) if family == PHOTOS else (family,),
-                      photos="heldout" if family == PHOTOS else "train")
-    gen = SceneGenerator("test", cfg)
+    chunks = SceneChunks(family, size, items, seed, clutter)
     for i, start in enumerate(range(0, n, CHUNK)):
-        yield gen.generate(min(CHUNK, n - start), seed=(seed * 1000 + names.index(family)) * 100 + i, clutter=clutter)
+        yield chunks.batch(min(CHUNK, n - start), i)
 
 
 class SceneChunks:
-    """The atlas decoder of :func:`test_scenes`: shard i is chunk i of one family (the same seeds, the same scenes), as the
-    model's input (``normalize``), its labels and label maps; the boxes ride along for the scorers."""
+    """The seeded test scenes of one family, chunk by chunk; as an atlas decoder, shard i is chunk i (the same seeds, the
+    same scenes) as the model's input (``normalize``), its labels and label maps, the boxes riding along for the scorers."""
 
     def __init__(self, family: str, size: int, items: tuple[int, int], seed: int = 0, clutter: bool = True) -> None:
         self.family, self.size, self.items, self.seed, self.clutter = family, size, items, seed, clutter
 
-    def __call__(self, items: list[Item], shard: int) -> Decoded:
+    def batch(self, n: int, chunk: int) -> SceneBatch:
+        """Chunk ``chunk`` of the family: ``n`` scenes."""
         names = list(FAMILIES) + [PHOTOS]
         cfg = SceneConfig(size=self.size, items=self.items, families=("photo",) if self.family == PHOTOS else (self.family,),
                           photos="heldout" if self.family == PHOTOS else "train")
-        batch = SceneGenerator("test", cfg).generate(len(items), seed=(self.seed * 1000 + names.index(self.family)) * 100 + shard, clutter=self.clutter)
+        return SceneGenerator("test", cfg).generate(n, seed=(self.seed * 1000 + names.index(self.family)) * 100 + chunk, clutter=self.clutter)
+
+    def __call__(self, items: list[Item], shard: int) -> Decoded:
+        batch = self.batch(len(items), shard)
         return Decoded(normalize(batch.images), batch.labels, batch.label_map, [it.path for it in items], extra={"boxes": batch.boxes})
 
 

@@ -21,6 +21,20 @@ timm = pytest.importorskip("timm")
 TOL = 1e-5  # attention weights lie in [0, 1]
 
 
+def analysed(model: torch.nn.Module, tmp_path) -> tuple:  # type: ignore[no-untyped-def]
+    """An engine holding ``model`` (as "m") and its analysis of a seeded random image of the card's input size."""
+    import numpy as np
+    from PIL import Image
+
+    from attnviz.analysis import Catalog, Engine, Entry
+
+    engine = Engine(Catalog([Entry("m", True, loader=lambda: model)], torch.device("cpu")))
+    h, w = model.card["input_size"]
+    path = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)).save(path)
+    return engine, engine.analyze(path, "m")
+
+
 def timm_unfused_attentions(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Every block's attention weights ``(B, heads, N, N)`` from timm's explicit path of the same weights."""
     m = copy.deepcopy(model)
@@ -238,18 +252,14 @@ def test_efficientvit_local_windows_on_the_14x14_map() -> None:
 def test_transformer_views_head_grid_rollout_and_distance(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The Transformer view family: every layer × head for a patch or the class token, rollout over the image, distances."""
     import numpy as np
-    from PIL import Image
 
-    from attnviz.analysis import Catalog, Engine, Entry, UserError, transformer
+    from attnviz.analysis import UserError, transformer
     from attnviz.maps.transformer import mean_attention_distance
 
     torch.manual_seed(0)
     model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=(64, 96), depth=3, num_classes=4).eval()
     model.card = {"input_size": [64, 96], "class_names": ["a", "b", "c", "d"]}
-    engine = Engine(Catalog([Entry("deit", True, loader=lambda: model)], torch.device("cpu")))
-    path = tmp_path / "img.png"
-    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(path)
-    a = engine.analyze(path, "deit")
+    engine, a = analysed(model, tmp_path)
     maps, names, what = transformer.head_maps(a, 40, 20, "patch")
     assert maps.shape == (3, 3, 4, 6) and names == ["blocks.0.attn", "blocks.1.attn", "blocks.2.attn"] and "pixel (40, 20)" in what
     for i, name in enumerate(names):
@@ -417,18 +427,13 @@ def test_hover_payload_of_a_token_layer_gives_the_rows_the_server_gives(tmp_path
     import base64
 
     import numpy as np
-    from PIL import Image
 
-    from attnviz.analysis import Catalog, Engine, Entry
     from attnviz.ui.hover import payload
 
     torch.manual_seed(0)
     model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=(64, 96), depth=2, num_classes=4).eval()
     model.card = {"input_size": [64, 96], "class_names": ["a", "b", "c", "d"]}
-    engine = Engine(Catalog([Entry("deit", True, loader=lambda: model)], torch.device("cpu")))
-    path = tmp_path / "img.png"
-    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(path)
-    a = engine.analyze(path, "deit")
+    engine, a = analysed(model, tmp_path)
     p = payload(a, "blocks.1.attn", "row")
     assert p["id"] and p["kind"] == "affinity" and (p["pq"], p["pk"]) == (2, 2) and (p["fh"], p["fw"]) == (4, 6)
 
@@ -448,20 +453,16 @@ def test_hover_payload_of_a_token_layer_gives_the_rows_the_server_gives(tmp_path
 def test_a_backbone_without_classes_is_analysed_as_features(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A DINO-style backbone (no head, card task "features"): its attention is analysed as for any ViT; nothing pretends to be
     a class — no prediction, attributions and gradient rollout say why, ablation reports how much the features move."""
-    import numpy as np
-    from PIL import Image
 
-    from attnviz.analysis import Catalog, Engine, Entry, UserError, attributions, modules, transformer
+    from attnviz.analysis import UserError, attributions, modules, transformer
     from attnviz.atlas import AtlasOptions, Item, Source, run_atlas
     from attnviz.ui.sidebar import headline
 
     torch.manual_seed(0)
     model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=64, depth=2, num_classes=0).eval()
     model.card = {"input_size": [64, 64], "task": "features"}
-    engine = Engine(Catalog([Entry("dino", True, loader=lambda: model)], torch.device("cpu")))
+    engine, a = analysed(model, tmp_path)
     path = tmp_path / "img.png"
-    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
-    a = engine.analyze(path, "dino")
     assert a.task == "features" and a.logits.shape == (384,) and a.top() == {}
     assert "384 features, no classes" in headline(a, None)
     assert transformer.head_grid(a, 30, 30).axes
