@@ -20,7 +20,8 @@ from torch.utils.hooks import RemovableHandle
 
 from .adapters import AdapterSpec, find_adapter, gate_contribution
 from .discovery import WATCHED, GateMode, class_uses_gates, grid_record
-from .provenance import Seen
+from .plan import FUSED, PLANS, VALUE_READS, Fast, Plan, Recording, fused_qk, signature, tensor_args
+from .provenance import Seen, func_name
 from .records import Record, SamplingGrid, keep
 from .tracker import Frame, Tracker
 
@@ -91,6 +92,7 @@ class Capture:
         seen: Watched ops of generic discovery that produced no record, each with the reason
             (:class:`~attnviz.capture.provenance.Seen`): what was seen and not drawn.
         looked_at: How many modules were examined, adapted and watched (for "found nothing" messages).
+        replays: Forwards that replayed a plan (lazy labelling, :mod:`attnviz.capture.plan`) instead of following every op.
     """
 
     def __init__(self, model: nn.Module, generic: Generic = "auto") -> None:
@@ -101,6 +103,7 @@ class Capture:
         self.records: OrderedDict[str, Record] = OrderedDict()
         self.seen: list[Seen] = []
         self.looked_at: dict[str, int] = {}
+        self.replays = 0
         self._tracker: Tracker | None = None
         self._handles: list[RemovableHandle] = []
         self._lock = threading.Lock()
@@ -120,12 +123,26 @@ class Capture:
         self._mode_on = False
         self._hold: Frame | None = None  # keep watching ops until this frame returns (a gate made by its child is unused)
         self._span_start = 0  # tracker candidates before the current watched span
+        # lazy labelling (see plan): the first forward at a signature follows every op and records a plan; later ones
+        # replay it, watching ops only inside its regions
+        self._target: nn.Module | None = None
+        self._structure: tuple[Any, ...] = ()
+        self._pushed = False  # our mode is on torch's function-mode stack
+        self._sig: tuple[Any, ...] | None = None
+        self._replay: Plan | None = None
+        self._recording: Recording | None = None
+        self._calls: dict[str, int] = {}
+        self._open = 0  # replayed regions on the stack
+        self._fast: Fast | None = None  # the fast region being replayed
+        self._fast_i = 0
+        self._in_fused = False  # the tracker decides on a fused attention op (discovery)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> Capture:
         if self._active:
             raise RuntimeError("this Capture is already active; use a new capture() for nested use")
         target = self._prepare(self.model)
+        self._target = target
         self._thread = threading.get_ident()
         self._active = True
         try:
@@ -145,12 +162,14 @@ class Capture:
 
     def _teardown(self) -> None:
         try:
-            if self._mode is not None:
+            if self._mode is not None and self._pushed:
                 self._mode.__exit__(None, None, None)
             if self._tracker is not None:
                 self._tracker.finish()  # forwards that bypassed the model's own __call__ (e.g. mmseg's encode_decode)
         finally:
             self._mode = None
+            self._pushed = False
+            self._replay = self._recording = None
             self._tracker = None
             self._watched = set()
             self._depth = 0
@@ -291,8 +310,10 @@ class Capture:
         self._watched = set(candidates)
         self._tracker = Tracker(self._emit_generic, self._seen)
         self._tracker.label_token_params(self.model)
+        self._structure = (tuple(sorted(self._watched)), tuple((n, id(m), type(m).__name__) for n, m in self._modules.items()))
         self._mode = GateMode(self._on_op)
         self._mode.__enter__()
+        self._pushed = True
 
     def _set_mode(self, on: bool) -> None:
         """Switch between full tracking (``on``) and label propagation only."""
@@ -310,10 +331,14 @@ class Capture:
         return out
 
     def _seen(self, item: Seen) -> None:
+        if self._recording is not None and not self._in_fused:
+            self._recording.simple = False  # a region whose records come from more than its fused ops is replayed in full
         with self._lock:
             self.seen.append(item)
 
     def _emit_generic(self, frame: Frame, suffix: str, rec: Record) -> None:
+        if self._recording is not None and not self._in_fused:
+            self._recording.simple = False
         if any(f is frame for f in self._stack):
             frame.pending.append((suffix, rec))  # emitted when the module returns (with its contribution)
         else:
@@ -327,50 +352,166 @@ class Capture:
         # it in two, so a forward running in another thread while a capture on the same model starts or
         # ends can call these hooks without ``kwargs``. Those calls are never ours (``_mine``): accept both forms.
         def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
-            if not self._mine():
-                return
-            kwargs = kwargs or {}
-            if name == "":
-                self._stack.clear()  # a new top-level forward: drop frames left by an earlier exception
-                self._depth, self._hold = 0, None
-                self._set_mode(False)
-            x = _first_tensor(args, kwargs)
-            if self._tracker is not None:
-                for a in (*args, *kwargs.values()):
-                    for t in (a if isinstance(a, (list, tuple)) else (a,)):  # also the feature maps of a list (a decode head's inputs)
-                        if isinstance(t, torch.Tensor):
-                            self._tracker.label_input(t, top=name == "", module=mod)
-            x4 = x if x is not None and x.ndim in (3, 4) else None  # feature maps and token sequences (B, N, C)
-            self._stack.append(Frame(name=name, x=x4, adapted=adapted, version=_version(x4)))
-            if name in self._watched:
-                if self._depth == 0 and self._tracker is not None:
-                    self._span_start = len(self._tracker.cands)
-                self._depth += 1
-                self._set_mode(True)
+            if self._mine():
+                with torch._C.DisableTorchFunction():  # our own tensor accesses are not ops of the model
+                    self._frame_pre(name, mod, adapted, args, kwargs or {})
 
         def post(mod: nn.Module, args: tuple[Any, ...], *kwargs_out: Any) -> None:  # (kwargs, out), or (out,) in the race above
-            if not self._mine() or not self._stack or self._stack[-1].name != name:
-                return
-            out = kwargs_out[-1]
-            frame = self._stack.pop()
-            self._after_frame(frame)
-            if self._tracker is not None:
-                self._tracker.label_output(frame.x, out, module=mod)
-                if name == "":
-                    self._tracker.finish()  # the end of a forward: report what was seen and not drawn, forget labels
-            if not frame.pending:
-                return
+            if self._mine() and self._stack and self._stack[-1].name == name:
+                with torch._C.DisableTorchFunction():
+                    self._frame_post(name, mod, kwargs_out[-1])
+
+        self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        self._handles.append(module.register_forward_hook(post, with_kwargs=True))
+
+    def _frame_pre(self, name: str, mod: nn.Module, adapted: bool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if name == "":
+            self._start_forward(args, kwargs)
+        n = self._calls[name] = self._calls.get(name, 0) + 1
+        key = (name, n)
+        region = self._enter_region(key, name, args, kwargs)
+        tr = self._tracker
+        if tr is not None and not region and (self._replay is None or self._open):
+            for _, t in tensor_args(args, kwargs):  # also the feature maps of a list (a decode head's inputs)
+                tr.label_input(t, top=name == "", module=mod)
+        if tr is not None and self._recording is not None:
+            self._recording.entries[key] = ([(p, tuple(t.shape), tr.get(t), tr.followed(t)) for p, t in tensor_args(args, kwargs)], tr.batch)
+        x = _first_tensor(args, kwargs)
+        x4 = x if x is not None and x.ndim in (3, 4) else None  # feature maps and token sequences (B, N, C)
+        self._stack.append(Frame(name=name, x=x4, adapted=adapted, version=_version(x4), key=key, region=region))
+        if name in self._watched:
+            if self._depth == 0 and tr is not None:
+                self._span_start = len(tr.cands)
+                if self._recording is not None:
+                    self._recording.regions.add(key)
+                    if self._hold is None:
+                        self._recording.begin(key, len(tr.cands))
+            self._depth += 1
+            self._set_mode(True)
+        if region:
+            self._push_mode()
+
+    def _frame_post(self, name: str, mod: nn.Module, out: Any) -> None:
+        frame = self._stack.pop()
+        if frame.region:
+            self._open = 0
+            self._pop_mode()
+            if self._fast is not None and self._fast_i != len(self._fast.ops):
+                self._replay_broken(frame.name, ())
+            self._fast = None
+        self._after_frame(frame)
+        if self._recording is not None and self._tracker is not None and frame.key is not None:
+            self._recording.end(frame.key, len(self._tracker.cands))
+        if self._tracker is not None and (self._replay is None or self._open):
+            self._tracker.label_output(frame.x, out, module=mod)
+        if self._tracker is not None and name == "":
+            self._tracker.finish()  # the end of a forward: report what was seen and not drawn, forget labels
+            self._end_forward()
+        if frame.pending:
             contrib = contribution(frame.x, out, frame.version)
             for suffix, rec in frame.pending:
                 self._emit(_joined(name, suffix), rec, mod, "generic", contrib)
 
-        self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-        self._handles.append(module.register_forward_hook(post, with_kwargs=True))
+    # ---- lazy labelling (replay plans) -------------------------------------------------------------
+    def _push_mode(self) -> None:
+        if self._mode is not None and not self._pushed:
+            self._mode.__enter__()
+            self._pushed = True
+
+    def _pop_mode(self) -> None:
+        if self._mode is not None and self._pushed:
+            self._mode.__exit__(None, None, None)
+            self._pushed = False
+
+    def _mode_on_top(self) -> bool:
+        n = torch._C._len_torch_function_stack()
+        return self._pushed and n > 0 and torch._C._get_function_stack_at(n - 1) is self._mode
+
+    def _start_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A new top-level forward: drop frames left by an earlier exception; replay a plan or record one."""
+        self._stack.clear()
+        self._depth, self._hold, self._open = 0, None, 0
+        self._set_mode(False)
+        self._calls.clear()
+        self._replay = self._recording = None
+        if self._tracker is None or self._target is None:
+            return
+        self._push_mode()  # an exception may have left it off
+        self._sig = signature(self._target, args, kwargs, self._structure) if self._mode_on_top() else None
+        plan = PLANS.get(self._target, self._sig) if self._sig is not None else None
+        if plan is not None:
+            self._replay = plan
+            self.replays += 1
+            self._pop_mode()
+            for _, t in tensor_args(args, kwargs):
+                self._tracker.label_input(t, top=True)
+        elif self._sig is not None:
+            self._recording = Recording()
+
+    def _end_forward(self) -> None:
+        rec, self._recording = self._recording, None
+        if self._replay is not None:
+            self._replay = None
+            self._push_mode()
+        elif rec is not None and self._sig is not None and self._target is not None:
+            plan = rec.plan()
+            if plan is not None:
+                PLANS.put(self._target, self._sig, plan)
+
+    def _enter_region(self, key: tuple[str, int], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """In a replay, entering a region (or a watched module the plan does not know): watch ops, seed the labels."""
+        plan = self._replay
+        if plan is None or self._open or self._tracker is None:
+            return False
+        entry = plan.entries.get(key)
+        if entry is None and (name not in self._watched or self._depth):
+            return False
+        self._open = 1  # the mode is pushed once the frame is on the stack
+        self._fast, self._fast_i = plan.fast.get(key), 0
+        if self._fast is not None and entry is not None:
+            self._tracker.batch = entry[1]
+            return True  # labels only at its fused ops
+        found = list(tensor_args(args, kwargs))
+        if entry is not None and [(p, tuple(t.shape)) for p, t in found] == [(e[0], e[1]) for e in entry[0]]:
+            for (_, t), (_, _, labels, followed) in zip(found, entry[0]):
+                self._tracker.force(t, labels, followed)
+            self._tracker.batch = entry[1]
+            return True
+        for _, t in found:  # another code path than the plan's: these tensors get no labels (nothing drawn from them)
+            self._tracker.force(t, None, True)
+        self._replay_broken(name, tuple(found[0][1].shape) if found else ())
+        return True
+
+    def _replay_broken(self, name: str, shape: tuple[int, ...]) -> None:
+        """A replay met another code path than its plan's: say so, and trace the model again on its next forward."""
+        self._seen(Seen(name, "replay", shape, "this call differs from the forward that traced the model's tensors (a data-dependent "
+                        "branch?); its attention is not drawn on this forward, the next forward traces the model again"))
+        if self._target is not None and self._sig is not None:
+            PLANS.drop(self._target, self._sig)
+
+    def _fast_op(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """An op of a fast region: it must be the plan's next op; at a fused attention op, label q and k and decide."""
+        fast, i = self._fast, self._fast_i
+        self._fast_i = i + 1
+        if fast is None or self._tracker is None:
+            return
+        if i >= len(fast.ops) or (fast.ops[i] is not func and fast.ops[i] != func):  # (method-wrappers are made per access)
+            self._fast = None
+            self._replay_broken(self._stack[-1].name, ())
+            return
+        ev = fast.events.get(i)
+        if ev is not None:
+            q, k = fused_qk(args, kwargs)
+            self._tracker.force(q, ev[0], False)
+            self._tracker.force(k, ev[1], False)
+            self._tracker.on_op(func, args, kwargs, out, self._frame_for(args), False)
 
     def _after_frame(self, frame: Frame) -> None:
         """Leaving a frame: stop watching ops when no watched module runs and no fresh gate waits for its consumer."""
         if frame is self._hold:
             self._hold = None
+            if self._recording is not None and frame.key is not None:
+                self._recording.regions.add(frame.key)
         if frame.name in self._watched:
             self._depth -= 1
             # a gate or weights made here and not yet used: its consumer is usually the parent (``x * self.sa(x)``)
@@ -391,12 +532,21 @@ class Capture:
     def _on_op(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         if not self._stack or threading.get_ident() != self._thread:
             return
-        if not self._mode_on and func not in WATCHED:
-            if self._tracker is not None:
-                self._tracker.propagate_only(func, args, kwargs, out)
+        if self._open and self._replay is not None and (self._fast is not None or self._fast_i):
+            self._fast_op(func, args, kwargs, out)
             return
+        if self._recording is not None and func_name(func) in VALUE_READS:
+            self._recording.valid = False  # Python read a value: the ops may depend on it (no plan)
+        if not self._mode_on and func not in WATCHED:
+            if self._tracker is not None and self._tracker.propagate_only(func, args, kwargs, out) and self._recording is not None:
+                self._recording.valid = False
+            return
+        if func in WATCHED and not self._mode_on and self._recording is not None:
+            self._recording.valid = False  # a grid op outside watched code: a replay would not see it
         in_adapted = any(f.adapted for f in self._stack)
         if func in WATCHED and isinstance(out, torch.Tensor):
+            if self._recording is not None:
+                self._recording.simple = False
             if in_adapted:
                 return
             kind, rec = grid_record(func, args, kwargs, out)
@@ -412,7 +562,16 @@ class Capture:
                 self._stack[-1].pending.append(("grid", rec))
             return
         if self._tracker is not None:
-            self._tracker.on_op(func, args, kwargs, out, self._frame_for(args), in_adapted)
+            fused = False
+            if self._recording is not None:
+                name = func_name(func)
+                fused = name in FUSED and not in_adapted
+                self._recording.op(func, name, args, kwargs, self._tracker.get, fused)
+            self._in_fused = fused
+            try:
+                self._tracker.on_op(func, args, kwargs, out, self._frame_for(args), in_adapted)
+            finally:
+                self._in_fused = False
 
 
 def capture(model: nn.Module, generic: Generic = "auto") -> Capture:

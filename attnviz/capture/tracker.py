@@ -82,6 +82,27 @@ SHAPE_OPS = {"view", "reshape", "permute", "transpose", "contiguous", "expand", 
              "clone", "detach", "to", "float", "half", "broadcast_to", "view_as", "reshape_as", "movedim", "swapaxes", "type_as", "mT", "t"}
 
 
+_TOKEN_PARAMS: weakref.WeakKeyDictionary[nn.Module, list[tuple[str, nn.Parameter, Labels]]] = weakref.WeakKeyDictionary()
+
+
+def token_params(model: nn.Module) -> list[tuple[nn.Parameter, Labels]]:
+    """The prefix-token parameters of ``model`` with their labels; remembered per model (a walk over every parameter
+    costs a millisecond) and checked to still be the model's parameters by their path."""
+    found = _TOKEN_PARAMS.get(model)
+    if found is not None:
+        with contextlib.suppress(AttributeError):
+            if all(model.get_parameter(n) is p for n, p, _ in found):
+                return [(p, lb) for _, p, lb in found]
+    found = []
+    for pname, p in model.named_parameters():
+        kind = TOKEN_PARAMS.get(pname.rsplit(".", 1)[-1])
+        if kind is not None and p.ndim == 3 and p.shape[0] == 1:
+            found.append((pname, p, (None, ((0, f"pre:{kind}", int(p.shape[1])),), None)))
+    with contextlib.suppress(TypeError):
+        _TOKEN_PARAMS[model] = found
+    return [(p, lb) for _, p, lb in found]
+
+
 def _channel_groups(key_axis: Axis, q_axis: Axis, heads: list[tuple[int, str, int]]) -> int | None:
     """Heads of a channel attention that split the very channels it attends over (XCiT's ``c → (heads, c/heads)``): their
     number (1 without heads); None when the heads are anything else (their mean would mix unrelated channels)."""
@@ -169,6 +190,8 @@ class Frame:
     adapted: bool = False
     pending: list[tuple[str, Record]] = field(default_factory=list)
     version: int | None = None
+    key: tuple[str, int] | None = None  # (name, n): the n-th call of this module in the forward
+    region: bool = False  # a replayed region starts here (see plan)
 
 
 @dataclass
@@ -196,12 +219,9 @@ class Tracker:
     def label_token_params(self, model: torch.nn.Module) -> None:
         """Name the prefix-token parameters by their attribute (``cls_token`` → ``cls``, ``reg_token`` → ``reg0…``): a
         sequence that concatenates them with patch tokens gets a token axis whose prefix is named (see provenance)."""
-        for pname, p in model.named_parameters():
-            kind = TOKEN_PARAMS.get(pname.rsplit(".", 1)[-1])
-            if kind is not None and p.ndim == 3 and p.shape[0] == 1:
-                lb: Labels = (None, ((0, f"pre:{kind}", int(p.shape[1])),), None)
-                with contextlib.suppress(TypeError):
-                    self._params[id(p)] = (weakref.ref(p), lb)
+        for p, lb in token_params(model):
+            with contextlib.suppress(TypeError):
+                self._params[id(p)] = (weakref.ref(p), lb)
 
     # ---- labels
     def get(self, t: Any) -> Labels | None:
@@ -218,6 +238,19 @@ class Tracker:
             return
         with contextlib.suppress(TypeError):  # tensors that cannot be weakly referenced are not labelled
             self._labels[id(t)] = (weakref.ref(t), labels)
+
+    def force(self, t: torch.Tensor, labels: Labels | None, followed: bool) -> None:
+        """Give ``t`` exactly these labels (None: none) and followed-ness: the entry of a replayed region (see plan)."""
+        self._labels.pop(id(t), None)
+        self._made.pop(id(t), None)
+        self.set(t, labels)
+        if followed:
+            with contextlib.suppress(TypeError):
+                self._made[id(t)] = weakref.ref(t)
+
+    def followed(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` was made by ops this forward followed."""
+        return self._followed(t)
 
     def _produced(self, out: Any) -> None:
         """Remember tensors made by ops we followed: if those lost their labels, their axes are unknown (never guessed)."""
@@ -273,18 +306,20 @@ class Tracker:
             self._derived[id(t)] = (weakref.ref(t), d)
 
     # ---- the op hook
-    def propagate_only(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-        """Outside watched code: carry the axis labels through the op, nothing else."""
+    def propagate_only(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> bool:
+        """Outside watched code: carry the axis labels through the op, nothing else. True when the op touched a
+        candidate (what it did then is more than labels: a replay that skips this op would differ)."""
         self._produced(out)
         name = func_name(func)
         if name == "stack" and isinstance(out, torch.Tensor):
-            self._stack(args, kwargs, out)
+            return self._stack(args, kwargs, out)
         elif isinstance(out, torch.Tensor):
             if name not in ("sigmoid_",) or self.get(out) is None:
                 self.set(out, propagate(name, args, kwargs, out, self.get))
         elif isinstance(out, (tuple, list)) and out and all(isinstance(o, torch.Tensor) for o in out):
             for o, lb in zip(out, propagate_multi(name, args, kwargs, list(out), self.get)):
                 self.set(o, lb)
+        return False
 
     def on_op(  # noqa: PLR0915  (one dispatch over op kinds; to be split by op family with the token-provenance rework, issue 20)
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame | None, in_adapted: bool
@@ -395,8 +430,9 @@ class Tracker:
         self.cands.append(c)
         self._mark(out, _Derived(c, False))
 
-    def _stack(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> None:
-        """``torch.stack`` of branches: a new "branch" axis; other axes keep the first input's labels."""
+    def _stack(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> bool:
+        """``torch.stack`` of branches: a new "branch" axis; other axes keep the first input's labels. True when a
+        stacked tensor is a candidate."""
         ts = args[0] if args else kwargs.get("tensors")
         dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0)) % out.ndim
         first = self.get(ts[0]) if ts else None
@@ -404,10 +440,13 @@ class Tracker:
         lb: list[Axis] = list(first) if first is not None else [None] * (out.ndim - 1)
         lb.insert(dim, ((g, "branch", int(out.shape[dim])),))
         self.set(out, tuple(lb))
+        touched = False
         for t in ts or []:
             d = self._derive(t)
             if d is not None:
                 d.cand.reasons.append("stacked into a tensor of several branches")
+                touched = True
+        return touched
 
     # ---- decisions: gates
     def _gate_used(self, g: torch.Tensor, d: _Derived, p: torch.Tensor, out: torch.Tensor, op: str) -> None:  # noqa: PLR0915  (one dispatch over op kinds; to be split by op family with the token-provenance rework, issue 20)
