@@ -72,6 +72,33 @@ def dino_mask(maps: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
     return out.reshape(maps.shape)
 
 
+def _check_rollout(records: Sequence[Affinity], head_fusion: str, discard_ratio: float) -> None:
+    if head_fusion not in FUSIONS:
+        raise ValueError(f"head_fusion must be one of {', '.join(FUSIONS)}; got {head_fusion!r}")
+    if not 0 <= discard_ratio < 1:
+        raise ValueError(f"discard_ratio must lie in [0, 1); got {discard_ratio}")
+    if not records:
+        raise ValueError("rollout needs at least one attention layer")
+
+
+def _rollout_step(rec: Affinity, batch: int, head_fusion: str, discard_ratio: float, n: int | None) -> torch.Tensor:
+    """One layer's rollout factor ``0.5·A + 0.5·I``, rows renormalised, ``(N, N)`` (``n``: the token count it must have)."""
+    a = full_attention(rec, batch)  # (heads, N, N)
+    if a.shape[-1] != a.shape[-2] or (n is not None and a.shape[-1] != n):
+        raise ValueError(f"{rec.name}: rollout needs self-attention over the same tokens in every layer (got {tuple(a.shape)})")
+    fused = getattr(a, head_fusion)(0) if head_fusion == "mean" else getattr(a, head_fusion)(0).values
+    if discard_ratio > 0:
+        flat = fused.flatten().clone()
+        k = int(flat.numel() * discard_ratio)
+        if k:
+            low = flat.topk(k, largest=False).indices
+            low = low[low != 0]  # keep the class token's own weight (index 0), as the reference implementation does
+            flat[low] = 0
+        fused = flat.reshape(fused.shape)
+    step = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1])
+    return step / step.sum(-1, keepdim=True)
+
+
 def rollout(records: Sequence[Affinity], batch: int = 0, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
     """Attention rollout over consecutive self-attention layers: ``(N, N)`` over the tokens of the first layer.
 
@@ -81,28 +108,10 @@ def rollout(records: Sequence[Affinity], batch: int = 0, head_fusion: str = "mea
         head_fusion: ``mean``, ``max`` or ``min`` over heads.
         discard_ratio: Share of each fused matrix's smallest weights set to 0 before adding the identity.
     """
-    if head_fusion not in FUSIONS:
-        raise ValueError(f"head_fusion must be one of {', '.join(FUSIONS)}; got {head_fusion!r}")
-    if not 0 <= discard_ratio < 1:
-        raise ValueError(f"discard_ratio must lie in [0, 1); got {discard_ratio}")
-    if not records:
-        raise ValueError("rollout needs at least one attention layer")
+    _check_rollout(records, head_fusion, discard_ratio)
     result: torch.Tensor | None = None
     for rec in records:
-        a = full_attention(rec, batch)  # (heads, N, N)
-        if a.shape[-1] != a.shape[-2] or (result is not None and a.shape[-1] != result.shape[-1]):
-            raise ValueError(f"{rec.name}: rollout needs self-attention over the same tokens in every layer (got {tuple(a.shape)})")
-        fused = getattr(a, head_fusion)(0) if head_fusion == "mean" else getattr(a, head_fusion)(0).values
-        if discard_ratio > 0:
-            flat = fused.flatten().clone()
-            k = int(flat.numel() * discard_ratio)
-            if k:
-                low = flat.topk(k, largest=False).indices
-                low = low[low != 0]  # keep the class token's own weight (index 0), as the reference implementation does
-                flat[low] = 0
-            fused = flat.reshape(fused.shape)
-        step = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1])
-        step = step / step.sum(-1, keepdim=True)
+        step = _rollout_step(rec, batch, head_fusion, discard_ratio, None if result is None else result.shape[-1])
         result = step if result is None else step @ result
     assert result is not None
     return result
@@ -110,12 +119,20 @@ def rollout(records: Sequence[Affinity], batch: int = 0, head_fusion: str = "mea
 
 def rollout_map(records: Sequence[TokenAttention], query: int | tuple[int, int] = 0, batch: int = 0, head_fusion: str = "mean",
                 discard_ratio: float = 0.0) -> torch.Tensor:
-    """The rollout of one token over the patches ``(H, W)``: ``query`` = a prefix index (0 = class token) or a grid cell (y, x)."""
-    r = rollout(records, batch, head_fusion, discard_ratio)
+    """The rollout of one token over the patches ``(H, W)``: ``query`` = a prefix index (0 = class token) or a grid cell (y, x).
+
+    Row ``n`` of ``S_L ⋯ S_1`` is formed from the left, ``e_nᵀ S_L`` then times each earlier factor: vector × matrix
+    products instead of the matrix products of :func:`rollout` (the same numbers, a third less work)."""
+    _check_rollout(records, head_fusion, discard_ratio)
     rec = records[0]
     p = len(rec.query_prefix)
     n = query if isinstance(query, int) else p + query[0] * rec.query_hw[1] + query[1]
-    return r[n, len(rec.key_prefix):].reshape(rec.key_hw)
+    v: torch.Tensor | None = None
+    for layer in reversed(records):
+        step = _rollout_step(layer, batch, head_fusion, discard_ratio, None if v is None else v.shape[-1])
+        v = step[n] if v is None else v @ step
+    assert v is not None
+    return v[len(rec.key_prefix):].reshape(rec.key_hw)
 
 
 def mean_attention_distance(rec: Affinity, patch_px: tuple[float, float], batch: int = 0) -> torch.Tensor:
