@@ -474,3 +474,16 @@ def test_a_backbone_without_classes_is_analysed_as_features(tmp_path) -> None:  
     assert info["relative_feature_change"] > 0 and -1 <= info["cosine_similarity"] <= 1
     out = run_atlas(model, Source([Item(str(path))]), tmp_path / "atlas", AtlasOptions(workers=0))
     assert out["task"] == "features" and "accuracy" not in out["metrics"]
+
+
+def test_levit_subsampling_attention_is_never_a_spatial_mask() -> None:
+    """LeViT's attention downsample at stage 2 has 4×4 queries taken as every other cell of a 7×7 grid (7 is odd): the queries'
+    cells are not followed, so its 16 rows over the 49 keys are "seen, not drawn" — never averaged into one spatial mask
+    (a wrong kind, which an unlabelled query axis used to be taken for)."""
+    model = timm.create_model("levit_128s", pretrained=False).eval()
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(torch.randn(1, 3, 224, 224))
+    assert not [n for n, r in cap.records.items() if r.kind == "spatial"]
+    assert cap.records["stages.1.downsample.attn_downsample"].query_hw == (7, 7)  # 14 → 7: the subsample that is followed
+    seen = {s["module"]: s["reason"] for s in cap.seen_not_drawn()}
+    assert "queries that are not image positions" in seen["stages.2.downsample.attn_downsample"]

@@ -656,7 +656,10 @@ class Tracker:
         rid = next((at[0] for at in (key_axis or ()) if at[1] == "region" and at[0] in self._regions), None)
         region = self._regions[rid] if rid is not None else None
         norm = "softmax" if c.op == "softmax" else "mean"
-        if kp is not None and not window_atoms and (q_axis is None or size_of(q_axis) == 1):
+        # one query (attention pooling) only when no other axis of size > 1 is there: an unlabelled one is a query axis we lost
+        one_query = size_of(q_axis) == 1 if q_axis is not None else not any(
+            al[i] is None and a.shape[i] > 1 for i in range(a.ndim) if i != k_idx)
+        if kp is not None and not window_atoms and one_query:
             m = self._matrix(a, d, al, k_idx, q_idx)
             if m is None:
                 c.reasons.append("attention pooling whose axes could not be arranged")
@@ -695,7 +698,7 @@ class Tracker:
             return
         if qp is not None and not window_atoms and self._pyramid_keys(c, a, d, al, k_idx, q_idx, key_axis, qp):
             return
-        if is_channels(key_axis) and (q_axis is None or size_of(q_axis) == 1) and not window_atoms:
+        if is_channels(key_axis) and one_query and not window_atoms:
             m = self._matrix(a, d, al, k_idx, q_idx)
             if m is None:
                 return
@@ -716,8 +719,9 @@ class Tracker:
         if lq is not None and lk is not None and (lq.prefix or lk.prefix) and not window_atoms and c.op == "softmax":
             self._tokens(c, a, d, al, k_idx, q_idx, lq, lk)
             return
-        why = "keys that are not image positions" if kp is None else "queries that are not image positions"
-        c.reasons.append(f"{c.op} over {size_of(key_axis) if key_axis else '?'} {why}")
+        n = size_of(key_axis) if key_axis else "?"
+        c.reasons.append(f"{c.op} over {n} keys that are not image positions" if kp is None else
+                         f"{c.op} over {n} image positions, from queries that are not image positions (their grid was not followed)")
 
     def _pyramid_keys(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, key_axis: Axis,
                       qp: tuple[int, int, int]) -> bool:
