@@ -51,10 +51,11 @@ def _plain(v: Any) -> bool:
 
 def signature(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], structure: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """What must agree for a forward to follow the same ops: argument shapes, dtypes, devices and plain values, the
-    module tree that is hooked, training mode and autograd. None when an argument is neither (no plan is kept)."""
+    module tree that is hooked, autograd and autocast. None in training mode or when an argument is neither a tensor nor
+    a plain value (no plan is kept)."""
     if model.training:
         return None
-    parts: list[Any] = [model.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled(), structure]
+    parts: list[Any] = [model.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled(), _autocast(), structure]
     for key, a in (*enumerate(args), *sorted(kwargs.items())):
         items = a if isinstance(a, (list, tuple)) else (a,)
         for t in items:
@@ -70,6 +71,11 @@ def signature(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], s
 VALUE_READS = frozenset({"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__complex__", "numpy", "__array__",
                          "equal", "is_nonzero", "allclose", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"})
 FUSED = ("scaled_dot_product_attention", "_native_multi_head_attention", "multi_head_attention_forward")
+
+
+def _autocast() -> tuple[bool, ...]:
+    """Autocast on the CPU and on CUDA (a model may branch on it)."""
+    return tuple(bool(torch.is_autocast_enabled(d)) for d in ("cpu", "cuda"))
 
 
 @dataclass
