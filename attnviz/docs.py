@@ -28,13 +28,14 @@ ATTENTION = {  # zoo model -> what its attention is
     "plain_resnet": "none (baseline)", "se_resnet": "SE channel gates", "eca_resnet": "ECA channel gates",
     "cbam_resnet": "CBAM channel + spatial", "scse_resnet": "scSE channel + spatial", "gc_resnet": "GC context",
     "sk_resnet": "SK branch weights", "nonlocal_resnet": "Non-Local", "ccnet_resnet": "CCNet (R = 2)",
-    "danet_resnet": "DANet PAM + CAM", "stn_resnet": "STN (affine)",
+    "danet_resnet": "DANet PAM + CAM", "stn_resnet": "STN (affine)", "vit_tiny": "ViT self-attention (class token, 4 blocks × 4 heads)",
     "fcn_seg": "none (baseline)", "nonlocal_seg": "Non-Local head", "ccnet_seg": "CCNet head (R = 2)",
     "danet_seg": "DANet PAM + CAM head", "gc_seg": "GC head", "ocr_seg": "OCR object regions",
 }
 # classification: the native-map score shown per model (key in the evaluation, label, is it a ratio)
 NATIVE: list[tuple[str, str]] = [
-    ("stn_iou", "STN IoU"), ("ccnet_reach_mass_ratio", "CCNet two-hop mass ratio"), ("affinity_centre_mass_ratio", "centre-query mass ratio"),
+    ("stn_iou", "STN IoU"), ("ccnet_reach_mass_ratio", "CCNet two-hop mass ratio"), ("cls_jaccard", "class-token mask Jaccard (DINO, 60 %)"),
+    ("affinity_centre_mass_ratio", "centre-query mass ratio"),
     ("spatial_pointing", "mask pointing"), ("gate_class_selectivity", "gate class selectivity"),
 ]
 
@@ -96,6 +97,10 @@ def classification_table() -> str:
                     native += f" (uniform weights {_f(h.get('ccnet_uniform_reach_mass_ratio'))})"
                 elif key == "stn_iou":
                     native += f"; centre corr. {_f(h.get('stn_centre_correlation'))}"
+                elif key == "cls_jaccard":
+                    rand = (ev.get("random_weights") or {}).get("heldout", {})
+                    native += (f" (random weights {_f(rand.get('cls_jaccard'))}); class-token pointing {_f(h.get('cls_pointing'))} "
+                               f"(centre baseline {_f(h.get('centre_baseline_pointing'))})")
                 break
         else:
             sk = [(layer, d["sk_size_spearman"]) for layer, d in (h.get("layers") or {}).items() if "sk_size_spearman" in d]

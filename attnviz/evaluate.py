@@ -11,7 +11,9 @@ saw (*held-out*), plus the bundled natural photos it never saw (``photos``). The
 of a larger run are exactly an ``n``-scene run, which the test suite re-measures against the card.
 
 Classification: accuracy, top-1 on clean scenes, and map faithfulness (CBAM/scSE/GC mask pointing and
-mass ratio; Non-Local/DANet centre-query mass ratio and query dependence; CCNet two-hop mass ratio next
+mass ratio; ViT: the last layer's class-token map (heads' mean) pointing and mass ratio, and DINO's mask (60 % of the
+mass) against the item's silhouette, Jaccard for the heads' mean map and per head (``--random-weights`` adds the same
+architecture at random initialisation beside it); Non-Local/DANet centre-query mass ratio and query dependence; CCNet two-hop mass ratio next
 to what uniform criss-cross weights score from the same query; STN IoU and centre correlation; gate
 class selectivity; SK: per layer, the Spearman correlation between item size and the weight on the widest
 branch, which the SK paper reports growing with object size; captum Grad-CAM as the reference), always
@@ -35,12 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .atlas import AtlasError, AtlasOptions, Item, Source, run_atlas
-from .atlas.compute import Scorer
+from .atlas.compute import DINO_KEEP, Scorer
 from .atlas.data import Decoded
 from .capture import Affinity, BranchWeights, CrissCross, SamplingGrid, SpatialMask
-from .capture.records import RegionAttention
+from .capture.records import RegionAttention, TokenAttention
 from .data import (
     CLASSES,
     FAMILIES,
@@ -52,7 +55,9 @@ from .data import (
     normalize,
 )
 from .maps import (
+    cls_maps,
     criss_cross_reach,
+    dino_mask,
     grad_cam,
     mass_ratio,
     nearest_centroid_accuracy,
@@ -65,6 +70,7 @@ from .maps import (
     uniform_reach,
     upsample_map,
 )
+from .maps.stats import mask_jaccard
 from .models.seg_zoo import SEG_CLASSES, SEG_INPUT_SIZE
 from .models.zoo import INPUT_SIZE, NUM_CLASSES
 
@@ -134,9 +140,26 @@ def _mean(values: list[float]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- classification
+def _class_token(rec: TokenAttention, boxes: torch.Tensor, truth: torch.Tensor | None, size: int) -> dict[str, list[Any]]:
+    """The class token's map of one layer (heads' mean), per scene: pointing and mass ratio; with the silhouettes
+    ``truth`` (B, S, S) (0 = background), the Jaccard of DINO's 60 %-mass mask, for the heads' mean and per head (mean)."""
+    maps = torch.stack([cls_maps(rec, i) for i in range(boxes.shape[0])])  # (B, heads, Hk, Wk)
+    mean = maps.mean(1)
+    up = torch.stack([upsample_map(m, (size, size)) for m in mean])
+    out: dict[str, list[Any]] = {"cls_pointing": pointing(up, boxes).float().tolist(), "cls_mass_ratio": mass_ratio(up, boxes).tolist()}
+    if truth is not None:
+        both = torch.cat([mean[:, None], maps], 1)  # (B, 1 + heads, Hk, Wk)
+        masks = F.interpolate(dino_mask(both, DINO_KEEP).float(), size=truth.shape[-2:], mode="nearest").bool()
+        jac = torch.stack([mask_jaccard(masks[i], truth[i] > 0) for i in range(len(masks))])  # (B, 1 + heads)
+        out["cls_jaccard"] = jac[:, 0].tolist()
+        out["cls_jaccard_heads"] = jac[:, 1:].mean(1).tolist()
+    return out
+
+
 @torch.no_grad()
-def _native(records: dict[str, Any], x: torch.Tensor, boxes: torch.Tensor, gen: torch.Generator) -> dict[str, list[Any]]:
-    """Per-scene native-map scores of one chunk of classification scenes, from its captured records."""
+def _native(records: dict[str, Any], x: torch.Tensor, boxes: torch.Tensor, gen: torch.Generator, truth: torch.Tensor | None = None) -> dict[str, list[Any]]:
+    """Per-scene native-map scores of one chunk of classification scenes, from its captured records (``truth``: the
+    scenes' label maps, for the class-token mask)."""
     size = x.shape[-1]
 
     def up(m: torch.Tensor) -> torch.Tensor:
@@ -180,6 +203,9 @@ def _native(records: dict[str, Any], x: torch.Tensor, boxes: torch.Tensor, gen: 
         out["stn_iou"] = quad_iou(quads, boxes, (size, size)).tolist()
         out["stn_centre"] = quads.mean(1).tolist()
         out["box_centre"] = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1).float().tolist()
+    tokens = [r for r in recs if isinstance(r, TokenAttention) and r.query_prefix]
+    if tokens:
+        out.update(_class_token(tokens[-1], boxes, truth, size))
     gates = [r for r in recs if r.kind == "channel"]
     if gates:
         out["gates"] = gates[-1].weights.tolist()
@@ -194,7 +220,7 @@ def _native(records: dict[str, Any], x: torch.Tensor, boxes: torch.Tensor, gen: 
 SK_WEIGHT = "sk_widest_weight:"  # per-scene score key prefix, one per SK layer
 CLS_KEYS = ("accuracy", "centre_baseline_pointing", "spatial_pointing", "spatial_mass_ratio", "spatial_mean", "affinity_centre_mass_ratio",
             "affinity_query_js", "affinity_same_peak", "ccnet_reach_mass_ratio", "ccnet_uniform_reach_mass_ratio", "ccnet_loop1_mass_ratio",
-            "stn_iou", "gradcam_pointing", "gradcam_mass_ratio")
+            "stn_iou", "gradcam_pointing", "gradcam_mass_ratio", "cls_pointing", "cls_mass_ratio", "cls_jaccard", "cls_jaccard_heads")
 
 
 class _ClassificationScorer:
@@ -209,7 +235,7 @@ class _ClassificationScorer:
     def __call__(self, model: nn.Module, batch: Decoded, task: str, logits: torch.Tensor, records: dict[str, Any]) -> dict[str, list[Any]]:
         boxes = batch.extra["boxes"]
         x = batch.x.to(next(model.parameters()).device)
-        scores = _native(records, x, boxes, self.gen)
+        scores = _native(records, x, boxes, self.gen, batch.masks)
         pred = logits.argmax(1).cpu()
         self.agg["accuracy"] += (pred == batch.labels).float().tolist()
         self.agg["centre_baseline_pointing"] += centre_in_box(boxes, INPUT_SIZE).float().tolist()
@@ -448,8 +474,24 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--weights", default=None, help="evaluate this checkpoint instead of the shipped one (e.g. a held-out-family variant)")
     p.add_argument("--baseline", default=None, help="segmentation: report ΔmIoU against this zoo model (e.g. fcn_seg)")
     p.add_argument("--atlas", default=None, help="keep each family's attention atlas (Parquet tables, report.html) in ATLAS/FAMILY")
+    p.add_argument("--random-weights", action="store_true",
+                   help="also evaluate the same architecture at random initialisation (seeded), stored beside the trained figures")
     p.add_argument("--write-card", action="store_true", help="store the result (and the test suite's check subset) in pretrained/NAME.json")
     return p
+
+
+def _random_weights(model: nn.Module, args: argparse.Namespace) -> dict[str, Any]:
+    """The same architecture at random initialisation (``torch.manual_seed(seed)``), evaluated on the same scenes: the
+    in-family / held-out / photos summaries (what a map scores with no training: DINO's "random weights" row)."""
+    from .models.seg_zoo import SEG_ZOO, build_seg
+    from .models.zoo import build
+
+    torch.manual_seed(args.seed)
+    rand = build_seg(args.model) if args.model in SEG_ZOO else build(args.model)
+    rand.card = getattr(model, "card", {})  # type: ignore[assignment]  # the same task and training families
+    res = evaluate(rand, per_family=args.per_family, seed=args.seed, gradcam=False)
+    return {"init": f"torch.manual_seed({args.seed}); attnviz.models.zoo.build({args.model!r})",
+            **{g: res[g] for g in ("in_family", "heldout", PHOTOS)}}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -460,6 +502,8 @@ def run(args: argparse.Namespace) -> int:
     baseline = load_pretrained(args.baseline) if args.baseline else None
     try:
         res = evaluate(model, per_family=args.per_family, seed=args.seed, baseline=baseline, atlas_dir=args.atlas)
+        if args.random_weights:
+            res["random_weights"] = _random_weights(model, args)
     except AtlasError as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(res, indent=2))

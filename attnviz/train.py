@@ -193,7 +193,7 @@ def make_card(args: argparse.Namespace, model: nn.Module, task: str, families: t
     """The model card of a finished run (evaluation is added by ``attnviz evaluate --write-card``)."""
     seg = task == "segmentation"
     size = SEG_INPUT_SIZE if seg else INPUT_SIZE
-    arch = f"attnviz.models.seg_zoo.build_seg({args.model!r})" if seg else f"attnviz.models.zoo.ZooNet({ZOO[args.model]!r})"
+    arch = f"attnviz.models.seg_zoo.build_seg({args.model!r})" if seg else f"attnviz.models.zoo.{type(model).__name__}({ZOO[args.model]!r})"
     return {
         "name": args.model,
         "task": task,

@@ -37,7 +37,8 @@ PHOTOS = {
 }
 ADE20K = {"coffee": ["ccnet_r50_d8_ade20k", "nonlocal_r50_d8_ade20k"], "astronaut": ["danet_r50_d8_ade20k", "ccnet_r50_d8_ade20k"]}
 IMAGENET = ["seresnet50", "botnet26t_256", "gcresnet50t", "efficientnet_b0"]
-CLS_SHOW = ["ccnet_resnet", "nonlocal_resnet", "cbam_resnet", "stn_resnet", "scse_resnet", "se_resnet", "gc_resnet", "danet_resnet", "sk_resnet"]
+CLS_SHOW = ["ccnet_resnet", "nonlocal_resnet", "cbam_resnet", "stn_resnet", "scse_resnet", "se_resnet", "gc_resnet", "danet_resnet", "sk_resnet",
+            "vit_tiny"]
 SEG_SHOW = ["ccnet_seg", "nonlocal_seg", "ocr_seg", "danet_seg", "gc_seg"]
 
 

@@ -9,7 +9,8 @@
 # it on full scenes with one recipe per task — the baselines plain_resnet and fcn_seg too, so that every model
 # of a task has seen the same data and differences against the baseline compare like with like. Attention starts
 # at or near the identity and is never supervised. The STN first trains its localiser alone with the box loss, then
-# jointly. The held-out background families (checks,
+# jointly. vit_tiny (a small ViT with a convolutional stem) trains from scratch in one run: a transformer has no
+# backbone to share with the ResNets. The held-out background families (checks,
 # speckle, cells) and the held-out photos are never seen. Runs are resumable (runs/NAME*/last.pt).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -42,6 +43,10 @@ seg_variant() {
   "$PY" -m attnviz train --model "$1" --init runs/seg1/fcn_seg.safetensors --steps 5000 --batch 16 --lr 1e-3 --warmup 100 \
     --curriculum 0 --seed 1 "${T[@]}" --ckpt-every 250 --workdir "runs/$1-ft" --out pretrained
 }
+vit() {
+  "$PY" -m attnviz train --model vit_tiny --steps 4000 --batch 128 --lr 1e-3 --warmup 200 --curriculum 0.3 --weight-decay 0.05 \
+    --seed 0 "${T[@]}" --ckpt-every 250 --workdir runs/vit_tiny --out pretrained
+}
 queue() {  # run "$@" with at most JOBS at a time
   "$@" > "runs/$2.train.log" 2>&1 &
   while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
@@ -52,10 +57,12 @@ main() {
   for m in "${SEG[@]}"; do queue seg_variant "$m"; done
   for m in "${CLS[@]}"; do queue cls_variant "$m"; done
   queue stn stn_resnet
+  queue vit vit_tiny
   wait
   for m in "${CLS[@]}" stn_resnet; do
     "$PY" -m attnviz evaluate --model "$m" --per-family 200 --write-card > "runs/$m.eval.json"
   done
+  "$PY" -m attnviz evaluate --model vit_tiny --per-family 200 --random-weights --write-card > runs/vit_tiny.eval.json
   for m in fcn_seg "${SEG[@]}"; do
     "$PY" -m attnviz evaluate --model "$m" --per-family 60 --baseline fcn_seg --write-card > "runs/$m.eval.json"
   done

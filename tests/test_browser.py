@@ -423,6 +423,29 @@ def test_api_page_lists_endpoints(server, browser) -> None:  # type: ignore[no-u
     assert {"/analyze", "/attention_at", "/segmentation", "/export", "/analyze_video", "/video_frame"} <= names
 
 
+def test_zoo_vit_class_token_on_its_example(server, browser) -> None:  # type: ignore[no-untyped-def]
+    """The shipped ViT on its example scene: the Transformer tab's class-token grid, rollout and distances (README screenshot)."""
+    url, demo, examples = server
+    ex = next((e for e in examples if e.model == "vit_tiny"), None)
+    if ex is None:
+        pytest.skip("vit_tiny is not shipped in this checkout")
+    page, errors = open_page(browser, url)
+    page.locator("button.example-btn", has_text=f"{ex.title} · vit_tiny").first.click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('vit_tiny')", timeout=60_000)
+    settle(page)
+    assert ex.expected in page.locator("#headline").inner_text()
+    select_tab(page, "Transformer")
+    page.locator("#tf_query label", has_text="class token").click()
+    settle(page)
+    page.locator("#head_grid img").wait_for(state="visible", timeout=60_000)
+    assert page.locator("#rollout img").is_visible()
+    answer = page.locator("#tf_answer").inner_text()
+    assert "4 self-attention layers with 4 heads over a 8×8 patch grid" in answer, answer
+    page.screenshot(path=str(SHOTS / "vit_tiny.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
 def test_vit_head_grid_and_rollout_in_the_browser(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A user's ViT: upload an image, the Transformer tab shows every layer × head and the rollout (README screenshot)."""
     timm = pytest.importorskip("timm")

@@ -17,7 +17,7 @@ EXPECTED_KINDS = {
     "plain_resnet": set(), "se_resnet": {"channel"}, "eca_resnet": {"channel"}, "cbam_resnet": {"channel", "spatial"},
     "scse_resnet": {"channel", "spatial"}, "gc_resnet": {"spatial"}, "sk_resnet": {"branch"},
     "nonlocal_resnet": {"affinity"}, "ccnet_resnet": {"criss_cross"}, "danet_resnet": {"affinity", "channel_affinity"},
-    "stn_resnet": {"grid"},
+    "stn_resnet": {"grid"}, "vit_tiny": {"tokens"},
 }
 
 

@@ -1,10 +1,15 @@
-"""The attnviz zoo: small ResNet-style classifiers for 64×64 scenes, one per attention family.
+"""The attnviz zoo: small ResNet-style classifiers for 64×64 scenes, one per attention family, and a small ViT.
 
 Layout (64×64 input): per-image standardisation → stem 3×3 stride 2 (32 ch, 32×32) → stage 1 (32 ch, 32×32) → stage 2 (64 ch,
 16×16) → stage 3 (128 ch, 8×8) → global average pool → linear. Sized for interactive CPU use and for
 training on 2 CPU cores. Channel/spatial attention (SE, ECA, CBAM,
 scSE, GC, SK) sits in every residual block, before the residual sum; Non-Local, CCNet (R = 2) and
 DANet sit after stage 2, on the 16×16 map; the STN sits in front of the stem.
+
+``vit_tiny`` is timm's ``VisionTransformer`` (class token, 4 blocks of width 128, 4 heads) over an 8×8 grid of tokens whose
+patch embedding is a convolutional stem of three stride-2 3×3 convolutions and a 1×1 projection: "Early Convolutions Help
+Transformers See Better" (Xiao et al., NeurIPS 2021, https://arxiv.org/abs/2106.14881), which makes a small ViT trainable
+from scratch on few images.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..modules import create_attn
@@ -25,7 +32,7 @@ class ZooSpec:
     """Where and which attention a zoo model uses."""
 
     attn: str | None
-    where: str  # "block" | "stage2" | "input" | "none"
+    where: str  # "block" | "stage2" | "input" | "none" | "tokens" (a vision transformer)
     kwargs: tuple[tuple[str, object], ...] = ()
 
 
@@ -41,6 +48,7 @@ ZOO: dict[str, ZooSpec] = {
     "ccnet_resnet": ZooSpec("ccnet", "stage2", (("recurrence", 2),)),
     "danet_resnet": ZooSpec("danet", "stage2"),
     "stn_resnet": ZooSpec("stn", "input", (("bounded", True),)),
+    "vit_tiny": ZooSpec("vit", "tokens", (("embed_dim", 128), ("depth", 4), ("num_heads", 4), ("mlp_ratio", 2.0))),
 }
 
 
@@ -126,8 +134,43 @@ class ZooNet(nn.Module):
         return self.stage3
 
 
-def build(name: str) -> ZooNet:
+class ConvStemEmbed(PatchEmbed):
+    """timm's ``PatchEmbed`` whose single patchifying convolution is a convolutional stem of the same total stride
+    (3×3 stride-2 conv + BN + ReLU per halving, then a 1×1 projection), after Xiao et al. 2021."""
+
+    def __init__(self, img_size: int = INPUT_SIZE, patch_size: int = 8, in_chans: int = 3, embed_dim: int = 128, **kw: object) -> None:
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, **kw)  # type: ignore[arg-type]
+        layers: list[nn.Module] = []
+        c, size = in_chans, 1
+        for width in (32, 64, 128):
+            if size >= patch_size:
+                break
+            layers += [nn.Conv2d(c, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            c, size = width, size * 2
+        self.proj = nn.Sequential(*layers, nn.Conv2d(c, embed_dim, 1))  # (B, D, H/p, W/p)
+
+
+class ZooViT(nn.Module):
+    """Per-image standardisation, then a small timm ``VisionTransformer`` with a convolutional stem (module docstring)."""
+
+    def __init__(self, spec: ZooSpec, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.spec = spec
+        self.standardize = ImageStandardize()
+        self.vit = VisionTransformer(img_size=INPUT_SIZE, patch_size=8, num_classes=num_classes, embed_layer=ConvStemEmbed, **dict(spec.kwargs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 3, 64, 64)
+        return self.vit(self.standardize(x))  # (B, classes)
+
+    @property
+    def last_conv_stage(self) -> nn.Module:
+        """The convolutional stem (Grad-CAM target, on the 8×8 token grid)."""
+        return self.vit.patch_embed.proj
+
+
+def build(name: str) -> ZooNet | ZooViT:
     """A randomly initialised zoo model by name."""
     if name not in ZOO:
         raise ValueError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO)}")
-    return ZooNet(ZOO[name])
+    spec = ZOO[name]
+    return ZooViT(spec) if spec.where == "tokens" else ZooNet(spec)
