@@ -302,6 +302,8 @@ def _plan(path: str | Path, model: nn.Module, kind: str | None, layer: str | Non
         raise VideoError(f"stride must be an integer ≥ 1; got {stride!r}.")
     if not isinstance(max_frames, int) or not 1 <= max_frames <= MAX_FRAMES:
         raise VideoError(f"max_frames must be an integer in [1, {MAX_FRAMES}]; got {max_frames!r}.")
+    if out.is_dir():
+        raise VideoError(f"out is the folder {str(out)!r}; give the path of the .mp4 file to write (its .npz and .csv go beside it).")
     device = device or next(model.parameters()).device
     fps, n_est, w0, h0 = probe(path)
     if n_est and math.ceil(n_est / stride) > max_frames:
