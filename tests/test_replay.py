@@ -207,3 +207,37 @@ def test_plans_do_not_keep_a_model_alive() -> None:
     gc.collect()
     assert ref() is None
 
+
+
+def test_large_queries_and_keys_are_spilled_to_an_unlinked_mapped_file(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Beyond SPILL_BYTES of queries and keys per forward, a record's q and k live in a memory-mapped temporary file that is
+    unlinked at once (nothing is left in the folder); rows are the same as from the in-memory copies."""
+    import importlib
+
+    records = importlib.import_module("attnviz.capture.records")
+    tracker = importlib.import_module("attnviz.capture.tracker")
+    model = _timm("vit_small_patch16_224", img_size=64, depth=2)
+    x = torch.randn(1, 3, 64, 64)
+    forget_plans(model)
+    held = _run(model, x)
+    calls: list[tuple[int, ...]] = []
+
+    def counted(t: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(t.shape))
+        return records.spill(t)
+
+    monkeypatch.setattr(records, "SPILL_BYTES", 0)
+    monkeypatch.setattr(records, "SPILL_DIR", str(tmp_path))
+    monkeypatch.setattr(tracker, "spill", counted)
+    spilled = _run(model, x)  # a replay: the plan's fast regions spill too
+    assert len(calls) == 4 and not list(tmp_path.iterdir())
+    for name, rec in held.records.items():
+        other = spilled.records[name]
+        torch.testing.assert_close(other.queries, rec.queries, atol=0, rtol=0)
+        torch.testing.assert_close(other.keys, rec.keys, atol=0, rtol=0)
+        for y, xx in ((0, 0), (3, 1)):
+            torch.testing.assert_close(other.row(y, xx), rec.row(y, xx), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(other.prefix_row(0), rec.prefix_row(0), atol=1e-6, rtol=1e-6)
+    monkeypatch.setattr(records, "SPILL_DIR", str(tmp_path / "missing"))  # a folder that cannot be written: kept in memory instead
+    t = torch.randn(3, 5).t()
+    assert torch.equal(records.spill(t), t)

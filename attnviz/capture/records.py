@@ -2,12 +2,17 @@
 
 Every tensor is float32 on the CPU and owned by the record (cloned at capture time), batch first.
 Affinity-like records keep queries and keys (O(HW·C)) and compute a row when asked; the (HW × HW)
-matrix is only held when generic discovery met an unknown module that materialised it itself.
+matrix is only held when generic discovery met an unknown module that materialised it itself. Beyond
+:data:`SPILL_BYTES` of queries and keys in one forward (a transformer at a large input size, a batch of
+frames), they are *spilled* (:func:`spill`): written to a temporary file that is unlinked at once and
+memory-mapped for reading, so the process holds only the pages a view reads.
 """
 
 from __future__ import annotations
 
 import abc
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,9 +20,46 @@ import torch
 from torch.nn import functional as F
 
 
+def _spill_limit() -> int | None:
+    """Bytes of queries and keys one forward keeps in memory before spilling (``ATTNVIZ_SPILL_MB``, default 64: a ViT-S
+    batch of 8 at 224² or DINOv2-S at 518² stays in memory, where writing files would cost time; ``off``: never spill).
+    Never on Windows, which cannot unlink a file that is mapped."""
+    raw = os.environ.get("ATTNVIZ_SPILL_MB", "64").strip().lower()
+    if os.name == "nt" or raw in ("off", "none", ""):
+        return None
+    try:
+        return max(0, int(float(raw) * 2**20))
+    except ValueError:
+        return 64 * 2**20
+
+
+SPILL_BYTES = _spill_limit()
+SPILL_DIR = os.environ.get("ATTNVIZ_SPILL_DIR") or None  # default: the system's temporary folder (it should be on disk)
+
+
 def keep(t: torch.Tensor) -> torch.Tensor:
     """Detached float32 CPU copy of ``t`` that no later in-place op of the model can change."""
     return t.detach().to(device="cpu", dtype=torch.float32, copy=True)
+
+
+def spill(t: torch.Tensor) -> torch.Tensor:
+    """Like :func:`keep`, but the copy lives in a temporary file, unlinked at once and memory-mapped (read-only use): its
+    pages are read when a view touches them and can be dropped by the kernel. Falls back to :func:`keep` on any error."""
+    src = t.detach().to(device="cpu", dtype=torch.float32).contiguous()  # (no copy for a contiguous float32 CPU tensor)
+    if src.numel() == 0:
+        return keep(t)
+    try:
+        fd, path = tempfile.mkstemp(prefix="attnviz-spill-", suffix=".f32", dir=SPILL_DIR)
+    except OSError:
+        return keep(t)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            src.numpy().tofile(f)
+        return torch.from_file(path, shared=False, size=src.numel(), dtype=torch.float32).view(src.shape)
+    except (OSError, RuntimeError):
+        return keep(t)
+    finally:
+        os.unlink(path)  # the mapping stays valid; the disk space is freed with it
 
 
 @dataclass(eq=False, kw_only=True)

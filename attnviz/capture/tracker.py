@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import records as _records
 from .provenance import (
     BATCH_GRID,
     Axis,
@@ -64,6 +65,7 @@ from .records import (
     TokenAttention,
     WindowAffinity,
     keep,
+    spill,
 )
 
 MAX_MATRIX = 8_000_000  # largest attention matrix (elements) kept whole when rows cannot be recomputed from Q and K
@@ -215,6 +217,7 @@ class Tracker:
         self.batch: int | None = None
         self._params: dict[int, tuple[weakref.ref, Labels]] = {}  # token parameters (class / distillation / register tokens)
         self._made: dict[int, weakref.ref] = {}  # 4-D tensors made by ops we followed (this forward)
+        self._qk_bytes = 0  # queries and keys kept by this forward (spilled beyond records.SPILL_BYTES)
 
     def label_token_params(self, model: torch.nn.Module) -> None:
         """Name the prefix-token parameters by their attribute (``cls_token`` → ``cls``, ``reg_token`` → ``reg0…``): a
@@ -222,6 +225,13 @@ class Tracker:
         for p, lb in token_params(model):
             with contextlib.suppress(TypeError):
                 self._params[id(p)] = (weakref.ref(p), lb)
+
+    def _keep_qk(self, t: torch.Tensor) -> torch.Tensor:
+        """Queries or keys of a lazy-row record: kept in memory up to ``SPILL_BYTES`` per forward, spilled beyond."""
+        n = t.numel() * 4
+        limit = _records.SPILL_BYTES
+        self._qk_bytes += n
+        return spill(t) if limit is not None and self._qk_bytes > limit else keep(t)
 
     # ---- labels
     def get(self, t: Any) -> Labels | None:
@@ -778,7 +788,7 @@ class Tracker:
             qq = self._arrange(q, ql, q.ndim - 2, q.ndim - 1, query=True)
             kk = self._arrange(k, kl, k.ndim - 1, k.ndim - 2, query=False)
             if qq is not None and kk is not None:
-                rec = Affinity(queries=keep(qq), keys=keep(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale, normalize=norm)
+                rec = Affinity(queries=self._keep_qk(qq), keys=self._keep_qk(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale, normalize=norm)
                 self._record(c, "", rec)
                 return
         m = self._matrix(a, d, al, k_idx, q_idx)
@@ -799,7 +809,7 @@ class Tracker:
             qq = self._arrange(q, self.get(q), q.ndim - 2, q.ndim - 1, query=True)
             kk = self._arrange(k, self.get(k), k.ndim - 1, k.ndim - 2, query=False)
             if qq is not None and kk is not None:
-                self._record(c, "", TokenAttention(queries=keep(qq), keys=keep(kk), scale=scale, **kw))
+                self._record(c, "", TokenAttention(queries=self._keep_qk(qq), keys=self._keep_qk(kk), scale=scale, **kw))
                 return
         m = self._matrix(a, d, al, k_idx, q_idx)
         if m is None or m.numel() > MAX_MATRIX:
@@ -868,7 +878,7 @@ class Tracker:
         if qq is None or kk is None:
             self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), "batch or heads could not be separated"))
             return
-        rec = Affinity(queries=keep(qq), keys=keep(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale, mask=_keep_mask(mask),
+        rec = Affinity(queries=self._keep_qk(qq), keys=self._keep_qk(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale, mask=_keep_mask(mask),
                        causal=causal)
         rec.source = "generic"
         self.emit(frame, "", rec)
@@ -920,7 +930,7 @@ class Tracker:
         if qq is None or kk is None:
             self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), "batch or heads could not be separated"))
             return True
-        rec = TokenAttention(queries=keep(qq), keys=keep(kk), query_hw=lq.hw, key_hw=lk.hw, scale=scale, mask=_keep_mask(mask),
+        rec = TokenAttention(queries=self._keep_qk(qq), keys=self._keep_qk(kk), query_hw=lq.hw, key_hw=lk.hw, scale=scale, mask=_keep_mask(mask),
                              query_prefix=lq.prefix, key_prefix=lk.prefix)
         rec.note = "fused attention (scaled_dot_product_attention) over tokens; rows computed from its queries and keys"
         rec.source = "generic"
@@ -974,6 +984,7 @@ class Tracker:
                                   f"{self._regions[g][0].shape[1]} softmax maps over positions pool the features, but what "
                                   "mixes the pooled features back into pixels is linear (no pixel → region attention weights), as in a lambda layer"))
         self._region_of.clear()
+        self._qk_bytes = 0
         self.cands.clear()
         self._labels.clear()
         self._made.clear()
