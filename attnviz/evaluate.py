@@ -37,10 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .atlas import AtlasError, AtlasOptions, Item, Source, run_atlas
-from .atlas.compute import DINO_KEEP, Scorer
+from .atlas.compute import Scorer, token_jaccard
 from .atlas.data import Decoded
 from .capture import Affinity, BranchWeights, CrissCross, SamplingGrid, SpatialMask
 from .capture.records import RegionAttention, TokenAttention
@@ -57,7 +56,6 @@ from .data import (
 from .maps import (
     cls_maps,
     criss_cross_reach,
-    dino_mask,
     grad_cam,
     mass_ratio,
     nearest_centroid_accuracy,
@@ -70,7 +68,6 @@ from .maps import (
     uniform_reach,
     upsample_map,
 )
-from .maps.stats import mask_jaccard
 from .models.seg_zoo import SEG_CLASSES, SEG_INPUT_SIZE
 from .models.zoo import INPUT_SIZE, NUM_CLASSES
 
@@ -148,11 +145,9 @@ def _class_token(rec: TokenAttention, boxes: torch.Tensor, truth: torch.Tensor |
     up = torch.stack([upsample_map(m, (size, size)) for m in mean])
     out: dict[str, list[Any]] = {"cls_pointing": pointing(up, boxes).float().tolist(), "cls_mass_ratio": mass_ratio(up, boxes).tolist()}
     if truth is not None:
-        both = torch.cat([mean[:, None], maps], 1)  # (B, 1 + heads, Hk, Wk)
-        masks = F.interpolate(dino_mask(both, DINO_KEEP).float(), size=truth.shape[-2:], mode="nearest").bool()
-        jac = torch.stack([mask_jaccard(masks[i], truth[i] > 0) for i in range(len(masks))])  # (B, 1 + heads)
-        out["cls_jaccard"] = jac[:, 0].tolist()
-        out["cls_jaccard_heads"] = jac[:, 1:].mean(1).tolist()
+        jac = [token_jaccard(m, t) for m, t in zip(maps, truth)]  # the atlas's measure, scene by scene
+        out["cls_jaccard"] = [float(j["_mean_mask_jaccard"]) for j in jac]
+        out["cls_jaccard_heads"] = [float(j["mask_jaccard"].mean()) for j in jac]
     return out
 
 

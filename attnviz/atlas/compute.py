@@ -135,11 +135,10 @@ def _head_values(acc: _Sums, per_image: dict[str, float], layer: str, stats: dic
         per_image[f"{layer}:{stat}"] = float(v.mean())
 
 
-def _token_jaccard(recs: list[Record], b: int, truth: torch.Tensor) -> dict[str, torch.Tensor]:
-    """DINO's mask (60 % of the class token's mass) per head and for the head mean, against the truth's objects."""
-    rec = recs[0]
-    assert isinstance(rec, TokenAttention)
-    maps = cls_maps(rec, b)  # (heads, Hk, Wk)
+def token_jaccard(maps: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """DINO's mask (60 % of the class token's mass) of each head's map ``maps`` (heads, Hk, Wk) and of their mean, against
+    the objects of the label map ``truth`` (H, W) (0 = background, ``IGNORE`` left out): ``mask_jaccard`` per head and
+    ``_mean_mask_jaccard`` (1,) for the heads' mean map."""
     maps = torch.cat([maps, maps.mean(0, keepdim=True)])
     masks = F.interpolate(dino_mask(maps, DINO_KEEP)[None].float(), size=truth.shape, mode="nearest")[0].bool()
     valid = truth != IGNORE
@@ -157,7 +156,9 @@ def _pixel(records: dict[str, Record], batch: Decoded, ctx: BatchContext, per_im
             if batch.masks is not None:
                 stats.update(same_class_ratio(lr, batch.masks[b], IGNORE))
                 if is_token_layer(recs):
-                    jac = _token_jaccard(recs, b, batch.masks[b])
+                    rec = recs[0]
+                    assert isinstance(rec, TokenAttention)
+                    jac = token_jaccard(cls_maps(rec, b), batch.masks[b])
                     mean_jac = jac.pop("_mean_mask_jaccard")
                     acc.add((layer, -2, "mask_jaccard"), float(mean_jac))  # head −2: the mask of the heads' mean map
                     stats.update(jac)
