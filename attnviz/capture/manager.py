@@ -369,13 +369,14 @@ class Capture:
             self._start_forward(args, kwargs)
         n = self._calls[name] = self._calls.get(name, 0) + 1
         key = (name, n)
-        region = self._enter_region(key, name, args, kwargs)
+        found = list(tensor_args(args, kwargs))  # also the feature maps of a list (a decode head's inputs)
+        region = self._enter_region(key, name, found)
         tr = self._tracker
         if tr is not None and not region and (self._replay is None or self._open):
-            for _, t in tensor_args(args, kwargs):  # also the feature maps of a list (a decode head's inputs)
+            for _, t in found:
                 tr.label_input(t, top=name == "", module=mod)
         if tr is not None and self._recording is not None:
-            self._recording.entries[key] = ([(p, tuple(t.shape), tr.get(t), tr.followed(t)) for p, t in tensor_args(args, kwargs)], tr.batch)
+            self._recording.entries[key] = ([(p, tuple(t.shape), tr.get(t), tr.followed(t)) for p, t in found], tr.batch)
         x = _first_tensor(args, kwargs)
         x4 = x if x is not None and x.ndim in (3, 4) else None  # feature maps and token sequences (B, N, C)
         self._stack.append(Frame(name=name, x=x4, adapted=adapted, version=_version(x4), key=key, region=region))
@@ -458,8 +459,9 @@ class Capture:
             if plan is not None:
                 PLANS.put(self._target, self._sig, plan)
 
-    def _enter_region(self, key: tuple[str, int], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        """In a replay, entering a region (or a watched module the plan does not know): watch ops, seed the labels."""
+    def _enter_region(self, key: tuple[str, int], name: str, found: list[tuple[Any, torch.Tensor]]) -> bool:
+        """In a replay, entering a region (or a watched module the plan does not know) with these tensor arguments: watch
+        ops, seed the labels."""
         plan = self._replay
         if plan is None or self._open or self._tracker is None:
             return False
@@ -471,7 +473,6 @@ class Capture:
         if self._fast is not None and entry is not None:
             self._tracker.batch = entry[1]
             return True  # labels only at its fused ops
-        found = list(tensor_args(args, kwargs))
         if entry is not None and [(p, tuple(t.shape)) for p, t in found] == [(e[0], e[1]) for e in entry[0]]:
             for (_, t), (_, _, labels, followed) in zip(found, entry[0]):
                 self._tracker.force(t, labels, followed)
@@ -533,9 +534,10 @@ class Capture:
         if not self._stack or threading.get_ident() != self._thread:
             return
         if self._open and self._replay is not None and (self._fast is not None or self._fast_i):
-            self._fast_op(func, args, kwargs, out)
+            self._fast_op(func, args, kwargs, out)  # (after a mismatch _fast is None and the region's ops are skipped)
             return
-        if self._recording is not None and func_name(func) in VALUE_READS:
+        name = func_name(func) if self._recording is not None else ""
+        if self._recording is not None and name in VALUE_READS:
             self._recording.valid = False  # Python read a value: the ops may depend on it (no plan)
         if not self._mode_on and func not in WATCHED:
             if self._tracker is not None and self._tracker.propagate_only(func, args, kwargs, out) and self._recording is not None:
@@ -564,7 +566,6 @@ class Capture:
         if self._tracker is not None:
             fused = False
             if self._recording is not None:
-                name = func_name(func)
                 fused = name in FUSED and not in_adapted
                 self._recording.op(func, name, args, kwargs, self._tracker.get, fused)
             self._in_fused = fused
