@@ -45,6 +45,7 @@ from .models.inputs import pick_device
 from .models.registry import sha256
 from .models.seg_zoo import SEG_CLASSES, SEG_INPUT_SIZE, SEG_ZOO, build_seg
 from .models.zoo import INPUT_SIZE, ZOO, ZooNet, build
+from .modules.stn import HeatmapAffineHead
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
 AUX_WEIGHT = 0.4  # weight of auxiliary segmentation losses (OCR's coarse head, DANet's branches)
@@ -69,21 +70,24 @@ def scene_configs(task: str, families: Sequence[str]) -> tuple[SceneConfig, Scen
     return easy, full
 
 
-def box_targets(boxes: torch.Tensor, size: int, margin: float = 1.15) -> torch.Tensor:
-    """Target (scale, tx, ty) of a square sampling window around each box, in θ units."""
+def box_targets(boxes: torch.Tensor, size: int, margin: float = 1.15, square: bool = True) -> torch.Tensor:
+    """Target ``(s_x, s_y, t_x, t_y)`` of a sampling window around each box, in θ units (square: ``s_x = s_y``)."""
     cx = (boxes[:, 0] + boxes[:, 2]).float() / 2 / size * 2 - 1
     cy = (boxes[:, 1] + boxes[:, 3]).float() / 2 / size * 2 - 1
-    side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).float() / size * margin
-    return torch.stack([side.clamp(0.2, 1.0), cx, cy], 1)
+    wh = (boxes[:, 2:] - boxes[:, :2]).float() / size * margin  # (B, 2)
+    if square:
+        wh = wh.amax(1, keepdim=True).expand(-1, 2)
+    return torch.cat([wh.clamp(0.2, 1.0), cx[:, None], cy[:, None]], 1)
 
 
 def stn_box_loss(model: ZooNet, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Smooth-L1 between the STN's (scale, tx, ty) and the box targets."""
+    """Smooth-L1 between the STN window's (s_x, s_y, t_x, t_y) and the box targets (square for a one-scale head)."""
     assert model.stn is not None
     theta = model.stn.head(model.stn.localization(model.standardize(x)))  # (B, 2, 3)
-    scale = torch.linalg.det(theta[:, :, :2]).clamp_min(1e-6).sqrt()
-    pred = torch.stack([scale, theta[:, 0, 2], theta[:, 1, 2]], 1)
-    return F.smooth_l1_loss(pred, box_targets(boxes, x.shape[-1]).to(x.device), beta=0.05)
+    scales = theta[:, :, :2].norm(dim=1)  # (B, 2): lengths of the window's sides, rotation or not
+    pred = torch.cat([scales, theta[:, :, 2]], 1)
+    square = not isinstance(model.stn.head, HeatmapAffineHead)
+    return F.smooth_l1_loss(pred, box_targets(boxes, x.shape[-1], square=square).to(x.device), beta=0.05)
 
 
 def seg_loss(out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -93,6 +97,25 @@ def seg_loss(out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor
         if key != "out":
             loss = loss + AUX_WEIGHT * F.cross_entropy(logits, target)
     return loss
+
+
+def model_has_stn(model: nn.Module) -> bool:
+    """Whether the model has a trainable STN localiser (parameters under ``stn.``)."""
+    return any(n.startswith("stn.") for n, _ in model.named_parameters())
+
+
+def param_groups(model: nn.Module, args: argparse.Namespace, fresh: set[str]) -> list[dict[str, Any]]:
+    """AdamW groups: the STN localiser at ``--stn-lr-mult``, tensors ``--init`` did not provide at ``--new-lr-mult``."""
+    named = list(model.named_parameters())
+    loc = [p for n, p in named if n.startswith("stn.")]
+    new = [p for n, p in named if not n.startswith("stn.") and n in fresh]
+    rest = [p for n, p in named if not n.startswith("stn.") and n not in fresh]
+    groups = [] if args.stn_only else [{"params": rest, "lr": args.lr}]
+    if new and not args.stn_only:
+        groups.append({"params": new, "lr": args.lr * args.new_lr_mult})
+    if loc:
+        groups.append({"params": loc, "lr": args.lr * args.stn_lr_mult})
+    return groups
 
 
 def build_any(name: str) -> nn.Module:
@@ -115,19 +138,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915  (the tr
     if unknown:
         raise SystemExit(f"--families: unknown {unknown}; valid: {', '.join(FAMILIES)}")
     model = build_any(args.model).to(device)
+    fresh: set[str] = set()
     if args.init:
         state = load_file(args.init)
         own = model.state_dict()
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(fitting, strict=False)
+        fresh = {k for k in own if k not in fitting}
         print(f"initialised {len(fitting)}/{len(own)} tensors from {args.init}; the rest (attention, new heads) start fresh")
-    loc = [p for n, p in model.named_parameters() if n.startswith("stn.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("stn.")]
-    if args.stn_only and not loc:
+    if args.stn_only and not model_has_stn(model):
         raise SystemExit(f"--stn-only needs a model with an STN; {args.model} has none")
-    groups = [] if args.stn_only else [{"params": rest, "lr": args.lr}]
-    if loc:
-        groups.append({"params": loc, "lr": args.lr * args.stn_lr_mult})
+    groups = param_groups(model, args, fresh)
     opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     base_lrs = [g["lr"] for g in opt.param_groups]
     easy_cfg, full_cfg = scene_configs(task, families)
@@ -181,7 +202,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915  (the tr
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / f"{args.model}.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
-    card = make_card(args, model, task, families, seconds, device, bool(loc))
+    card = make_card(args, model, task, families, seconds, device, model_has_stn(model))
     card["sha256"] = sha256(weights)
     (out_dir / f"{args.model}.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {weights} ({seconds / 60:.1f} min)")
@@ -216,7 +237,7 @@ def make_card(args: argparse.Namespace, model: nn.Module, task: str, families: t
             "steps": args.steps, "batch": args.batch, "lr": args.lr, "warmup": args.warmup,
             "optimizer": "AdamW, linear warm-up then cosine to 2% of the peak" + ("" if seg else ", label smoothing 0.1"),
             "loss": f"cross-entropy per pixel + {AUX_WEIGHT} × auxiliary heads" if seg else "cross-entropy",
-            "init": args.init, "stn_lr_mult": args.stn_lr_mult if has_stn else None,
+            "init": args.init, "new_lr_mult": args.new_lr_mult if args.init else None, "stn_lr_mult": args.stn_lr_mult if has_stn else None,
             "stn_box_weight": args.stn_box_weight if has_stn else None, "stn_only": args.stn_only,
             "attention_supervised": bool(has_stn and args.stn_box_weight > 0),
             "seconds": round(seconds, 1),
@@ -240,6 +261,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--families", default=None, help="comma-separated background families to train on (default: all but the held-out ones)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scene stream and the initialisation")
     p.add_argument("--init", default=None, help="safetensors to start from (matching tensors only), e.g. a shared backbone")
+    p.add_argument("--new-lr-mult", type=float, default=1.0,
+                   help="learning-rate factor of the parameters --init did not provide (e.g. a fine-tune's attention block)")
     p.add_argument("--stn-lr-mult", type=float, default=0.1, help="learning-rate factor of the STN localiser")
     p.add_argument("--stn-box-weight", type=float, default=1.0, help="weight of the STN's auxiliary box loss")
     p.add_argument("--stn-only", action="store_true", help="train only the STN localiser, with the box loss alone")

@@ -254,3 +254,30 @@ def test_stn_starts_as_identity() -> None:
     (rec,) = cap.records.values()
     torch.testing.assert_close(rec.theta[0], torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
     torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_stn_map_localizer_soft_argmax_window() -> None:
+    """The map localiser's window: centred at scale ≈ 0.92 at initialisation; then its centre is the soft-argmax of the
+    cell scores and its sides lie in [0.2, 1] independently (zoom in, never out), as the grid the capture records."""
+    m = attnviz.modules.SpatialTransformer(3, localizer="map").eval()
+    x = torch.randn(2, 3, 64, 48)
+    _, cap = run(m, x)
+    (rec,) = cap.records.values()
+    s0 = 0.2 + 0.8 * torch.sigmoid(torch.tensor(2.2))
+    torch.testing.assert_close(rec.theta, torch.tensor([[s0, 0, 0], [0, s0, 0]]).expand(2, 2, 3), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        m.head.score.weight.normal_(0, 1.0)
+        m.head.size.weight.normal_(0, 3.0)
+    out, cap = run(m, x)
+    (rec,) = cap.records.values()
+    feats = m.localization(x)  # (2, C, 16, 12)
+    p = torch.softmax(m.head.score(feats).flatten(1), 1).view(2, 16, 12)
+    cx = (p.sum(1) * ((torch.arange(12) + 0.5) / 12 * 2 - 1)).sum(1)
+    cy = (p.sum(2) * ((torch.arange(16) + 0.5) / 16 * 2 - 1)).sum(1)
+    torch.testing.assert_close(rec.theta[:, :, 2], torch.stack([cx, cy], 1), atol=1e-5, rtol=0)
+    sides = rec.theta[:, :, :2].diagonal(dim1=1, dim2=2)
+    assert ((sides >= 0.2) & (sides <= 1)).all() and rec.theta[:, 0, 1].abs().max() == 0
+    assert not torch.allclose(sides[:, 0], sides[:, 1])  # anisotropic
+    torch.testing.assert_close(out, F.grid_sample(x, rec.grid, align_corners=False), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="localizer"):
+        attnviz.modules.SpatialTransformer(3, localizer="grid")
