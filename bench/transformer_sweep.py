@@ -13,7 +13,8 @@ The same weights are captured on the default (fused) path. Per unit: *drawn* (a 
 *seen, not drawn* (listed with a reason) or *missed*. Geometry is checked against the unit's own tensor where the
 architecture defines its token order as row-major patches after the prefix tokens (ViT-like families, and flattened
 feature maps in hybrids): the record's row of several query cells and its class-token row must equal the tensor's row,
-mapped by that definition (≤ 1e-4). Units of other families (windows, pooled or shuffled tokens) are counted as checked
+mapped by that definition (≤ 1e-4); class attention (one class-token query over the class token and s×s patches) must
+equal the heads' mean over the patches. Units of other families (windows, pooled or shuffled tokens) are counted as checked
 for kind only; the dedicated tests cover Swin, EfficientViT, MobileViT, MaxViT, XCiT and EdgeNeXt geometry.
 """
 
@@ -41,7 +42,7 @@ FAMILIES = ["vit", "deit", "deit3", "beit", "beitv2", "eva02", "cait", "xcit", "
             "crossvit", "convit", "gcvit", "efficientvit", "fastvit", "mobilevit", "mobilevitv2", "edgenext", "nextvit", "tiny_vit", "hiera",
             "coat", "davit", "maxvit", "coatnet", "volo", "sequencer", "poolformer", "flexivit", "vitamin", "mvitv2"]
 ROW_MAJOR = {"vit", "deit", "deit3", "beit", "beitv2", "eva02", "cait", "pit", "crossvit", "convit", "flexivit", "tnt", "levit", "xcit",
-             "coatnet", "vitamin"}
+             "coatnet", "vitamin", "volo"}
 TOL = 1e-4
 
 
@@ -99,6 +100,11 @@ def _units_oracle(model: nn.Module, x: torch.Tensor) -> dict[str, list[torch.Ten
 
 def _rows_match(rec: Any, a: torch.Tensor) -> bool | None:
     """Row-major check of a token / affinity record against the unit's tensor ``a`` (B, heads, N, M); None if not applicable."""
+    if a.ndim == 4 and a.shape[-2] == 1 and rec.kind == "spatial":  # class attention: one class-token query over cls ⊕ s×s patches
+        s = math.isqrt(a.shape[-1] - 1)
+        if s * s != a.shape[-1] - 1 or tuple(rec.mask.shape[1:]) != (s, s):
+            return False
+        return torch.allclose(rec.mask[0].float(), a[0, :, 0, 1:].mean(0).reshape(s, s), atol=TOL, rtol=0)
     if a.ndim != 4 or not hasattr(rec, "query_hw") or not hasattr(rec, "row"):
         return None
     (h, w), (hk, wk) = rec.query_hw, rec.key_hw

@@ -487,3 +487,76 @@ def test_levit_subsampling_attention_is_never_a_spatial_mask() -> None:
     assert cap.records["stages.1.downsample.attn_downsample"].query_hw == (7, 7)  # 14 → 7: the subsample that is followed
     seen = {s["module"]: s["reason"] for s in cap.seen_not_drawn()}
     assert "queries that are not image positions" in seen["stages.2.downsample.attn_downsample"]
+
+
+def test_tnt_inner_attention_over_the_pixels_of_each_patch() -> None:
+    """TNT's inner attention: 4×4 pixel tokens of each patch, cut by ``nn.Unfold`` (stride = kernel: a window partition)
+    from a 56×56 pixel map. Each pixel's row lies in its own patch, at that patch's pixels (once "seen, not drawn")."""
+    torch.manual_seed(0)
+    model = timm.create_model("tnt_s_legacy_patch16_224", pretrained=False).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    kept: list[torch.Tensor] = []
+    oracle = copy.deepcopy(model)
+    oracle.blocks[1].attn_in.attn_drop.register_forward_pre_hook(lambda m, a: kept.append(a[0].detach().clone()))
+    with torch.no_grad():
+        oracle(x)
+    a = kept[0]  # (patches, heads, 16, 16): patch n = py·14 + px in row-major order, pixel i = iy·4 + ix within it
+    rec = cap.records["blocks.1.attn_in"]
+    assert rec.kind == "window" and rec.hw == (56, 56)
+    for y, xx in [(0, 0), (55, 55), (17, 42), (30, 3)]:
+        (py, iy), (px, ix) = divmod(y, 4), divmod(xx, 4)
+        for head in [None, 1]:
+            r = a[py * 14 + px, :, iy * 4 + ix]
+            ref = torch.zeros(56, 56)
+            ref[py * 4:(py + 1) * 4, px * 4:(px + 1) * 4] = (r.mean(0) if head is None else r[head]).reshape(4, 4)
+            torch.testing.assert_close(rec.row(y, xx, head=head), ref, atol=TOL, rtol=0)
+    assert cap.records["blocks.1.attn_out"].kind == "tokens"
+
+
+def test_talking_heads_rows_are_each_heads_softmax_before_the_mix() -> None:
+    """CaiT's talking heads: a linear over the heads after the softmax. Each head's row is the softmax's own (the unit a
+    reader checks against the paper's equations), the record says the heads are mixed after it; once "used by linear"."""
+    torch.manual_seed(0)
+    model = timm.create_model("cait_xxs24_224", pretrained=False).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    kept: list[torch.Tensor] = []
+    m = model.blocks[3].attn
+    h = m.proj_w.register_forward_pre_hook(lambda mod, args: kept.append(args[0].detach().permute(0, 3, 1, 2).clone()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    rec = cap.records["blocks.3.attn"]
+    assert rec.kind == "affinity" and rec.query_hw == (14, 14) and "talking heads" in rec.note
+    a = kept[0]  # (1, heads, 196, 196): the softmax, before proj_w
+    for y, xx in [(0, 0), (13, 13), (6, 9)]:
+        for head in [None, 2]:
+            r = a[0, :, y * 14 + xx]
+            torch.testing.assert_close(rec.row(y, xx, head=head), (r.mean(0) if head is None else r[head]).reshape(14, 14), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_class_attention_is_the_class_tokens_map_over_the_patches(fused: bool) -> None:
+    """CaiT's class attention (the class token's one query over cls ⊕ patches, from ``x[:, 0]``): a spatial map over the
+    14×14 patches, the heads' mean of the explicit weights, with the class token's own share named (once not traceable)."""
+    torch.manual_seed(0)
+    model = timm.create_model("cait_xxs24_224", pretrained=False).eval()
+    for blk in model.blocks_token_only:
+        blk.attn.fused_attn = fused
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    kept: list[torch.Tensor] = []
+    oracle = copy.deepcopy(model)
+    oracle.blocks_token_only[1].attn.fused_attn = False
+    oracle.blocks_token_only[1].attn.attn_drop.register_forward_pre_hook(lambda m, a: kept.append(a[0].detach().clone()))
+    with torch.no_grad():
+        oracle(x)
+    a = kept[0]  # (2, heads, 1, 1 + 196)
+    rec = cap.records["blocks_token_only.1.attn"]
+    assert rec.kind == "spatial" and rec.mask.shape == (2, 14, 14) and "class attention" in rec.note
+    torch.testing.assert_close(rec.mask, a[:, :, 0, 1:].mean(1).reshape(2, 14, 14), atol=TOL, rtol=0)
+    assert f"{float(a[:, :, 0, 0].mean(1).mean()):.1%}" in rec.note  # the weight on the class token, said, not renormalised away

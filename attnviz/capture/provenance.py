@@ -648,7 +648,34 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         if xl is None:
             return None
         return (*xl[:-1], ((new_grid(), "c", oshape[-1]),))
+    if name == "unfold" and not (len(args) == 4 or "step" in kwargs or "dimension" in kwargs):  # F.unfold, not Tensor.unfold
+        return _unfold_labels(xl, list(x.shape), args, kwargs) if xl is not None else None
     return None
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _unfold_labels(xl: Labels, shape: Sequence[int], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Labels | None:
+    """``F.unfold`` (``nn.Unfold``) of a ``(B, C, H, W)`` grid into non-overlapping blocks (stride = kernel, no padding or
+    dilation): a window partition. Blocks ``(B, C·kh·kw, L)``: the channel axis holds (C, row, column in the block), the
+    block axis the blocks in row-major order (TNT's pixel tokens). Overlapping or padded blocks stay unknown."""
+    names = ("kernel_size", "dilation", "padding", "stride")
+    opts = dict(zip(names, args[1:])) | {k: v for k, v in kwargs.items() if k in names}
+    ks, dil, pad = _pair(opts["kernel_size"]), _pair(opts.get("dilation", 1)), _pair(opts.get("padding", 0))
+    stride = _pair(opts.get("stride", 1))
+    if len(xl) != 4 or dil != (1, 1) or pad != (0, 0) or stride != ks:
+        return None
+    (b, c, hax, wax), (_, ch, h, w) = xl, shape
+    if not (hax and wax and len(hax) == len(wax) == 1 and hax[0][1] == "h" and wax[0][1] == "w" and hax[0][0] == wax[0][0]) \
+            or h % ks[0] or w % ks[1]:
+        return None
+    (ho, hi), (wo, wi) = _split(hax[0], h // ks[0]), _split(wax[0], w // ks[1])
+    chan = c if c else (((-1, f"?unfold:{new_grid()}", int(ch)),) if ch > 1 else ())
+    inner = tuple(a for a in (*chan, hi, wi) if a[2] > 1) or None
+    blocks = tuple(a for a in (ho, wo) if a[2] > 1) or None
+    return (b, inner, blocks)
 
 
 def propagate_multi(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], outs: Sequence[torch.Tensor], get: Any) -> list[Labels | None]:
@@ -702,3 +729,4 @@ class Candidate:
     used: bool = False
     reasons: list[str] = field(default_factory=list)
     arg: Any = None  # the op's input (a gate computed from the very tensor it multiplies is an activation)
+    note: str = ""  # what happens to the weights after the op (given to the record)

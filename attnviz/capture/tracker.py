@@ -44,6 +44,7 @@ from .provenance import (
     nchw,
     new_grid,
     positions,
+    prefix_names,
     propagate,
     propagate_multi,
     pyramid_regions,
@@ -181,6 +182,19 @@ def canonical(t: torch.Tensor, labels: Labels, want: tuple[str, ...]) -> tuple[t
     x = x.permute(order) if order else x
     sizes = {base: math.prod(atoms[i][2] for i in order if _base(atoms[i][1]) == base) for base in want}
     return x.reshape([sizes[b] for b in want]), sizes  # a base without atoms (e.g. a batch of 1) is a dim of size 1
+
+
+def _token_pooling(m: torch.Tensor, layout: Any, query_names: tuple[str, ...] | None, op: str) -> SpatialMask:
+    """One query's weights ``(B, heads, 1, P + M)`` over prefix tokens ⊕ patches, drawn over the patches (heads averaged; the
+    prefix tokens' share is not renormalised away and is named in the note)."""
+    p = len(layout.prefix)
+    w = m.mean(1)[:, 0]  # (B, P + M)
+    rec = SpatialMask(mask=keep(w[:, p:].reshape(w.shape[0], *layout.hw)))
+    who = f"the {query_names[0]} token's query" if query_names and len(query_names) == 1 else "its one query (e.g. a class token)"
+    share = float(w[:, :p].sum(1).mean())
+    rec.note = (f"class attention: {op} of {who} over {p} prefix + {layout.hw[0]}×{layout.hw[1]} patch tokens, heads averaged; "
+                f"the patch part is drawn, {share:.1%} of the weight (mean over the batch) goes to {', '.join(layout.prefix)}")
+    return rec
 
 
 @dataclass
@@ -376,6 +390,12 @@ class Tracker:
                 if name in SCALAR_OPS and d.cand.op == "normalized":
                     pass
                 return
+            if name == "linear" and self._mixes_heads(t, d, args):
+                self.set(out, self.get(t))  # the same axes: one weight per (head, query, key), the heads mixed
+                self._mark(out, _Derived(d.cand, True))
+                d.cand.note = (f"talking heads: a linear layer mixes the {t.shape[-1]} heads after this {d.cand.op}; "
+                               f"each head's row is the {d.cand.op}'s (before the mix)")
+                return
             if name == "sum" or name == "mean":
                 d.cand.reasons.append(f"reduced by {name} before being used")
             else:
@@ -414,6 +434,18 @@ class Tracker:
                 if hit is not None and hit[0]() is x and dim == out.ndim - 1:
                     qk = (hit[1], hit[2], hit[3])
                 self._candidate("softmax", out, frame, dim=dim, qk=qk)
+
+    def _mixes_heads(self, t: torch.Tensor, d: _Derived, args: tuple[Any, ...]) -> bool:
+        """Whether ``linear(t)`` mixes attention heads (talking heads, Shazeer et al. 2020): a square weight over ``t``'s
+        last axis, which is neither an image position, nor the batch, nor one of the softmax's query / key axes."""
+        w = args[1] if len(args) > 1 else None
+        lt, src_l = self.get(t), self.get(d.cand.source)
+        if not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[0] != w.shape[1] or lt is None or src_l is None or d.cand.dim is None:
+            return False
+        last = lt[-1]
+        if last is None or positions(last) is not None or any(_base(a[1]) in ("b", "h", "w") for a in last):
+            return False
+        return last != src_l[d.cand.dim] and sum(ax is not None and positions(ax) is not None for ax in lt) == 2
 
     def _pairwise_mean(self, t: torch.Tensor, other: float) -> bool:
         """Whether ``t / other`` normalises pairwise weights by their key count: ``t``'s last two axes are image positions
@@ -595,6 +627,8 @@ class Tracker:
         if not d.changed:
             return g
         src = d.cand.source
+        if src.shape == g.shape and self.get(src) != self.get(g):  # the same shape, other axes (a permutation): not placeable
+            return None
         try:
             return src.expand_as(g) if src.shape != g.shape else src
         except RuntimeError:
@@ -603,6 +637,8 @@ class Tracker:
     def _record(self, c: Candidate, suffix: str, rec: Record) -> None:
         c.used = True
         rec.source = "generic"
+        if c.note and not rec.note:
+            rec.note = c.note
         self.emit(c.frame, suffix, rec)
 
     # ---- decisions: attention
@@ -677,6 +713,8 @@ class Tracker:
             mask = m.mean(1)[:, 0].reshape(m.shape[0], kp[1], kp[2])  # (B, H, W), heads averaged
             self._record(c, "spatial", SpatialMask(mask=keep(mask)))
             return
+        if kp is None and one_query and not window_atoms and self._one_query_over_tokens(c, a, d, al, k_idx, q_idx, key_axis, q_axis):
+            return
         if kp is not None and q_axis is not None and not window_atoms and not positions(q_axis) and size_of(q_axis) > 1 and not is_channels(q_axis):
             c.reasons.append("softmax over positions with an untraceable query axis")
             return
@@ -732,6 +770,19 @@ class Tracker:
         n = size_of(key_axis) if key_axis else "?"
         c.reasons.append(f"{c.op} over {n} keys that are not image positions" if kp is None else
                          f"{c.op} over {n} image positions, from queries that are not image positions (their grid was not followed)")
+
+    def _one_query_over_tokens(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, key_axis: Axis,
+                               q_axis: Axis) -> bool:
+        """One query over a token sequence with prefix tokens (CaiT / XCiT / VOLO class attention): drawn over the patch keys."""
+        lk = token_layout(key_axis)
+        if lk is None or not lk.prefix:
+            return False
+        m = self._matrix(a, d, al, k_idx, q_idx)
+        if m is None:
+            c.reasons.append("one query over tokens whose axes could not be arranged")
+            return True
+        self._record(c, "", _token_pooling(m, lk, prefix_names(q_axis) if q_axis else None, c.op))
+        return True
 
     def _pyramid_keys(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, key_axis: Axis,
                       qp: tuple[int, int, int]) -> bool:
@@ -868,6 +919,8 @@ class Tracker:
         # windows or grids folded into the batch first: their within-window atoms can look like a coarser grid on their own
         if ql is not None and kl is not None and self._sdpa_window(q, k, ql, kl, mask, causal, scale, frame):
             return
+        if ql is not None and kl is not None and not causal and q.shape[-2] == 1 and self._sdpa_one_query(q, k, ql, kl, mask, scale, frame):
+            return
         if (qp is None or kp is None) and ql is not None and kl is not None and not causal and self._sdpa_tokens(q, k, ql, kl, mask, scale, frame):
             return
         if qp is None or kp is None:
@@ -936,6 +989,23 @@ class Tracker:
         rec.source = "generic"
         self.emit(frame, "", rec)
         return True
+
+    def _sdpa_one_query(self, q: torch.Tensor, k: torch.Tensor, ql: Labels, kl: Labels, mask: Any, scale: float, frame: Frame) -> bool:
+        """Fused attention of one query (class attention) over tokens with prefix tokens: the weights, as the op computes them."""
+        lk = token_layout(kl[-2])
+        if mask is not None or lk is None or not lk.prefix or (ql[-2] is not None and prefix_names(ql[-2]) is None):
+            return False
+        qq, kk = self._fused_qk(q, k, ql, kl)
+        if qq is None or kk is None:
+            return False
+        with torch.no_grad():
+            m = ((qq.float() @ kk.float()) * scale).softmax(-1)  # (B, heads, 1, P + M)
+        self._record_fused(frame, _token_pooling(m, lk, prefix_names(ql[-2]) if ql[-2] else None, "softmax"))
+        return True
+
+    def _record_fused(self, frame: Frame, rec: Record) -> None:
+        rec.source = "generic"
+        self.emit(frame, "", rec)
 
     def _sdpa_window(self, q: torch.Tensor, k: torch.Tensor, ql: Labels, kl: Labels, mask: Any, causal: bool, scale: float, frame: Frame) -> bool:
         """Fused attention inside windows folded into the batch: the weights, computed as the fused op does."""
