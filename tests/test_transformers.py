@@ -47,6 +47,28 @@ def timm_unfused_attentions(model: torch.nn.Module, x: torch.Tensor) -> list[tor
     return weights
 
 
+def captured_and_kept(name: str, x: torch.Tensor, kept_at: str, explicit: bool = True, fused: bool = True) -> tuple:  # type: ignore[type-arg]
+    """A seeded random-init timm model (every ``fused_attn`` switch set to ``fused``), its capture on ``x``, and the input of
+    module ``kept_at`` (e.g. an ``attn_drop``: the attention weights) on the same weights' explicit path (its parent's
+    ``fused_attn`` off when ``explicit``)."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = m.fused_attn and fused
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    oracle = copy.deepcopy(model)
+    kept: list[torch.Tensor] = []
+    parent, _, _ = kept_at.rpartition(".")
+    if explicit and hasattr(oracle.get_submodule(parent), "fused_attn"):
+        oracle.get_submodule(parent).fused_attn = False
+    oracle.get_submodule(kept_at).register_forward_pre_hook(lambda m, a: kept.append(a[0].detach().clone()))
+    with torch.no_grad():
+        oracle(x)
+    return model, cap, kept[0]
+
+
 def check_rows(rec: TokenAttention, a: torch.Tensor, prefix: int, hw: tuple[int, int], cells: list[tuple[int, int]]) -> None:
     """``a``: the oracle's ``(B, heads, P + H·W, P + H·W)`` weights; token of cell (y, x) = P + y·W + x."""
     h, w = hw
@@ -492,17 +514,8 @@ def test_levit_subsampling_attention_is_never_a_spatial_mask() -> None:
 def test_tnt_inner_attention_over_the_pixels_of_each_patch() -> None:
     """TNT's inner attention: 4×4 pixel tokens of each patch, cut by ``nn.Unfold`` (stride = kernel: a window partition)
     from a 56×56 pixel map. Each pixel's row lies in its own patch, at that patch's pixels (once "seen, not drawn")."""
-    torch.manual_seed(0)
-    model = timm.create_model("tnt_s_legacy_patch16_224", pretrained=False).eval()
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad(), attnviz.capture(model) as cap:
-        model(x)
-    kept: list[torch.Tensor] = []
-    oracle = copy.deepcopy(model)
-    oracle.blocks[1].attn_in.attn_drop.register_forward_pre_hook(lambda m, a: kept.append(a[0].detach().clone()))
-    with torch.no_grad():
-        oracle(x)
-    a = kept[0]  # (patches, heads, 16, 16): patch n = py·14 + px in row-major order, pixel i = iy·4 + ix within it
+    _, cap, a = captured_and_kept("tnt_s_legacy_patch16_224", torch.randn(1, 3, 224, 224), "blocks.1.attn_in.attn_drop")
+    # a: (patches, heads, 16, 16): patch n = py·14 + px in row-major order, pixel i = iy·4 + ix within it
     rec = cap.records["blocks.1.attn_in"]
     assert rec.kind == "window" and rec.hw == (56, 56)
     for y, xx in [(0, 0), (55, 55), (17, 42), (30, 3)]:
@@ -518,20 +531,10 @@ def test_tnt_inner_attention_over_the_pixels_of_each_patch() -> None:
 def test_talking_heads_rows_are_each_heads_softmax_before_the_mix() -> None:
     """CaiT's talking heads: a linear over the heads after the softmax. Each head's row is the softmax's own (the unit a
     reader checks against the paper's equations), the record says the heads are mixed after it; once "used by linear"."""
-    torch.manual_seed(0)
-    model = timm.create_model("cait_xxs24_224", pretrained=False).eval()
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad(), attnviz.capture(model) as cap:
-        model(x)
-    kept: list[torch.Tensor] = []
-    m = model.blocks[3].attn
-    h = m.proj_w.register_forward_pre_hook(lambda mod, args: kept.append(args[0].detach().permute(0, 3, 1, 2).clone()))
-    with torch.no_grad():
-        model(x)
-    h.remove()
+    _, cap, kept = captured_and_kept("cait_xxs24_224", torch.randn(1, 3, 224, 224), "blocks.3.attn.proj_w", explicit=False)
+    a = kept.permute(0, 3, 1, 2)  # (1, heads, 196, 196): the softmax, before proj_w
     rec = cap.records["blocks.3.attn"]
     assert rec.kind == "affinity" and rec.query_hw == (14, 14) and "talking heads" in rec.note
-    a = kept[0]  # (1, heads, 196, 196): the softmax, before proj_w
     for y, xx in [(0, 0), (13, 13), (6, 9)]:
         for head in [None, 2]:
             r = a[0, :, y * 14 + xx]
@@ -542,20 +545,8 @@ def test_talking_heads_rows_are_each_heads_softmax_before_the_mix() -> None:
 def test_class_attention_is_the_class_tokens_map_over_the_patches(fused: bool) -> None:
     """CaiT's class attention (the class token's one query over cls ⊕ patches, from ``x[:, 0]``): a spatial map over the
     14×14 patches, the heads' mean of the explicit weights, with the class token's own share named (once not traceable)."""
-    torch.manual_seed(0)
-    model = timm.create_model("cait_xxs24_224", pretrained=False).eval()
-    for blk in model.blocks_token_only:
-        blk.attn.fused_attn = fused
-    x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad(), attnviz.capture(model) as cap:
-        model(x)
-    kept: list[torch.Tensor] = []
-    oracle = copy.deepcopy(model)
-    oracle.blocks_token_only[1].attn.fused_attn = False
-    oracle.blocks_token_only[1].attn.attn_drop.register_forward_pre_hook(lambda m, a: kept.append(a[0].detach().clone()))
-    with torch.no_grad():
-        oracle(x)
-    a = kept[0]  # (2, heads, 1, 1 + 196)
+    _, cap, a = captured_and_kept("cait_xxs24_224", torch.randn(2, 3, 224, 224), "blocks_token_only.1.attn.attn_drop", fused=fused)
+    # a: (2, heads, 1, 1 + 196)
     rec = cap.records["blocks_token_only.1.attn"]
     assert rec.kind == "spatial" and rec.mask.shape == (2, 14, 14) and "class attention" in rec.note
     torch.testing.assert_close(rec.mask, a[:, :, 0, 1:].mean(1).reshape(2, 14, 14), atol=TOL, rtol=0)
