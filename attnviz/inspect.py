@@ -21,6 +21,7 @@ from .capture.records import (
     ChannelAffinity,
     ChannelGate,
     CrissCross,
+    HaloAffinity,
     Record,
     RegionAttention,
     SamplingGrid,
@@ -49,7 +50,7 @@ def geometry(r: Record) -> str:
         return f"{h}×{w} grid, each position over its row and column"
     if isinstance(r, RegionAttention):
         return f"{r.query_hw[0]}×{r.query_hw[1]} pixels → {r.regions} soft regions"
-    if isinstance(r, WindowAffinity):
+    if isinstance(r, (WindowAffinity, HaloAffinity)):
         return r.layout()
     if isinstance(r, SamplingGrid):
         return f"{r.grid.shape[1]}×{r.grid.shape[2]} sampling grid" + (" from θ" if r.theta is not None else "")

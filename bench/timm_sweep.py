@@ -51,7 +51,7 @@ EXPECT: dict[str, set[str]] = {
     "timm.layers.split_attn.SplitAttn": {"branch"},
     "timm.layers.non_local_attn.NonLocalAttn": {"affinity"},
     "timm.layers.bottleneck_attn.BottleneckAttn": {"affinity"},
-    "timm.layers.halo_attn.HaloAttn": {"window", ""},
+    "timm.layers.halo_attn.HaloAttn": {"window"},
     "timm.layers.lambda_layer.LambdaLayer": {""},
     "timm.layers.coord_attn.CoordAttn": {"axis_gate"},
     "timm.layers.attention2d.MultiQueryAttention2d": {"affinity"},
@@ -169,6 +169,9 @@ def check_model(name: str, max_params: float) -> dict[str, Any] | None:
                     if r.kind == "affinity" and q in ("timm.layers.non_local_attn.NonLocalAttn", "timm.layers.bottleneck_attn.BottleneckAttn") \
                             and tuple(r.query_hw) != tuple(inp[2:]):
                         ok, why = False, f"query grid {r.query_hw} for a {tuple(inp[2:])} input"
+                    if q == "timm.layers.halo_attn.HaloAttn" and (r.key_hw != tuple(inp[2:]) or r.query_hw != (inp[2] // mod.block_stride,
+                                                                                                   inp[3] // mod.block_stride)):
+                        ok, why = False, f"halo windows from a {r.query_hw} query grid over {r.key_hw} keys for a {tuple(inp[2:])} input"
         results.append({"module": path, "class": q, "kinds": sorted(kinds), "ok": ok, "why": why})
     return {"model": name, "params_m": round(n_params / 1e6, 2), "capture_s": round(secs, 3), "modules": results,
             "seen": len(cap.seen)}

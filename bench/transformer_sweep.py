@@ -12,7 +12,8 @@ made such a tensor.
 The same weights are captured on the default (fused) path. Per unit: *drawn* (a record named after the module),
 *seen, not drawn* (listed with a reason) or *missed*. Geometry is checked against the unit's own tensor where the
 architecture defines its token order as row-major patches after the prefix tokens (ViT-like families, and flattened
-feature maps in hybrids): the record's row of several query cells and its class-token row must equal the tensor's row,
+feature maps in hybrids): the record's row of several query cells and its class-token row must equal the row of one of
+the unit's tensors or of the weights the module multiplies its values by (a renormalised mix of softmaxes, as ConViT's),
 mapped by that definition (≤ 1e-4); class attention (one class-token query over the class token and s×s patches) must
 equal the heads' mean over the patches. Units of other families (windows, pooled or shuffled tokens) are counted as checked
 for kind only; the dedicated tests cover Swin, EfficientViT, MobileViT, MaxViT, XCiT and EdgeNeXt geometry.
@@ -46,8 +47,10 @@ ROW_MAJOR = {"vit", "deit", "deit3", "beit", "beitv2", "eva02", "cait", "pit", "
 TOL = 1e-4
 
 
-def _units_oracle(model: nn.Module, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-    """Per innermost module path, the attention tensors its explicit path computes (see the module docstring)."""
+def _units_oracle(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:
+    """Per innermost module path, the attention tensors its explicit path computes (see the module docstring), and the
+    left operands of its matmuls with three or more dims (the weights that multiply the values: a mix of softmaxes
+    such as ConViT's is drawn as that mix)."""
     oracle = copy.deepcopy(model).eval()
     for m in oracle.modules():
         if hasattr(m, "fused_attn"):
@@ -69,6 +72,7 @@ def _units_oracle(model: nn.Module, x: torch.Tensor) -> dict[str, list[torch.Ten
         handles.append(m.register_forward_pre_hook(enter))
         handles.append(m.register_forward_hook(leave))
     found: dict[str, list[torch.Tensor]] = defaultdict(list)
+    used: dict[str, list[torch.Tensor]] = defaultdict(list)
 
     class Watch(TorchFunctionMode):
         def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
@@ -78,6 +82,8 @@ def _units_oracle(model: nn.Module, x: torch.Tensor) -> dict[str, list[torch.Ten
             where = stack[-1] if stack else ""
             if name == "softmax" and isinstance(out, torch.Tensor) and out.ndim >= 3 and out.shape[-1] > 1:
                 found[where].append(out.detach().clone())
+            elif name in ("matmul", "__matmul__") and isinstance(args[0], torch.Tensor) and args[0].ndim >= 3:
+                used[where].append(args[0].detach().clone())
             elif name == "scaled_dot_product_attention":
                 q, k = args[0], args[1]
                 mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
@@ -95,7 +101,7 @@ def _units_oracle(model: nn.Module, x: torch.Tensor) -> dict[str, list[torch.Ten
     finally:
         for h in handles:
             h.remove()
-    return dict(found)
+    return dict(found), dict(used)
 
 
 def _rows_match(rec: Any, a: torch.Tensor) -> bool | None:
@@ -159,7 +165,7 @@ def check(family: str, name: str) -> dict[str, Any]:
     size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224))[1:])
     x = torch.randn(1, 3, *size)
     try:
-        units = _units_oracle(model, x)
+        units, used = _units_oracle(model, x)
         with torch.no_grad(), attnviz.capture(model) as cap:
             model(x)
     except Exception as e:  # noqa: BLE001 - reported per model
@@ -171,8 +177,11 @@ def check(family: str, name: str) -> dict[str, Any]:
         status = "drawn" if recs else "seen" if path in seen else "missed"
         geometry = None
         if recs and family in ROW_MAJOR:
-            checks = [_rows_match(r, a) for r, a in zip(recs, tensors)]
-            checks = [c for c in checks if c is not None]
+            checks = []
+            for r in recs:  # right when the rows are those of one of the unit's softmaxes or of the weights it multiplies by
+                got = [_rows_match(r, a) for a in (*tensors, *used.get(path, []))]
+                if any(g is not None for g in got):
+                    checks.append(any(got))
             geometry = all(checks) if checks else None
         rows.append({"unit": path, "calls": len(tensors), "shape": list(tensors[0].shape), "status": status,
                      "kinds": sorted({r.kind for r in recs}), "geometry": geometry,

@@ -529,3 +529,39 @@ def test_generic_dot_product_non_local_rows_equal_the_modules_own_f_over_n() -> 
         f = m[1].t(y).flatten(2).transpose(1, 2) @ m[1].p(y).flatten(2) / 30  # (B, 30, 30)
     for b, yy, xx in [(0, 0, 0), (1, 2, 3), (1, 5, 4)]:
         torch.testing.assert_close(rec.row(yy, xx, batch=b), f[b, yy * 5 + xx].reshape(6, 5), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(("block", "halo", "stride", "hw"), [(4, 1, 1, (8, 12)), (4, 2, 2, (8, 8)), (8, 2, 1, (8, 8))])
+def test_halo_windows_are_placed_exactly(block: int, halo: int, stride: int, hw: tuple[int, int]) -> None:
+    """timm's HaloAttn: each query block attends to its block grown by the halo (F.pad, then ``Tensor.unfold``). Every row
+    is the module's own softmax placed at the key cells the paper defines (block i's window starts at i·block − halo), the
+    weight on zero padding outside the map is reported, not drawn; strided queries (block_stride 2) and one block too."""
+    from timm.layers.halo_attn import HaloAttn
+
+    torch.manual_seed(0)
+    m = HaloAttn(16, 16, num_heads=2, block_size=block, halo_size=halo, stride=stride).eval()
+    x = torch.randn(2, 16, *hw)
+    from test_third_party import reference
+
+    (a,) = reference(m, x, {"softmax"})  # (B·heads, blocks, (block/stride)², win²), blocks and cells row-major
+    cap = run(m, x)
+    (rec,) = cap.records.values()
+    bq, win = block // stride, block + 2 * halo
+    nbw = hw[1] // block
+    assert rec.kind == "window" and rec.query_hw == (hw[0] // stride, hw[1] // stride) and rec.key_hw == hw
+    for b in range(2):
+        for y, xx in [(0, 0), (rec.query_hw[0] - 1, rec.query_hw[1] - 1), (1, rec.query_hw[1] // 2)]:
+            (by, iy), (bx, ix) = divmod(y, bq), divmod(xx, bq)
+            r = a[b * 2:(b + 1) * 2, by * nbw + bx, iy * bq + ix].view(2, win, win)  # (heads, win, win)
+            for head in [None, 1]:
+                w = r.mean(0) if head is None else r[head]
+                ref, outside = torch.zeros(hw), 0.0
+                for ky in range(win):
+                    for kx in range(win):
+                        py, px = by * block - halo + ky, bx * block - halo + kx
+                        if 0 <= py < hw[0] and 0 <= px < hw[1]:
+                            ref[py, px] = w[ky, kx]
+                        else:
+                            outside += float(w[ky, kx])
+                torch.testing.assert_close(rec.row(y, xx, batch=b, head=head), ref, atol=ATOL, rtol=0)
+                assert rec.outside_mass(y, xx, batch=b, head=head) == pytest.approx(outside, abs=1e-5)

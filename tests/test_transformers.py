@@ -551,3 +551,15 @@ def test_class_attention_is_the_class_tokens_map_over_the_patches(fused: bool) -
     assert rec.kind == "spatial" and rec.mask.shape == (2, 14, 14) and "class attention" in rec.note
     torch.testing.assert_close(rec.mask, a[:, :, 0, 1:].mean(1).reshape(2, 14, 14), atol=TOL, rtol=0)
     assert f"{float(a[:, :, 0, 0].mean(1).mean()):.1%}" in rec.note  # the weight on the class token, said, not renormalised away
+
+
+def test_convit_gated_positional_attention_is_the_renormalised_mix() -> None:
+    """ConViT's GPSA: (1 − σ(λ))·softmax(QKᵀ) + σ(λ)·softmax(positional scores), divided by its row sums. The record is
+    that mix, the weights that multiply the values, row by row (once "never used as attention weights")."""
+    _, cap, a = captured_and_kept("convit_tiny", torch.randn(1, 3, 224, 224), "blocks.2.attn.attn_drop", explicit=False)
+    rec = cap.records["blocks.2.attn"]  # a: (1, heads, 196, 196)
+    assert rec.kind == "affinity" and rec.query_hw == rec.key_hw == (14, 14) and "gated mix" in rec.note
+    for y, xx in [(0, 0), (13, 13), (4, 10)]:
+        for head in [None, 3]:
+            r = a[0, :, y * 14 + xx]
+            torch.testing.assert_close(rec.row(y, xx, head=head), (r.mean(0) if head is None else r[head]).reshape(14, 14), atol=TOL, rtol=0)

@@ -533,7 +533,10 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
                     if lab is not None:
                         break
             batch.append(lab)
-        res = (*batch, al[-2] if al is not None else None, bl[-1] if bl is not None else None)
+        keys = bl[-1] if bl is not None else None
+        if bl is not None and not _halo_paired(list(al[:-2]) if al is not None else [], list(bl[:-2])):
+            keys = None  # windows that are not the queries' blocks: the keys' places are unknown
+        res = (*batch, al[-2] if al is not None else None, keys)
         return res if any(r is not None for r in res) else None
     if name == "einsum":
         eq = args[0]
@@ -557,10 +560,11 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         if xl is None:
             return None
         pad = list(args[1] if len(args) > 1 else kwargs.get("pad", ()))
+        mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
         res = list(xl)
         for i in range(len(pad) // 2):
             if pad[2 * i] or pad[2 * i + 1]:
-                res[len(xl) - 1 - i] = None
+                res[len(xl) - 1 - i] = _padded(xl[len(xl) - 1 - i], int(pad[2 * i]), int(pad[2 * i + 1])) if mode == "constant" else None
         return tuple(res)
     if name == "roll":
         return _roll_labels(xl, args, kwargs)
@@ -650,7 +654,53 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         return (*xl[:-1], ((new_grid(), "c", oshape[-1]),))
     if name == "unfold" and not (len(args) == 4 or "step" in kwargs or "dimension" in kwargs):  # F.unfold, not Tensor.unfold
         return _unfold_labels(xl, list(x.shape), args, kwargs) if xl is not None else None
+    if name == "unfold":  # Tensor.unfold(dimension, size, step): sliding windows along one axis
+        return _window_labels(xl, args, kwargs) if xl is not None else None
     return None
+
+
+HALO = re.compile(r"^(?P<kind>pad|blk|win)(?P<base>[hw]):(?P<a>-?\d+):(?P<b>-?\d+):(?P<n>\d+)$")  # padded / unfolded row or column atoms
+
+
+def _padded(axis: Axis, before: int, after: int) -> Axis:
+    """A row or column axis of a grid zero-padded by ``before`` / ``after`` cells: ``pad{h|w}:before:after:N`` (N the grid's
+    size); any other axis loses its meaning."""
+    if not axis or len(axis) != 1 or axis[0][1] not in ("h", "w") or before < 0 or after < 0:
+        return None
+    g, base, n = axis[0]
+    return ((g, f"pad{base}:{before}:{after}:{n}", n + before + after),)
+
+
+def _window_labels(xl: Labels, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Labels | None:
+    """``Tensor.unfold(d, size, step)`` of a (padded) row or column axis: the windows' index ``blk{h|w}:step:before:N`` in
+    place of axis ``d`` and the offset within a window ``win{h|w}:size:before:N`` appended last, so a window's cell k of
+    window i is grid cell ``i·step + k − before`` (HaloNet's halo windows); other axes unknown."""
+    names = ("dimension", "size", "step")
+    opts = dict(zip(names, args[1:])) | {k: v for k, v in kwargs.items() if k in names}
+    d, size, step = _norm_dim(int(opts["dimension"]), len(xl)), int(opts["size"]), int(opts["step"])
+    ax = xl[d]
+    m = HALO.match(ax[0][1]) if ax and len(ax) == 1 else None
+    if m is not None and m["kind"] == "pad":
+        before, n = int(m["a"]), int(m["n"])
+    elif ax and len(ax) == 1 and ax[0][1] in ("h", "w"):
+        before, n = 0, int(ax[0][2])
+    else:
+        return (*xl[:d], None, *xl[d + 1:], None)
+    g, base = ax[0][0], (m["base"] if m is not None else ax[0][1])
+    count = (int(ax[0][2]) - size) // step + 1
+    blk = ((g, f"blk{base}:{step}:{before}:{n}", count),)
+    return (*xl[:d], blk, *xl[d + 1:], ((g, f"win{base}:{size}:{before}:{n}", size),))
+
+
+def _halo_paired(a_lead: Sequence[Axis], b_lead: Sequence[Axis]) -> bool:
+    """Whether the windows ``blk`` atoms index on ``b``'s leading axes are ``a``'s blocks, one for one: the same bases in the
+    same order, as many windows as blocks, and the windows' steps tiling their grid (HaloNet: block i's queries meet window
+    i's keys). True when ``b`` has no window atoms."""
+    blk = [(m["base"], int(m["a"]), int(m["n"]), at[2]) for ax in b_lead if ax for at in ax if (m := HALO.match(at[1])) and m["kind"] == "blk"]
+    if not blk:
+        return True
+    outer = [(at[1][0], at[2]) for ax in a_lead if ax for at in ax if _SPLIT.match(at[1]) and at[1][0] in "hw" and at[1].endswith("o]")]
+    return len(outer) == len(blk) and all(o == (base, count) and step * count == n for o, (base, step, n, count) in zip(outer, blk))
 
 
 def _pair(v: Any) -> tuple[int, int]:

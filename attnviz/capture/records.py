@@ -597,6 +597,76 @@ class WindowAffinity(Record):
         return out
 
 
+@dataclass(eq=False, kw_only=True)
+class HaloAffinity(Record):
+    """Blocked local self-attention with a halo (HaloNet: Vaswani et al., "Scaling Local Self-Attention for Parameter
+    Efficient Visual Backbones", CVPR 2021, https://arxiv.org/abs/2103.12731).
+
+    The query grid is cut into blocks; the queries of block (i, j) attend to one window of the key grid, the block's area
+    grown by a halo: window cell (ky, kx) is key cell ``(i·step_h + ky − pad_h, j·step_w + kx − pad_w)``, zero padding
+    where that falls outside the grid (its weight is real, and not drawn: see :meth:`outside_mass`).
+
+    Attributes:
+        weights: ``(B, heads, blocks_h, blocks_w, Nq, Nk)``; queries and window keys row-major within their block / window.
+        query_hw, key_hw: The query and key grids (the queries may be subsampled: HaloNet's ``block_stride``).
+        block: Queries per block ``(bh, bw)``; window: keys per window ``(kh, kw)``; step: key cells between windows;
+            pad: key cells of zero padding before the first row / column.
+    """
+
+    kind: ClassVar[str] = "window"
+    weights: torch.Tensor
+    query_hw: tuple[int, int]
+    key_hw: tuple[int, int]
+    block: tuple[int, int]
+    window: tuple[int, int]
+    step: tuple[int, int]
+    pad: tuple[int, int]
+
+    @property
+    def batch_size(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def heads(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.query_hw
+
+    def layout(self) -> str:
+        """What a query attends to, in words."""
+        (bh, bw), (kh, kw) = self.block, self.window
+        return f"halo windows: {bh}×{bw} query blocks, each over {kh}×{kw} keys on a {self.key_hw[0]}×{self.key_hw[1]} grid"
+
+    def _window_row(self, y: int, x: int, batch: int, head: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, w = self.query_hw
+        if not (0 <= y < h and 0 <= x < w):
+            raise IndexError(f"query ({y}, {x}) is outside the {h}×{w} grid of {self.name}")
+        if head is not None and not 0 <= head < self.heads:
+            raise IndexError(f"head {head} out of range for {self.heads} heads")
+        (by, iy), (bx, ix) = divmod(y, self.block[0]), divmod(x, self.block[1])
+        r = self.weights[batch, :, by, bx, iy * self.block[1] + ix].float()  # (heads, Nk)
+        r = (r.mean(0) if head is None else r[head]).view(self.window)
+        ys = by * self.step[0] - self.pad[0] + torch.arange(self.window[0])
+        xs = bx * self.step[1] - self.pad[1] + torch.arange(self.window[1])
+        return r, ys, xs
+
+    def row(self, y: int, x: int, batch: int = 0, head: int | None = None) -> torch.Tensor:
+        """Query cell (y, x) over the key grid ``(Hk, Wk)``: its window's weights at their cells, 0 elsewhere."""
+        r, ys, xs = self._window_row(y, x, batch, head)
+        vy, vx = (ys >= 0) & (ys < self.key_hw[0]), (xs >= 0) & (xs < self.key_hw[1])
+        out = torch.zeros(self.key_hw)
+        out[ys[vy][:, None], xs[vx][None, :]] = r[vy][:, vx]
+        return out
+
+    def outside_mass(self, y: int, x: int, batch: int = 0, head: int | None = None) -> float:
+        """The weight query (y, x) puts on zero-padded keys outside the grid (not drawn by :meth:`row`)."""
+        r, _, _ = self._window_row(y, x, batch, head)
+        return float(r.sum()) - float(self.row(y, x, batch, head).sum())
+
+
 RECORD_TYPES: tuple[type[Record], ...] = (
     ChannelGate, SpatialMask, BranchWeights, ChannelAffinity, Affinity, CrissCross, SamplingGrid, RegionAttention, AxisGate, WindowAffinity,
+    HaloAffinity,
 )

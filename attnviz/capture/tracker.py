@@ -32,7 +32,9 @@ from torch.nn import functional as F
 
 from . import records as _records
 from .provenance import (
+    _SPLIT,
     BATCH_GRID,
+    HALO,
     Axis,
     Candidate,
     Labels,
@@ -60,6 +62,7 @@ from .records import (
     ChannelGate,
     CrissCross,
     ElementGate,
+    HaloAffinity,
     Record,
     RegionAttention,
     SpatialMask,
@@ -374,6 +377,8 @@ class Tracker:
         derived = [(t, self._derive(t)) for t in tensors]
         derived = [(t, d) for t, d in derived if d is not None]
         # consumers of candidates
+        if derived and isinstance(out, torch.Tensor) and self._mixes_softmaxes(name, args, derived, out, frame):
+            return
         if derived and name in MULS:
             others = [t for t in tensors if self._derive(t) is None or self._derive(t).cand is not derived[0][1].cand]
             if others and isinstance(out, torch.Tensor):
@@ -434,6 +439,35 @@ class Tracker:
                 if hit is not None and hit[0]() is x and dim == out.ndim - 1:
                     qk = (hit[1], hit[2], hit[3])
                 self._candidate("softmax", out, frame, dim=dim, qk=qk)
+
+    def _mixes_softmaxes(self, name: str, args: tuple[Any, ...], derived: list[tuple[torch.Tensor, _Derived]], out: torch.Tensor,
+                         frame: Frame) -> bool:
+        """A gated mix of attention maps, renormalised (ConViT's gated positional self-attention: (1 − σ(λ))·softmax(QKᵀ) +
+        σ(λ)·softmax(positions), then divided by its row sums). The steps: a softmax times a factor that is constant over
+        queries and keys; the sum of two such terms from different softmaxes over the same shape (a new candidate: the mix);
+        the mix divided by a tensor constant over keys. True when the op was one of these steps."""
+        soft = [(t, d) for t, d in derived if d.cand.op == "softmax" and t.shape == out.shape and d.cand.dim == out.ndim - 1]
+        others = [a for a in args[:2] if isinstance(a, torch.Tensor) and all(a is not t for t, _ in soft)]
+        if name in MULS and len(soft) == 1 and len(others) == 1 and others[0].ndim == out.ndim and others[0].shape[-2:] == (1, 1):
+            self._mark(out, _Derived(soft[0][1].cand, True))  # a weighted term: its values are not the softmax's any more
+            return True
+        if name in ("add", "__add__", "__radd__") and len(soft) == 2 and soft[0][1].cand is not soft[1][1].cand:
+            if not (soft[0][1].changed and soft[1][1].changed):
+                return False
+            for _, d in soft:
+                d.cand.used = True
+            c = Candidate("softmax", out, frame, out.ndim - 1)
+            c.note = "gated mix of two softmaxes (per-head weights), renormalised: the weights that multiply the values"
+            self.cands.append(c)
+            self._mark(out, _Derived(c, False))
+            return True
+        t, d = derived[0]
+        div = args[1] if len(args) > 1 else None
+        if name in DIVISIONS and t is args[0] and d.cand.note.startswith("gated mix") and isinstance(div, torch.Tensor) \
+                and div.ndim == out.ndim and div.shape[-1] == 1 and t.shape == out.shape:
+            self._mark(out, _Derived(d.cand, False))  # renormalised over the keys: the mix's own values, as used
+            return True
+        return False
 
     def _mixes_heads(self, t: torch.Tensor, d: _Derived, args: tuple[Any, ...]) -> bool:
         """Whether ``linear(t)`` mixes attention heads (talking heads, Shazeer et al. 2020): a square weight over ``t``'s
@@ -760,6 +794,9 @@ class Tracker:
         if kp is not None and qp is not None and not window_atoms:
             self._affinity(c, a, d, al, k_idx, q_idx, qp, kp, norm)
             return
+        if key_axis and q_axis and all(HALO.match(x[1]) for x in key_axis):
+            self._halo(c, a, d, al, k_idx, q_idx, key_axis, q_axis, window_atoms)
+            return
         if window_atoms and key_axis and q_axis and all(_base(x[1]) in ("h", "w") for x in (*key_axis, *q_axis)):
             self._window(c, a, d, al, k_idx, q_idx, window_atoms, heads_atoms)
             return
@@ -770,6 +807,34 @@ class Tracker:
         n = size_of(key_axis) if key_axis else "?"
         c.reasons.append(f"{c.op} over {n} keys that are not image positions" if kp is None else
                          f"{c.op} over {n} image positions, from queries that are not image positions (their grid was not followed)")
+
+    def _halo(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, key_axis: Axis, q_axis: Axis,
+              blocks: list[tuple[int, str, int]]) -> None:
+        """Query blocks over halo windows of the key grid (HaloNet): keys are ``Tensor.unfold`` windows of a zero-padded grid,
+        paired one for one with the queries' blocks (checked where q meets k, see provenance)."""
+        wins = [HALO.match(x[1]) for x in key_axis or ()]
+        if not blocks and q_axis and [x[1] for x in q_axis] == ["h", "w"]:  # one block: the whole query grid over one window
+            q_axis = tuple((g, f"{n}[{s}i]", s) for g, n, s in q_axis)
+            blocks = [(q_axis[0][0], "h[1o]", 1), (q_axis[0][0], "w[1o]", 1)]
+        inner = [(_SPLIT.match(x[1]), x[2]) for x in q_axis or ()]
+        outer = [(_SPLIT.match(x[1]), x[2]) for x in blocks]
+        lead = [at for i in range(a.ndim) if i not in (k_idx, q_idx) for at in (al[i] or ()) if at[1] != "b"]
+        if not (len(wins) == len(inner) == len(outer) == 2 and [m["kind"] + m["base"] for m in wins] == ["winh", "winw"]  # type: ignore[index]
+                and all(m and m["base"] == b and m["part"] == p for (m, _), b, p in zip(inner + outer, "hwhw", "iioo"))
+                and (lead[-2:] == blocks or outer[0][1] == outer[1][1] == 1)):
+            c.reasons.append("attention over halo windows whose blocks and windows could not be paired row by row")
+            return
+        m = self._matrix(a, d, al, k_idx, q_idx)
+        if m is None:
+            c.reasons.append("attention over halo windows whose axes could not be arranged")
+            return
+        (bh, bw), (nbh, nbw) = (inner[0][1], inner[1][1]), (outer[0][1], outer[1][1])
+        kh, kw = int(wins[0]["n"]), int(wins[1]["n"])  # type: ignore[index]
+        weights = m.reshape(m.shape[0], -1, nbh, nbw, bh * bw, m.shape[-1])  # (B, heads, blocks_h, blocks_w, Nq, Nk)
+        rec = HaloAffinity(weights=keep(weights), query_hw=(nbh * bh, nbw * bw), key_hw=(kh, kw), block=(bh, bw),
+                           window=(key_axis[0][2], key_axis[1][2]), step=(kh // nbh, kw // nbw),  # type: ignore[index]
+                           pad=(int(wins[0]["b"]), int(wins[1]["b"])))  # type: ignore[index]
+        self._record(c, "", rec)
 
     def _one_query_over_tokens(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, key_axis: Axis,
                                q_axis: Axis) -> bool:

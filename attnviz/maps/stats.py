@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..capture.records import Affinity, CrissCross, Record, RegionAttention, TokenAttention, WindowAffinity
+from ..capture.records import Affinity, CrissCross, HaloAffinity, Record, RegionAttention, TokenAttention, WindowAffinity
 from .metrics import js_divergence
 from .reach import criss_cross_reach, uniform_criss_cross, uniform_reach
 from .views import base_name
@@ -94,13 +94,15 @@ def pixel_layers(records: Mapping[str, Record]) -> dict[str, list[Record]]:
     for name, rec in records.items():
         if isinstance(rec, Affinity) and rec.normalize != "softmax":
             continue  # dot-product Non-Local (f / N): its rows are no distributions, and these statistics need one
-        if isinstance(rec, (Affinity, WindowAffinity, CrissCross, RegionAttention)):
+        if isinstance(rec, (Affinity, WindowAffinity, HaloAffinity, CrissCross, RegionAttention)):
             key = base_name(name) if isinstance(rec, CrissCross) else name
             out.setdefault(key, []).append(rec)
     return out
 
 
-def _window_heads(rec: WindowAffinity) -> int:
+def _window_heads(rec: WindowAffinity | HaloAffinity) -> int:
+    if isinstance(rec, HaloAffinity):
+        return rec.heads
     return math.prod(s for n, s in rec.lead_atoms if n.split("[")[0] not in ("b", "h", "w"))
 
 
@@ -129,7 +131,7 @@ def _affinity_rows(rec: Affinity, cells: torch.Tensor, batch: int) -> tuple[torc
     return patch / patch.sum(-1, keepdim=True).clamp_min(1e-12), prefix
 
 
-def _window_rows(rec: WindowAffinity, cells: torch.Tensor, batch: int) -> torch.Tensor:
+def _window_rows(rec: WindowAffinity | HaloAffinity, cells: torch.Tensor, batch: int) -> torch.Tensor:
     heads = _window_heads(rec)
     per = [[rec.row(int(y), int(x), batch, head=hd if heads > 1 else None).flatten() for y, x in cells.tolist()] for hd in range(heads)]
     return torch.stack([torch.stack(r) for r in per])  # (heads, Q, H·W)
@@ -158,8 +160,10 @@ def layer_rows(name: str, recs: Sequence[Record], batch: int, image_hw: tuple[in
         reach = torch.ones_like(rows, dtype=torch.bool)
         if rec.matrix is None and rec.mask is not None or rec.causal:
             reach = rows > 0
-    elif isinstance(rec, WindowAffinity):
+    elif isinstance(rec, (WindowAffinity, HaloAffinity)):
         q_hw = k_hw = rec.hw
+        if isinstance(rec, HaloAffinity):
+            k_hw = rec.key_hw  # the zero padding's share is no key cell: rows hold the in-map part
         cells = query_cells(q_hw, limit)
         rows = _window_rows(rec, cells, batch)
         reach = rows > 0  # softmax weights are positive inside the window, 0 outside
