@@ -563,3 +563,47 @@ def test_convit_gated_positional_attention_is_the_renormalised_mix() -> None:
         for head in [None, 3]:
             r = a[0, :, y * 14 + xx]
             torch.testing.assert_close(rec.row(y, xx, head=head), (r.mean(0) if head is None else r[head]).reshape(14, 14), atol=TOL, rtol=0)
+
+
+def test_hiera_global_attention_over_unrolled_tokens() -> None:
+    """Hiera's tokens are *unrolled* (the grid's inner digits outermost) and max-pooled at each stage; its global attention
+    runs over them in that order. Rows are placed at their cells: the oracle maps tokens to cells with the model's own
+    ``unroll`` applied to a coordinate map, pooled as the queries are (a max over the leading stride), independently of
+    attnviz's provenance. Once "not traceable to image positions"."""
+    torch.manual_seed(0)
+    model = timm.create_model("hiera_tiny_224", pretrained=False).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    from test_third_party import OpRecorder
+
+    oracle = copy.deepcopy(model)
+    for m in oracle.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    rec_ops = OpRecorder({"softmax"})
+    with torch.no_grad(), rec_ops:
+        oracle(x)
+    a = rec_ops.out[6][1]  # blocks.6.attn: (1, heads, 196, 196), tokens in unrolled order
+    ys, xs = torch.meshgrid(torch.arange(56.0), torch.arange(56.0), indexing="ij")
+    coords = model.unroll(torch.stack([ys, xs], -1).reshape(1, 56 * 56, 2))  # each token's cell on the 56×56 grid
+    for _ in range(2):  # two stage transitions, each a max over the leading 2×2 stride of the unrolled order
+        coords = coords.view(1, 4, -1, 2).amax(1)
+    cells = (coords[0] // 4).long()  # (196, 2) on the 14×14 grid of stage 3
+    rec = cap.records["blocks.6.attn"]
+    assert rec.query_hw == rec.key_hw == (14, 14)
+    for n in [0, 17, 100, 195]:
+        cy, cx = cells[n].tolist()
+        for head in [None, 2]:
+            r = a[0, :, n].mean(0) if head is None else a[0, head, n]
+            ref = torch.zeros(14, 14)
+            ref[cells[:, 0], cells[:, 1]] = r
+            torch.testing.assert_close(rec.row(cy, cx, head=head), ref, atol=TOL, rtol=0)
+    a = rec_ops.out[10][1]  # blocks.10.attn: queries pooled once more (7×7) over the 14×14 keys
+    q_cells = (coords.view(1, 4, -1, 2).amax(1)[0] // 8).long()  # (49, 2)
+    rec = cap.records["blocks.10.attn"]
+    assert rec.query_hw == (7, 7) and rec.key_hw == (14, 14)
+    for n in [0, 30, 48]:
+        ref = torch.zeros(14, 14)
+        ref[cells[:, 0], cells[:, 1]] = a[0, :, n].mean(0)
+        torch.testing.assert_close(rec.row(*q_cells[n].tolist()), ref, atol=TOL, rtol=0)

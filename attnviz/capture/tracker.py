@@ -200,6 +200,22 @@ def _token_pooling(m: torch.Tensor, layout: Any, query_names: tuple[str, ...] | 
     return rec
 
 
+def _row_major(t: torch.Tensor, labels: Labels, dim: int) -> tuple[torch.Tensor, Labels]:
+    """``t`` with axis ``dim`` put in row-major order when its atoms are the rows and columns of one grid in another order
+    (e.g. Hiera's unroll: (h inner, w inner, h outer, w outer)); ``t`` and ``labels`` unchanged otherwise."""
+    axis = labels[dim]
+    if not axis or len(axis) < 2 or positions(axis) is not None or len({a[0] for a in axis}) != 1 \
+            or any(_base(a[1]) not in ("h", "w") for a in axis):
+        return t, labels
+    order = sorted(range(len(axis)), key=lambda i: (_base(axis[i][1]) == "w", _sort_key(axis[i])))
+    atoms = tuple(axis[i] for i in order)
+    if positions(atoms) is None:
+        return t, labels
+    parts = t.unflatten(dim, [a[2] for a in axis])  # (..., *atoms, ...)
+    perm = [*range(dim), *(dim + i for i in order), *range(dim + len(axis), parts.ndim)]
+    return parts.permute(perm).flatten(dim, dim + len(axis) - 1), (*labels[:dim], atoms, *labels[dim + 1:])
+
+
 @dataclass
 class Frame:
     """One module call on the discovery stack."""
@@ -981,6 +997,9 @@ class Tracker:
         kp = positions(kl[-2]) if kl else None
         if isinstance(out, torch.Tensor) and ql is not None:  # the output keeps the queries' axes
             self.set(out, (*ql[:-1], None))
+        if ql is not None and kl is not None:  # tokens of a grid in another order (Hiera's unrolled tokens): row-major copies
+            q, ql = _row_major(q, ql, q.ndim - 2)
+            k, kl = _row_major(k, kl, k.ndim - 2)
         # windows or grids folded into the batch first: their within-window atoms can look like a coarser grid on their own
         if ql is not None and kl is not None and self._sdpa_window(q, k, ql, kl, mask, causal, scale, frame):
             return
