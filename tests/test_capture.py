@@ -565,3 +565,25 @@ def test_halo_windows_are_placed_exactly(block: int, halo: int, stride: int, hw:
                             outside += float(w[ky, kx])
                 torch.testing.assert_close(rec.row(y, xx, batch=b, head=head), ref, atol=ATOL, rtol=0)
                 assert rec.outside_mass(y, xx, batch=b, head=head) == pytest.approx(outside, abs=1e-5)
+
+
+class ScaledTransposedAttention(nn.Module):
+    """A softmax over positions, doubled and then transposed before it meets the values (keys first): the weights used are
+    2·Aᵀ, so a record built from the softmax's own values in the transposed tensor's axis order would show Aᵀ's rows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x.flatten(2)  # (B, C, N)
+        attn = torch.softmax(f.transpose(1, 2) @ f, dim=-1)  # (B, N queries, N keys)
+        return (f @ (attn * 2).transpose(1, 2)).view_as(x)  # (B, C, N): each query's values, weighted by its row
+
+
+def test_scaled_then_transposed_weights_are_drawn_right_or_not_at_all() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 3, 5)
+    cap = run(ScaledTransposedAttention(), x)
+    f = x.flatten(2)
+    attn = torch.softmax(f.transpose(1, 2) @ f, dim=-1)[0]  # (15, 15)
+    for rec in cap.records.values():  # drawn only if each query's row is its own (scaled) softmax row
+        assert rec.kind == "affinity"
+        torch.testing.assert_close(rec.row(1, 2) / rec.row(1, 2).sum(), attn[1 * 5 + 2].view(3, 5), atol=ATOL, rtol=0)
+    assert cap.records or cap.seen

@@ -79,6 +79,7 @@ NCHW_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.Gro
                 nn.PixelShuffle, nn.PixelUnshuffle, nn.modules.instancenorm._InstanceNorm)
 TOKEN_PARAMS = {"cls_token": "cls", "class_token": "cls", "dist_token": "dist", "reg_token": "reg", "register_tokens": "reg"}
 SOFTMAXES = {"softmax"}
+PERMUTING = {"permute", "transpose", "movedim", "swapaxes", "mT", "t"}
 MULS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__", "multiply"}
 MATMULS = {"matmul", "bmm", "__matmul__", "__rmatmul__", "einsum", "baddbmm"}
 DIVISIONS = ("div", "__truediv__", "true_divide", "div_", "__itruediv__")
@@ -233,6 +234,7 @@ class Frame:
 class _Derived:
     cand: Candidate
     changed: bool  # values changed by scalar affine ops (e.g. 1 + gate): record the source's values
+    moved: bool = False  # axes permuted since the source: with ``changed``, the source's values no longer line up
 
 
 class Tracker:
@@ -407,7 +409,7 @@ class Tracker:
             t, d = derived[0]
             scalar_other = all(not isinstance(a, torch.Tensor) or a.ndim == 0 or a is t for a in args[: 2])
             if name in SHAPE_OPS or (name in SCALAR_OPS and scalar_other):
-                self._mark(out, _Derived(d.cand, d.changed or name in SCALAR_OPS))
+                self._mark(out, _Derived(d.cand, d.changed or name in SCALAR_OPS, d.moved or name in PERMUTING))
                 if name in SCALAR_OPS and d.cand.op == "normalized":
                     pass
                 return
@@ -677,7 +679,7 @@ class Tracker:
         if not d.changed:
             return g
         src = d.cand.source
-        if src.shape == g.shape and self.get(src) != self.get(g):  # the same shape, other axes (a permutation): not placeable
+        if d.moved or (src.shape == g.shape and self.get(src) != self.get(g)):  # the same shape, other axes (a permutation): not placeable
             return None
         try:
             return src.expand_as(g) if src.shape != g.shape else src
