@@ -607,3 +607,24 @@ def test_hiera_global_attention_over_unrolled_tokens() -> None:
         ref = torch.zeros(14, 14)
         ref[cells[:, 0], cells[:, 1]] = a[0, :, n].mean(0)
         torch.testing.assert_close(rec.row(*q_cells[n].tolist()), ref, atol=TOL, rtol=0)
+
+
+def test_window_attention_is_clickable_in_the_app(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Swin's (shifted) windows and HaloNet's halo windows are click layers: a click gives the record's row of the cell
+    under the pointer, every head or one; hover says to click instead (the rows are placed on the server)."""
+    import numpy as np
+
+    from attnviz.analysis.views.click import click_raw
+    from attnviz.ui.hover import payload
+
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(2, 2, 2, 2), num_classes=3).eval()
+    model.card = {"input_size": [224, 224], "class_names": ["a", "b", "c"]}
+    _, a = analysed(model, tmp_path)
+    rec = a.records["layers.1.blocks.1.attn"]
+    for (x, y), head in [((110.0, 70.0), None), ((3.0, 220.0), 2)]:
+        m, info = click_raw(a, x, y, "layers.1.blocks.1.attn", head=head)
+        cy, cx = int(y * 28 / 224), int(x * 28 / 224)
+        np.testing.assert_allclose(m, rec.row(cy, cx, head=head).numpy(), atol=TOL)
+        assert info["feature_cell"] == [cy, cx] and abs(info["sum"] - 1) < 1e-4
+    assert not payload(a, "layers.1.blocks.1.attn", "row")["id"]

@@ -11,6 +11,7 @@ memory-mapped for reading, so the process holds only the pages a view reads.
 from __future__ import annotations
 
 import abc
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -499,6 +500,11 @@ class WindowAffinity(Record):
         found += [(n, s, "q") for n, s in self.query_atoms if n.split("[")[0] == base]
         _ = _SPLIT
         return sorted(found, key=lambda t: key(t[0]))
+
+    @property
+    def heads(self) -> int:
+        """Number of heads (every atom folded into the batch that is not the batch or a window index)."""
+        return math.prod(s for n, s in self.lead_atoms if n.split("[")[0] not in ("b", "h", "w"))
 
     @property
     def hw(self) -> tuple[int, int]:

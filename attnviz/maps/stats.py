@@ -101,9 +101,7 @@ def pixel_layers(records: Mapping[str, Record]) -> dict[str, list[Record]]:
 
 
 def _window_heads(rec: WindowAffinity | HaloAffinity) -> int:
-    if isinstance(rec, HaloAffinity):
-        return rec.heads
-    return math.prod(s for n, s in rec.lead_atoms if n.split("[")[0] not in ("b", "h", "w"))
+    return rec.heads
 
 
 def _affinity_rows(rec: Affinity, cells: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:

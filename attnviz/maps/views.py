@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..capture.records import Affinity, CrissCross, Record, RegionAttention, TokenAttention
+from ..capture.records import Affinity, CrissCross, HaloAffinity, Record, RegionAttention, TokenAttention, WindowAffinity
 from .reach import criss_cross_reach
 from .transformer import rollout_map
 
@@ -32,7 +32,8 @@ class ClickLayer:
 
     Attributes:
         name: Layer name (the module path; CCNet loops share one layer).
-        kind: ``"affinity"``, ``"tokens"`` (transformer self-attention), ``"criss_cross"`` or ``"regions"``.
+        kind: ``"affinity"``, ``"tokens"`` (transformer self-attention), ``"window"`` (window-local: Swin, HaloNet, …),
+            ``"criss_cross"`` or ``"regions"``.
         records: The records: one for affinity and regions, the loops in order for CCNet.
         views: What can be shown: ``("row",)`` for affinity; for tokens also ``"cls"`` (the class token's attention in this
             layer) and ``"rollout"`` (attention rollout of the clicked patch up to this layer); loops and reach for CCNet; ``("regions",)``
@@ -71,6 +72,8 @@ def click_layers(records: Mapping[str, Record]) -> dict[str, ClickLayer]:
             out[name] = ClickLayer(name, "tokens", [rec], views, rec.heads, chain=list(chain))
         elif isinstance(rec, Affinity):
             out[name] = ClickLayer(name, "affinity", [rec], ("row",), rec.heads)
+        elif isinstance(rec, (WindowAffinity, HaloAffinity)):  # window-local: a row is 0 outside the query's window
+            out[name] = ClickLayer(name, "window", [rec], ("row",), rec.heads)
         elif isinstance(rec, RegionAttention):
             out[name] = ClickLayer(name, "regions", [rec], ("regions",))
         elif isinstance(rec, CrissCross):
@@ -108,7 +111,7 @@ def click_map(layer: ClickLayer, x: float, y: float, image_hw: tuple[int, int], 
     fy, fx = feature_cell(x, y, image_hw, layer.feature_hw)
     if layer.kind == "regions":
         return layer.records[0].pixel_map(fy, fx, batch=batch)  # type: ignore[attr-defined]
-    if layer.kind in ("affinity", "tokens"):
+    if layer.kind in ("affinity", "tokens", "window"):
         if head is not None and not 0 <= head < layer.heads:
             raise ValueError(f"{layer.name} has {layer.heads} head(s); head {head} does not exist")
         rec = layer.records[0]

@@ -192,6 +192,8 @@ def payload(a: Analysis, layer: str | None, view: str | None, cmap: str = "infer
     if fh * fw > MAX_POSITIONS:
         return empty(f"{name} has {fh}×{fw} = {fh * fw} query positions (hover is sent for up to {MAX_POSITIONS}); click the image instead.")
     rec = cl.records[0]
+    if cl.kind == "window":
+        return empty(f"{name} is window-local attention: its rows are placed on the server; click the image.")
     if cl.kind == "tokens" and view != "row":
         return empty(f"{name} · {view}: " + ("the class token's map is the same for every pointer position: click the image."
                                              if view == "cls" else "rollout multiplies every layer's matrix, on the server: click the image."))
