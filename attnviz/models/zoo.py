@@ -47,7 +47,7 @@ ZOO: dict[str, ZooSpec] = {
     "nonlocal_resnet": ZooSpec("nonlocal", "stage2"),
     "ccnet_resnet": ZooSpec("ccnet", "stage2", (("recurrence", 2),)),
     "danet_resnet": ZooSpec("danet", "stage2"),
-    "stn_resnet": ZooSpec("stn", "input", (("bounded", True),)),
+    "stn_resnet": ZooSpec("stn", "input", (("localizer", "map"),)),
     "vit_tiny": ZooSpec("vit", "tokens", (("embed_dim", 128), ("depth", 4), ("num_heads", 4), ("mlp_ratio", 2.0))),
 }
 
