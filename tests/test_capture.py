@@ -578,6 +578,8 @@ class ScaledTransposedAttention(nn.Module):
 
 
 def test_scaled_then_transposed_weights_are_drawn_right_or_not_at_all() -> None:
+    """Once drawn transposed (the softmax's values in the transposed tensor's axis order); now the source's values are
+    permuted as the tensor was, so each query's row is its own."""
     torch.manual_seed(0)
     x = torch.randn(1, 4, 3, 5)
     cap = run(ScaledTransposedAttention(), x)

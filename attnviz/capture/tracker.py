@@ -79,7 +79,7 @@ NCHW_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.Gro
                 nn.PixelShuffle, nn.PixelUnshuffle, nn.modules.instancenorm._InstanceNorm)
 TOKEN_PARAMS = {"cls_token": "cls", "class_token": "cls", "dist_token": "dist", "reg_token": "reg", "register_tokens": "reg"}
 SOFTMAXES = {"softmax"}
-PERMUTING = {"permute", "transpose", "movedim", "swapaxes", "mT", "t"}
+PERMUTING = {"permute", "transpose", "movedim", "swapaxes", "mT", "t"}  # shape ops that reorder dims
 MULS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__", "multiply"}
 MATMULS = {"matmul", "bmm", "__matmul__", "__rmatmul__", "einsum", "baddbmm"}
 DIVISIONS = ("div", "__truediv__", "true_divide", "div_", "__itruediv__")
@@ -201,6 +201,29 @@ def _token_pooling(m: torch.Tensor, layout: Any, query_names: tuple[str, ...] | 
     return rec
 
 
+def _moved(order: tuple[int, ...] | None, name: str, args: tuple[Any, ...], t: torch.Tensor, out: torch.Tensor) -> tuple[int, ...] | None:
+    """The source dims behind ``out``'s dims after shape op ``name`` on ``t`` (see ``_Derived.order``)."""
+    if name not in PERMUTING:
+        if not order:
+            return ()
+        return order if out.shape == t.shape else None  # (contiguous, clone, a dtype change: the same dims)
+    if name == "permute":
+        p = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else [int(a) for a in args[1:]]
+    else:
+        n = t.ndim
+        a, b = (int(args[1]), int(args[2])) if len(args) >= 3 else (n - 2, n - 1)  # transpose / swapaxes / mT / t
+        if name == "movedim":
+            src_d, dst_d = a % n, b % n
+            p = [i for i in range(n) if i != src_d]
+            p.insert(dst_d, src_d)
+        else:
+            p = list(range(n))
+            p[a % n], p[b % n] = p[b % n], p[a % n]
+    base = list(order) if order else list(range(t.ndim))
+    new = tuple(base[i % t.ndim] for i in p)
+    return () if new == tuple(range(len(new))) else new
+
+
 def _row_major(t: torch.Tensor, labels: Labels, dim: int) -> tuple[torch.Tensor, Labels]:
     """``t`` with axis ``dim`` put in row-major order when its atoms are the rows and columns of one grid in another order
     (e.g. Hiera's unroll: (h inner, w inner, h outer, w outer)); ``t`` and ``labels`` unchanged otherwise."""
@@ -234,7 +257,7 @@ class Frame:
 class _Derived:
     cand: Candidate
     changed: bool  # values changed by scalar affine ops (e.g. 1 + gate): record the source's values
-    moved: bool = False  # axes permuted since the source: with ``changed``, the source's values no longer line up
+    order: tuple[int, ...] | None = ()  # the source dim behind each dim: () none moved, None unknown (permuted, then reshaped)
 
 
 class Tracker:
@@ -409,13 +432,13 @@ class Tracker:
             t, d = derived[0]
             scalar_other = all(not isinstance(a, torch.Tensor) or a.ndim == 0 or a is t for a in args[: 2])
             if name in SHAPE_OPS or (name in SCALAR_OPS and scalar_other):
-                self._mark(out, _Derived(d.cand, d.changed or name in SCALAR_OPS, d.moved or name in PERMUTING))
+                self._mark(out, _Derived(d.cand, d.changed or name in SCALAR_OPS, _moved(d.order, name, args, t, out)))
                 if name in SCALAR_OPS and d.cand.op == "normalized":
                     pass
                 return
             if name == "linear" and self._mixes_heads(t, d, args):
                 self.set(out, self.get(t))  # the same axes: one weight per (head, query, key), the heads mixed
-                self._mark(out, _Derived(d.cand, True))
+                self._mark(out, _Derived(d.cand, True, d.order))
                 d.cand.note = (f"talking heads: a linear layer mixes the {t.shape[-1]} heads after this {d.cand.op}; "
                                f"each head's row is the {d.cand.op}'s (before the mix)")
                 return
@@ -679,7 +702,11 @@ class Tracker:
         if not d.changed:
             return g
         src = d.cand.source
-        if d.moved or (src.shape == g.shape and self.get(src) != self.get(g)):  # the same shape, other axes (a permutation): not placeable
+        if d.order is None:  # permuted and then reshaped: where the source's values went is not followed
+            return None
+        if d.order:  # permuted (and scaled): the source's values, permuted the same way
+            return src.permute(d.order) if src.permute(d.order).shape == g.shape else None
+        if src.shape == g.shape and self.get(src) != self.get(g):  # the same shape, other axes: not placeable
             return None
         try:
             return src.expand_as(g) if src.shape != g.shape else src
