@@ -47,10 +47,13 @@ def timm_unfused_attentions(model: torch.nn.Module, x: torch.Tensor) -> list[tor
     return weights
 
 
-def captured_and_kept(name: str, x: torch.Tensor, kept_at: str, explicit: bool = True, fused: bool = True) -> tuple:  # type: ignore[type-arg]
-    """A seeded random-init timm model (every ``fused_attn`` switch set to ``fused``), its capture on ``x``, and the input of
-    module ``kept_at`` (e.g. an ``attn_drop``: the attention weights) on the same weights' explicit path (its parent's
-    ``fused_attn`` off when ``explicit``)."""
+def seeded_input(batch: int = 1, size: int = 224) -> torch.Tensor:
+    """A seeded random input ``(batch, 3, size, size)`` (its own generator: independent of the global seed)."""
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def seeded_capture(name: str, x: torch.Tensor, fused: bool = True) -> tuple:  # type: ignore[type-arg]
+    """A seeded random-init timm model (every ``fused_attn`` switch set to ``fused``) and its capture on ``x``."""
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
     for m in model.modules():
@@ -58,6 +61,14 @@ def captured_and_kept(name: str, x: torch.Tensor, kept_at: str, explicit: bool =
             m.fused_attn = m.fused_attn and fused
     with torch.no_grad(), attnviz.capture(model) as cap:
         model(x)
+    return model, cap
+
+
+def captured_and_kept(name: str, x: torch.Tensor, kept_at: str, explicit: bool = True, fused: bool = True) -> tuple:  # type: ignore[type-arg]
+    """A seeded random-init timm model (every ``fused_attn`` switch set to ``fused``), its capture on ``x``, and the input of
+    module ``kept_at`` (e.g. an ``attn_drop``: the attention weights) on the same weights' explicit path (its parent's
+    ``fused_attn`` off when ``explicit``)."""
+    model, cap = seeded_capture(name, x, fused)
     oracle = copy.deepcopy(model)
     kept: list[torch.Tensor] = []
     parent, _, _ = kept_at.rpartition(".")
@@ -190,11 +201,8 @@ def test_timm_swin_windows_shifted_or_not_are_exact_in_image_coordinates() -> No
     """Every block: a query's row is its window, in unshifted image-grid coordinates, zero outside. Shifted blocks tile the
     image rolled by −s (Swin's cyclic shift): the reference rolls the image cell into the shifted grid, takes its window,
     and rolls the keys back."""
-    torch.manual_seed(0)
-    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad(), attnviz.capture(model) as cap:
-        model(x)
+    x = seeded_input(1)
+    model, cap = seeded_capture("swin_tiny_patch4_window7_224", x)
     oracle = copy.deepcopy(model)
     weights: dict[str, torch.Tensor] = {}
     for name, mod in oracle.named_modules():
@@ -514,7 +522,7 @@ def test_levit_subsampling_attention_is_never_a_spatial_mask() -> None:
 def test_tnt_inner_attention_over_the_pixels_of_each_patch() -> None:
     """TNT's inner attention: 4×4 pixel tokens of each patch, cut by ``nn.Unfold`` (stride = kernel: a window partition)
     from a 56×56 pixel map. Each pixel's row lies in its own patch, at that patch's pixels (once "seen, not drawn")."""
-    _, cap, a = captured_and_kept("tnt_s_legacy_patch16_224", torch.randn(1, 3, 224, 224), "blocks.1.attn_in.attn_drop")
+    _, cap, a = captured_and_kept("tnt_s_legacy_patch16_224", seeded_input(1), "blocks.1.attn_in.attn_drop")
     # a: (patches, heads, 16, 16): patch n = py·14 + px in row-major order, pixel i = iy·4 + ix within it
     rec = cap.records["blocks.1.attn_in"]
     assert rec.kind == "window" and rec.hw == (56, 56)
@@ -531,7 +539,7 @@ def test_tnt_inner_attention_over_the_pixels_of_each_patch() -> None:
 def test_talking_heads_rows_are_each_heads_softmax_before_the_mix() -> None:
     """CaiT's talking heads: a linear over the heads after the softmax. Each head's row is the softmax's own (the unit a
     reader checks against the paper's equations), the record says the heads are mixed after it; once "used by linear"."""
-    _, cap, kept = captured_and_kept("cait_xxs24_224", torch.randn(1, 3, 224, 224), "blocks.3.attn.proj_w", explicit=False)
+    _, cap, kept = captured_and_kept("cait_xxs24_224", seeded_input(1), "blocks.3.attn.proj_w", explicit=False)
     a = kept.permute(0, 3, 1, 2)  # (1, heads, 196, 196): the softmax, before proj_w
     rec = cap.records["blocks.3.attn"]
     assert rec.kind == "affinity" and rec.query_hw == (14, 14) and "talking heads" in rec.note
@@ -545,7 +553,7 @@ def test_talking_heads_rows_are_each_heads_softmax_before_the_mix() -> None:
 def test_class_attention_is_the_class_tokens_map_over_the_patches(fused: bool) -> None:
     """CaiT's class attention (the class token's one query over cls ⊕ patches, from ``x[:, 0]``): a spatial map over the
     14×14 patches, the heads' mean of the explicit weights, with the class token's own share named (once not traceable)."""
-    _, cap, a = captured_and_kept("cait_xxs24_224", torch.randn(2, 3, 224, 224), "blocks_token_only.1.attn.attn_drop", fused=fused)
+    _, cap, a = captured_and_kept("cait_xxs24_224", seeded_input(2), "blocks_token_only.1.attn.attn_drop", fused=fused)
     # a: (2, heads, 1, 1 + 196)
     rec = cap.records["blocks_token_only.1.attn"]
     assert rec.kind == "spatial" and rec.mask.shape == (2, 14, 14) and "class attention" in rec.note
@@ -556,7 +564,7 @@ def test_class_attention_is_the_class_tokens_map_over_the_patches(fused: bool) -
 def test_convit_gated_positional_attention_is_the_renormalised_mix() -> None:
     """ConViT's GPSA: (1 − σ(λ))·softmax(QKᵀ) + σ(λ)·softmax(positional scores), divided by its row sums. The record is
     that mix, the weights that multiply the values, row by row (once "never used as attention weights")."""
-    _, cap, a = captured_and_kept("convit_tiny", torch.randn(1, 3, 224, 224), "blocks.2.attn.attn_drop", explicit=False)
+    _, cap, a = captured_and_kept("convit_tiny", seeded_input(1), "blocks.2.attn.attn_drop", explicit=False)
     rec = cap.records["blocks.2.attn"]  # a: (1, heads, 196, 196)
     assert rec.kind == "affinity" and rec.query_hw == rec.key_hw == (14, 14) and "gated mix" in rec.note
     for y, xx in [(0, 0), (13, 13), (4, 10)]:
@@ -570,11 +578,8 @@ def test_hiera_global_attention_over_unrolled_tokens() -> None:
     runs over them in that order. Rows are placed at their cells: the oracle maps tokens to cells with the model's own
     ``unroll`` applied to a coordinate map, pooled as the queries are (a max over the leading stride), independently of
     attnviz's provenance. Once "not traceable to image positions"."""
-    torch.manual_seed(0)
-    model = timm.create_model("hiera_tiny_224", pretrained=False).eval()
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad(), attnviz.capture(model) as cap:
-        model(x)
+    x = seeded_input(1)
+    model, cap = seeded_capture("hiera_tiny_224", x)
     from test_third_party import OpRecorder
 
     oracle = copy.deepcopy(model)

@@ -780,3 +780,4 @@ class Candidate:
     reasons: list[str] = field(default_factory=list)
     arg: Any = None  # the op's input (a gate computed from the very tensor it multiplies is an activation)
     note: str = ""  # what happens to the weights after the op (given to the record)
+    mix: bool = False  # a gated mix of softmaxes made by the tracker (its renormalisation keeps it attention)

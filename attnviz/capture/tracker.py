@@ -497,14 +497,14 @@ class Tracker:
                 return False
             for _, d in soft:
                 d.cand.used = True
-            c = Candidate("softmax", out, frame, out.ndim - 1)
+            c = Candidate("softmax", out, frame, out.ndim - 1, mix=True)
             c.note = "gated mix of two softmaxes (per-head weights), renormalised: the weights that multiply the values"
             self.cands.append(c)
             self._mark(out, _Derived(c, False))
             return True
         t, d = derived[0]
         div = args[1] if len(args) > 1 else None
-        if name in DIVISIONS and t is args[0] and d.cand.note.startswith("gated mix") and isinstance(div, torch.Tensor) \
+        if name in DIVISIONS and t is args[0] and d.cand.mix and isinstance(div, torch.Tensor) \
                 and div.ndim == out.ndim and div.shape[-1] == 1 and t.shape == out.shape:
             self._mark(out, _Derived(d.cand, False))  # renormalised over the keys: the mix's own values, as used
             return True
@@ -705,7 +705,8 @@ class Tracker:
         if d.order is None:  # permuted and then reshaped: where the source's values went is not followed
             return None
         if d.order:  # permuted (and scaled): the source's values, permuted the same way
-            return src.permute(d.order) if src.permute(d.order).shape == g.shape else None
+            moved = src.permute(d.order)
+            return moved if moved.shape == g.shape else None
         if src.shape == g.shape and self.get(src) != self.get(g):  # the same shape, other axes: not placeable
             return None
         try:
@@ -1022,13 +1023,13 @@ class Tracker:
         scale = args[6] if len(args) > 6 else kwargs.get("scale")
         scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
         ql, kl = self.get(q), self.get(k)
-        qp = positions(ql[-2]) if ql else None
-        kp = positions(kl[-2]) if kl else None
         if isinstance(out, torch.Tensor) and ql is not None:  # the output keeps the queries' axes
             self.set(out, (*ql[:-1], None))
         if ql is not None and kl is not None:  # tokens of a grid in another order (Hiera's unrolled tokens): row-major copies
             q, ql = _row_major(q, ql, q.ndim - 2)
             k, kl = _row_major(k, kl, k.ndim - 2)
+        qp = positions(ql[-2]) if ql else None
+        kp = positions(kl[-2]) if kl else None
         # windows or grids folded into the batch first: their within-window atoms can look like a coarser grid on their own
         if ql is not None and kl is not None and self._sdpa_window(q, k, ql, kl, mask, causal, scale, frame):
             return
@@ -1046,8 +1047,7 @@ class Tracker:
             return
         rec = Affinity(queries=self._keep_qk(qq), keys=self._keep_qk(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale, mask=_keep_mask(mask),
                        causal=causal)
-        rec.source = "generic"
-        self.emit(frame, "", rec)
+        self._record_fused(frame, rec)
 
     def _mha(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame) -> None:
         """``nn.MultiheadAttention``'s functional forms: q and k are the in-projections of its inputs, computed here with the
@@ -1099,8 +1099,7 @@ class Tracker:
         rec = TokenAttention(queries=self._keep_qk(qq), keys=self._keep_qk(kk), query_hw=lq.hw, key_hw=lk.hw, scale=scale, mask=_keep_mask(mask),
                              query_prefix=lq.prefix, key_prefix=lk.prefix)
         rec.note = "fused attention (scaled_dot_product_attention) over tokens; rows computed from its queries and keys"
-        rec.source = "generic"
-        self.emit(frame, "", rec)
+        self._record_fused(frame, rec)
         return True
 
     def _sdpa_one_query(self, q: torch.Tensor, k: torch.Tensor, ql: Labels, kl: Labels, mask: Any, scale: float, frame: Frame) -> bool:
@@ -1117,6 +1116,7 @@ class Tracker:
         return True
 
     def _record_fused(self, frame: Frame, rec: Record) -> None:
+        """Emit a record of a fused op (found by discovery, named after the calling module)."""
         rec.source = "generic"
         self.emit(frame, "", rec)
 
@@ -1147,9 +1147,8 @@ class Tracker:
         except ValueError as e:
             self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), f"window-local attention that cannot be placed: {e}"))
             return True
-        rec.source = "generic"
         rec.note = "fused attention (scaled_dot_product_attention) inside windows; weights recomputed from its queries, keys and mask"
-        self.emit(frame, "", rec)
+        self._record_fused(frame, rec)
         return True
 
     # ---- end of forward
