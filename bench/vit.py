@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attnviz  # noqa: E402
+from attnviz.capture import records  # noqa: E402
 from attnviz.maps.transformer import rollout_map  # noqa: E402
 
 
@@ -57,6 +58,7 @@ def overhead(batch: int, repeats: int) -> dict[str, float]:
     runs = {
         "plain": lambda: model(x),
         "capture": lambda: _captured(model, x),
+        "capture_spill_all": lambda: _captured(model, x, spill=True),
         "workaround": lambda: (unfused(x), kept.clear()),
         "unfused": lambda: hooks_off(x),
     }
@@ -71,9 +73,15 @@ def overhead(batch: int, repeats: int) -> dict[str, float]:
     return {"batch": batch, "plain_ms": round(med["plain"] * 1e3, 1), **{f"{k}_ratio": round(med[k] / med["plain"], 3) for k in runs if k != "plain"}}
 
 
-def _captured(model: torch.nn.Module, x: torch.Tensor) -> None:
-    with attnviz.capture(model):
-        model(x)
+def _captured(model: torch.nn.Module, x: torch.Tensor, spill: bool = False) -> None:
+    """A capture with the shipped settings, or with every query and key spilled to a file (``ATTNVIZ_SPILL_MB=0``)."""
+    limit = records.SPILL_BYTES
+    records.SPILL_BYTES = 0 if spill else limit
+    try:
+        with attnviz.capture(model):
+            model(x)
+    finally:
+        records.SPILL_BYTES = limit
 
 
 def view_costs(repeats: int) -> dict[str, float]:
@@ -128,25 +136,29 @@ def _memory_child(mode: str) -> None:
 
 
 MEMORY_SETTINGS = {  # environment of the child processes: attnviz's spill limit, and glibc's threshold for returning big blocks
-    "default": {},
+    "default (q and k kept in memory up to 64 MB per forward)": {},
     "spill everything (ATTNVIZ_SPILL_MB=0)": {"ATTNVIZ_SPILL_MB": "0"},
-    "allocator returns memory (MALLOC_MMAP_THRESHOLD_=65536)": {"MALLOC_MMAP_THRESHOLD_": "65536"},
+    "glibc returns freed blocks (MALLOC_MMAP_THRESHOLD_=65536)": {"MALLOC_MMAP_THRESHOLD_": "65536"},
     "both": {"ATTNVIZ_SPILL_MB": "0", "MALLOC_MMAP_THRESHOLD_": "65536"},
 }
 
 
-def memory() -> dict[str, dict[str, float]]:
-    """Peak memory of one forward, capture ÷ plain, under each of ``MEMORY_SETTINGS`` (glibc keeps freed blocks in its heap
-    by default, so the capture's transient copies of q and k can raise the peak without being kept)."""
+def memory(runs: int = 3) -> dict[str, dict[str, float]]:
+    """Peak memory of one forward, capture ÷ plain, under each of ``MEMORY_SETTINGS``: ``runs`` fresh processes per arm,
+    alternating, median (glibc keeps freed blocks in its heap, so one process's peak varies by ±15 MB)."""
     res = {}
     for label, env in MEMORY_SETTINGS.items():
-        out = {}
-        for mode in ("plain", "capture"):
-            r = subprocess.run([sys.executable, __file__, "--memory-child", mode], capture_output=True, text=True, check=True,
-                               env={**os.environ, **env})
-            out[mode] = json.loads(r.stdout.strip().splitlines()[-1])["peak_kb"] / 1024
-        res[label] = {"plain_mb": round(out["plain"], 1), "capture_mb": round(out["capture"], 1),
-                      "ratio": round(out["capture"] / max(out["plain"], 1e-6), 3)}
+        out: dict[str, list[float]] = {"plain": [], "capture": []}
+        for _ in range(runs):
+            for mode in out:
+                r = subprocess.run([sys.executable, __file__, "--memory-child", mode], capture_output=True, text=True, check=True,
+                                   env={**os.environ, **env})
+                out[mode].append(json.loads(r.stdout.strip().splitlines()[-1])["peak_kb"] / 1024)
+        med = {k: statistics.median(v) for k, v in out.items()}
+        res[label] = {"plain_mb": round(med["plain"], 1), "capture_mb": round(med["capture"], 1),
+                      "ratio": round(med["capture"] / max(med["plain"], 1e-6), 3),
+                      "capture_range_mb": [round(min(out["capture"]), 1), round(max(out["capture"]), 1)],
+                      "plain_range_mb": [round(min(out["plain"]), 1), round(max(out["plain"]), 1)]}
     return res
 
 
@@ -156,14 +168,15 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out/vit.json")
     ap.add_argument("--memory-child", choices=["plain", "capture"])
     ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--memory-runs", type=int, default=3, help="fresh processes per arm and setting (median)")
     args = ap.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child)
         return
     if args.memory_only:
-        print(json.dumps(memory()))
+        print(json.dumps(memory(args.memory_runs), indent=2))
         return
-    res = {"overhead": [overhead(b, args.repeats) for b in (1, 8)], "views": view_costs(args.repeats * 3), "memory_dinov2_518": memory(),
+    res = {"overhead": [overhead(b, args.repeats) for b in (1, 8)], "views": view_costs(args.repeats * 3), "memory_dinov2_518": memory(args.memory_runs),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))

@@ -209,6 +209,22 @@ def test_plans_do_not_keep_a_model_alive() -> None:
 
 
 
+def test_spill_writes_strided_and_half_precision_sources_exactly(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A strided view (q of a fused qkv projection) or a float64 / float16 source is written in slices; the mapped copy is
+    bit-equal to ``keep``'s, with its shape, and nothing is left in the folder."""
+    import importlib
+
+    records = importlib.import_module("attnviz.capture.records")
+    monkeypatch.setattr(records, "SPILL_DIR", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(2, 1100, 3, 6, 64, generator=g).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, d): q is strided
+    for src in (qkv[0], qkv[1].double(), qkv[2].half(), qkv[0].contiguous(), torch.randn(5, 3, generator=g).t()):
+        out = records.spill(src)
+        assert out.shape == src.shape and out.dtype == torch.float32
+        assert torch.equal(out, records.keep(src))
+    assert not list(tmp_path.iterdir())
+
+
 def test_large_queries_and_keys_are_spilled_to_an_unlinked_mapped_file(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Beyond SPILL_BYTES of queries and keys per forward, a record's q and k live in a memory-mapped temporary file that is
     unlinked at once (nothing is left in the folder); rows are the same as from the in-memory copies."""

@@ -22,7 +22,7 @@ from .adapters import AdapterSpec, find_adapter, gate_contribution
 from .discovery import WATCHED, GateMode, class_uses_gates, grid_record
 from .plan import FUSED, PLANS, VALUE_READS, Fast, Plan, Recording, fused_qk, signature, tensor_args
 from .provenance import Seen, func_name
-from .records import Record, SamplingGrid, keep
+from .records import SLICE, Record, SamplingGrid, keep, scratch
 from .tracker import Frame, Tracker
 
 Generic = Literal["auto", "all", "off"]
@@ -51,9 +51,30 @@ def contribution(x: torch.Tensor | None, out: object, version: int | None) -> to
     if version is not None and _version(x) != version:
         return None
     with torch.no_grad():
-        xf = x.detach().flatten(1).float()
-        diff = torch.linalg.vector_norm(out.detach().flatten(1).float() - xf, dim=1)
-        return (diff / torch.linalg.vector_norm(xf, dim=1).clamp_min(1e-12)).cpu()
+        xf, of = x.detach().flatten(1), out.detach().flatten(1)  # (B, D)
+        if xf.shape[1] <= _CHUNK or xf.device.type != "cpu":  # (a device's own allocator caches its blocks)
+            xf = xf.float()
+            diff = torch.linalg.vector_norm(of.float() - xf, dim=1)
+            return (diff / torch.linalg.vector_norm(xf, dim=1).clamp_min(1e-12)).cpu()
+        return _chunked_contribution(xf, of)
+
+
+_CHUNK = SLICE  # features per sample above which the difference is formed in slices (no transient the size of x)
+
+
+def _chunked_contribution(xf: torch.Tensor, of: torch.Tensor) -> torch.Tensor:
+    """``‖out − x‖ / ‖x‖`` of two ``(B, D)`` views, summed over slices of :data:`_CHUNK` features in float64, the differences
+    formed in the thread's :func:`~attnviz.capture.records.scratch` buffer: a large map (a transformer at 518², a 1024²
+    feature map) leaves no full-size difference behind in the allocator's heap."""
+    d2 = torch.zeros(xf.shape[0], dtype=torch.float64)  # (B,)
+    n2 = torch.zeros(xf.shape[0], dtype=torch.float64)
+    for b in range(xf.shape[0]):
+        for i in range(0, xf.shape[1], _CHUNK):
+            a, o = xf[b, i:i + _CHUNK].float(), of[b, i:i + _CHUNK].float()  # (D',)
+            diff = torch.sub(o, a, out=scratch(a.numel()))
+            d2[b] += float(torch.linalg.vector_norm(diff)) ** 2
+            n2[b] += float(torch.linalg.vector_norm(a)) ** 2
+    return (d2.sqrt() / n2.sqrt().clamp_min(1e-12)).float()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

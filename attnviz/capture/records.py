@@ -14,6 +14,7 @@ import abc
 import math
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,8 +24,8 @@ from torch.nn import functional as F
 
 def _spill_limit() -> int | None:
     """Bytes of queries and keys one forward keeps in memory before spilling (``ATTNVIZ_SPILL_MB``, default 64: a ViT-S
-    batch of 8 at 224² or DINOv2-S at 518² stays in memory, where writing files would cost time; ``off``: never spill).
-    Never on Windows, which cannot unlink a file that is mapped."""
+    batch of 8 at 224² or DINOv2-S at 518² stays in memory, where writing its 24 tensors would cost about 5 % of the
+    forward; ``0``: spill all; ``off``: never spill). Never on Windows, which cannot unlink a file that is mapped."""
     raw = os.environ.get("ATTNVIZ_SPILL_MB", "64").strip().lower()
     if os.name == "nt" or raw in ("off", "none", ""):
         return None
@@ -45,9 +46,10 @@ def keep(t: torch.Tensor) -> torch.Tensor:
 
 def spill(t: torch.Tensor) -> torch.Tensor:
     """Like :func:`keep`, but the copy lives in a temporary file, unlinked at once and memory-mapped (read-only use): its
-    pages are read when a view touches them and can be dropped by the kernel. Falls back to :func:`keep` on any error."""
-    src = t.detach().to(device="cpu", dtype=torch.float32).contiguous()  # (no copy for a contiguous float32 CPU tensor)
-    if src.numel() == 0:
+    pages are read when a view touches them and can be dropped by the kernel. A strided or non-float32 source is written
+    in slices of about 1 MB, so no full-size copy passes through the heap. Falls back to :func:`keep` on any error."""
+    src = t.detach()
+    if src.numel() == 0 or src.device.type != "cpu":
         return keep(t)
     try:
         fd, path = tempfile.mkstemp(prefix="attnviz-spill-", suffix=".f32", dir=SPILL_DIR)
@@ -55,12 +57,47 @@ def spill(t: torch.Tensor) -> torch.Tensor:
         return keep(t)
     try:
         with os.fdopen(fd, "wb") as f:
-            src.numpy().tofile(f)
+            _write_f32(src, f)
         return torch.from_file(path, shared=False, size=src.numel(), dtype=torch.float32).view(src.shape)
     except (OSError, RuntimeError):
         return keep(t)
     finally:
         os.unlink(path)  # the mapping stays valid; the disk space is freed with it
+
+
+SLICE = 1 << 18
+"""Elements (1 MB of float32) a large copy or difference is formed in at a time, in :func:`scratch`."""
+_local = threading.local()
+
+
+def scratch(n: int) -> torch.Tensor:
+    """A float32 CPU buffer of ``n ≤ SLICE`` elements, the same one for every call in this thread: slices copied or
+    subtracted through it leave no transient allocation behind (glibc keeps freed blocks in its heap, where a few
+    megabytes of them interleaved with the model's own tensors raise the process's peak)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = torch.empty(SLICE, dtype=torch.float32)
+    return buf[:n]
+
+
+def _write_f32(src: torch.Tensor, f: Any) -> None:
+    """Write ``src`` as row-major float32: at once when it already is contiguous float32, else in slices along its
+    leading dims copied through :func:`scratch`."""
+    if src.dtype == torch.float32 and src.is_contiguous():
+        src.numpy().tofile(f)
+        return
+    if src.numel() <= SLICE or src.ndim <= 1:
+        if src.numel() > SLICE:  # a long strided 1-D tensor: rare, copied at once
+            src.to(torch.float32).contiguous().numpy().tofile(f)
+            return
+        buf = scratch(src.numel()).view(src.shape)
+        buf.copy_(src)
+        buf.numpy().tofile(f)
+        return
+    per = src[0].numel()
+    step = max(1, SLICE // per)
+    for i in range(0, src.shape[0], step):
+        _write_f32(src[i:i + step] if per <= SLICE else src[i], f)
 
 
 @dataclass(eq=False, kw_only=True)

@@ -40,11 +40,16 @@ def full_attention(rec: Affinity, batch: int = 0) -> torch.Tensor:
     """
     if rec.matrix is not None:
         return rec.matrix[batch].float()
-    if rec.rel_h is not None or rec.causal or rec.normalize != "softmax":
-        raise ValueError(f"{rec.name}: the whole matrix is formed only for softmax(scale · QKᵀ + mask) attention")
+    full_attention_allowed(rec)
     assert rec.queries is not None and rec.keys is not None
     logits = torch.einsum("hnd,hdm->hnm", rec.queries[batch].float(), rec.keys[batch].float()) * rec.scale
     return rec.masked(logits, batch).softmax(-1)
+
+
+def full_attention_allowed(rec: Affinity) -> None:
+    """Raise unless ``rec``'s weights are ``softmax(scale · QKᵀ + mask)`` of its queries and keys."""
+    if rec.rel_h is not None or rec.causal or rec.normalize != "softmax":
+        raise ValueError(f"{rec.name}: the whole matrix is formed only for softmax(scale · QKᵀ + mask) attention")
 
 
 def cls_maps(rec: TokenAttention, batch: int = 0, token: int = 0) -> torch.Tensor:
@@ -95,8 +100,28 @@ def _rollout_step(rec: Affinity, batch: int, head_fusion: str, discard_ratio: fl
             low = low[low != 0]  # keep the class token's own weight (index 0), as the reference implementation does
             flat[low] = 0
         fused = flat.reshape(fused.shape)
-    step = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1])
-    return step / step.sum(-1, keepdim=True)
+    step = fused.mul(0.5)
+    step.diagonal().add_(0.5)  # 0.5·A + 0.5·I
+    return step.div_(step.sum(-1, keepdim=True))
+
+
+def _rollout_row(rec: Affinity, batch: int, head_fusion: str, n: int) -> torch.Tensor:
+    """Row ``n`` of :func:`_rollout_step` without discarding, from query ``n``'s weights alone ``(N,)``: the last layer of a
+    rollout from the left needs no other row."""
+    if rec.matrix is not None:
+        rows = rec.matrix[batch][:, n].float()  # (heads, N)
+    else:
+        full_attention_allowed(rec)
+        assert rec.queries is not None and rec.keys is not None
+        logits = (rec.queries[batch][:, n].float().unsqueeze(1) @ rec.keys[batch].float()).squeeze(1) * rec.scale  # (heads, N)
+        rows = rec.masked(logits, batch, n).softmax(-1)
+    queries = rec.matrix.shape[-2] if rec.matrix is not None else rec.queries.shape[-2]  # type: ignore[union-attr]
+    if rows.shape[-1] != queries:
+        raise ValueError(f"{rec.name}: rollout needs self-attention over the same tokens in every layer (got {tuple(rows.shape)})")
+    step = getattr(rows, head_fusion)(0) if head_fusion == "mean" else getattr(rows, head_fusion)(0).values
+    step = step.mul(0.5)
+    step[n] += 0.5
+    return step.div_(step.sum())
 
 
 def rollout(records: Sequence[Affinity], batch: int = 0, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
@@ -129,6 +154,9 @@ def rollout_map(records: Sequence[TokenAttention], query: int | tuple[int, int] 
     n = query if isinstance(query, int) else p + query[0] * rec.query_hw[1] + query[1]
     v: torch.Tensor | None = None
     for layer in reversed(records):
+        if v is None and discard_ratio == 0:
+            v = _rollout_row(layer, batch, head_fusion, n)
+            continue
         step = _rollout_step(layer, batch, head_fusion, discard_ratio, None if v is None else v.shape[-1])
         v = step[n] if v is None else v @ step
     assert v is not None
