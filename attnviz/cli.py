@@ -160,7 +160,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if a.task == "segmentation":
             print("classes present (share of the image):", json.dumps(a.top(10)))
         else:
-            print("prediction:", json.dumps(a.top(5)) if a.task == "classification" else f"none: a backbone with {a.logits.numel()} features, no classes")
+            top = json.dumps({k: round(v, 4) for k, v in a.top(5).items()})  # (probabilities to 4 decimals)
+            print("prediction:", top if a.task == "classification" else f"none: a backbone with {a.logits.numel()} features, no classes")
         if click is not None and click_view.click_choices(a):
             _, info, _ = click_view.attention_at(a, click[0], click[1], args.layer)
             print(info["text"].replace("**", ""))

@@ -30,6 +30,13 @@ from .capture.records import (
 )
 
 
+def _prefix(names: tuple[str, ...] | list[str]) -> str:
+    """Prefix tokens beside a patch grid: `` + cls + dist``, `` + cls + 4 registers``, or nothing."""
+    regs = [n for n in names if n.startswith("reg")]
+    parts = [n for n in names if not n.startswith("reg")] + ([f"{len(regs)} register{'s' * (len(regs) > 1)}"] if regs else [])
+    return "".join(f" + {p}" for p in parts)
+
+
 def geometry(r: Record) -> str:
     """One line on what the record's axes are."""
     if isinstance(r, ChannelGate):
@@ -44,7 +51,8 @@ def geometry(r: Record) -> str:
         return f"{r.matrix.shape[1]}×{r.matrix.shape[2]} channels"
     if isinstance(r, Affinity):
         lazy = "rows from queries and keys" if r.matrix is None else "whole matrix"
-        return f"queries {r.query_hw[0]}×{r.query_hw[1]} → keys {r.key_hw[0]}×{r.key_hw[1]}, {r.heads} head(s), {lazy}"
+        qp, kp = _prefix(getattr(r, "query_prefix", ())), _prefix(getattr(r, "key_prefix", ()))
+        return f"queries {r.query_hw[0]}×{r.query_hw[1]}{qp} → keys {r.key_hw[0]}×{r.key_hw[1]}{kp}, {r.heads} head(s), {lazy}"
     if isinstance(r, CrissCross):
         h, w = r.hw
         return f"{h}×{w} grid, each position over its row and column"

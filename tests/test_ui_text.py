@@ -32,3 +32,18 @@ def test_segment_gradcam_in_words() -> None:
     s = cam_sentence(info)
     assert "49% of the map's mass lies on the segment" in s and "16.30×" in s and "not a mask" in s
     assert "zero everywhere" in cam_sentence({**info, "mass_on_segment": None, "mass_ratio": None})
+
+
+def test_small_shares_are_not_rounded_to_zero() -> None:
+    """A click's prefix-token share of 0.4 % reads "0.4%", not "0%"; a patch share of 99.6 % not "100%"."""
+    from attnviz.analysis.text import share_text
+
+    shares = (0.0, 0.0004, 0.004, 0.0099, 0.37, 0.996, 0.9996, 1.0)
+    assert [share_text(v) for v in shares] == ["0%", "<0.1%", "0.4%", "1.0%", "37%", "99.6%", ">99.9%", "100%"]
+
+
+def test_inspect_names_prefix_tokens_beside_the_grid() -> None:
+    from attnviz.inspect import _prefix
+
+    assert _prefix(()) == "" and _prefix(("cls", "dist")) == " + cls + dist"
+    assert _prefix(("cls", "reg0", "reg1", "reg2", "reg3")) == " + cls + 4 registers" and _prefix(("reg0",)) == " + 1 register"

@@ -123,6 +123,7 @@ def test_hf_repository_route_loads_a_transformers_model_with_its_card(tmp_path: 
     assert main(["inspect", "--model", f"hf:{tmp_path / 'vit'}", "--size", "32"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"vit\.(encoder\.layer|layers)\.1\.attention\S*\s+tokens", out), out  # the module path differs across transformers versions
+    assert "queries 4×4 + cls → keys 4×4 + cls, 2 head(s)" in out  # the prefix token is named beside the patch grid
     transformers.ViTModel(cfg).save_pretrained(tmp_path / "bare")  # a backbone: features, no classes
     bare = load_hf(f"hf:{tmp_path / 'bare'}")
     assert bare.card["task"] == "features" and "class_names" not in bare.card

@@ -21,6 +21,7 @@ from ...maps import (
 from ...maps import query_dependence as js_query_dependence
 from ..errors import UserError
 from ..session import Analysis, Style
+from ..text import share_text
 from .draw import overlay_map
 
 VIEW_MEANING = {
@@ -207,13 +208,13 @@ def describe_click(a: Analysis, info: dict[str, Any]) -> str:
     parts.append(f"The top 5% of positions hold {share:.0%} of the mass ({conc}; a uniform map would give {uniform:.0%}).")
     if "prefix_mass" in info:
         pm = info["prefix_mass"]
-        parts.append(f"It puts {sum(pm.values()):.0%} of its attention on the prefix tokens ("
-                     + ", ".join(f"{n} {v:.0%}" for n, v in pm.items()) + "), the rest on the patches shown.")
+        parts.append(f"It puts {share_text(sum(pm.values()))} of its attention on the prefix tokens ("
+                     + ", ".join(f"{n} {share_text(v)}" for n, v in pm.items()) + "), the rest on the patches shown.")
     if "regions" in info:
-        top = ", ".join(f"{r['region']} {r['weight']:.0%}" for r in info["regions"][:3])
+        top = ", ".join(f"{r['region']} {share_text(r['weight'])}" for r in info["regions"][:3])
         parts.append(f"Over the object regions the pixel attends to: {top}.")
     if "class" in info:
-        top3 = ", ".join(f"{t['class']} {t['p']:.0%}" for t in info["top3"])
+        top3 = ", ".join(f"{t['class']} {share_text(t['p'])}" for t in info["top3"])
         ratio = info["same_class_mass_ratio"]
         line = (f"The pixel is predicted **{info['class']}** ({top3}). Mass on pixels of that class: {ratio:.2f}× its area share "
                 f"({info['same_class_area_share']:.1%} of the image; 1× = no preference)")

@@ -13,6 +13,7 @@ from ...maps import feature_cell, mean_attention_distance, rollout_map
 from ...maps.transformer import gradient_rollout
 from ..errors import UserError
 from ..session import Analysis, Engine, Style
+from ..text import share_text
 from .click import point
 from .draw import overlay_map
 
@@ -89,7 +90,7 @@ def head_view(a: Analysis, layer: int, head: int, x: Any = None, y: Any = None, 
     m = maps[layer, head]
     img = overlay_map(a, m, style, point=None if query == "cls" else (fx, fy))
     share = float(m.sum())
-    rest = f" (their share {share:.0%}; the rest goes to the prefix tokens)" if share < 0.9995 else ""
+    rest = f" (their share {share_text(share)}; the rest goes to the prefix tokens)" if share < 1 - 1e-6 else ""
     return img, {"layer": names[layer], "head": head, "query": what, "max": float(m.max()), "sum": share,
                  "text": f"{names[layer]}, head {head}: attention of {what} over the patches{rest}."}
 

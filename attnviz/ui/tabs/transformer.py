@@ -9,6 +9,7 @@ import numpy as np
 
 from ... import render
 from ...analysis import Analysis, UserError, transformer
+from ...analysis.text import share_text
 from ..common import Endpoint, Tab, ViewState, guard, style_of
 
 HINT = ("No transformer self-attention in this model. Vision transformers (timm `vit_*`, `deit_*`, DINOv2, Swin; torchvision `vit_b_16`; "
@@ -59,7 +60,7 @@ class TransformerTab(Tab):
         prefix = ", ".join(layers[0].key_prefix) or "none"
         answer = (f"{len(layers)} self-attention layers with {layers[0].heads} heads over a {layers[0].query_hw[0]}×{layers[0].query_hw[1]} "
                   f"patch grid; prefix tokens: {prefix}. Rollout of the {'class token' if has_cls else 'clicked patch'} through "
-                  f"{info['layers']} layers: {info['prefix_share']:.0%} of it stays on the prefix tokens, the rest is drawn.")
+                  f"{info['layers']} layers: {share_text(info['prefix_share'])} of it stays on the prefix tokens, the rest is drawn.")
         return {self.note: "", self.grid: gr.update(value=grid, visible=True), self.rollout: gr.update(value=roll, visible=True),
                 self.distance: gr.update(value=transformer.distance_figure(a), visible=True), self.answer: answer,
                 self.query: gr.update(visible=has_cls, value=query), self.grad_img: gr.update(value=None, visible=True), self.grad_note: "",
