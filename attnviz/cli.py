@@ -262,7 +262,8 @@ def cmd_video(args: argparse.Namespace) -> int:
         bar.close()
         raise SystemExit(f"error: {e}") from None
     bar.close()
-    print(f"{res.frames} frames, {res.kind} of {res.layer}, colour scale {res.vrange}: {res.video}, {res.npz}, {res.csv}")
+    lo, hi = res.vrange
+    print(f"{res.frames} frames, {res.kind} of {res.layer}, colour scale {lo:.4g}–{hi:.4g}: {res.video}, {res.npz}, {res.csv}")
     for n in res.notes:
         print("note:", n)
     return 0

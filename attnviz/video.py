@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import os
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -163,7 +164,10 @@ class _Writer:
     """H.264 / yuv420p / +faststart MP4 writer (PyAV)."""
 
     def __init__(self, path: Path, fps: float, width: int, height: int) -> None:
-        self.c = av.open(str(path), mode="w", options={"movflags": "+faststart"})
+        try:
+            self.c = av.open(str(path), mode="w", options={"movflags": "+faststart"})
+        except (OSError, ValueError) as e:  # (PyAV's errors derive from OSError or ValueError)
+            raise VideoError(f"cannot write {str(path)!r}: {e}") from None
         self.s = self.c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self.s.width, self.s.height = width, height
         self.s.pix_fmt = "yuv420p"
@@ -304,6 +308,8 @@ def _plan(path: str | Path, model: nn.Module, kind: str | None, layer: str | Non
         raise VideoError(f"max_frames must be an integer in [1, {MAX_FRAMES}]; got {max_frames!r}.")
     if out.is_dir():
         raise VideoError(f"out is the folder {str(out)!r}; give the path of the .mp4 file to write (its .npz and .csv go beside it).")
+    if out.suffix.lower() != ".mp4":
+        raise VideoError(f"out must name an .mp4 file (H.264); got {str(out)!r}. Its .npz and .csv go beside it.")
     device = device or next(model.parameters()).device
     fps, n_est, w0, h0 = probe(path)
     if n_est and math.ceil(n_est / stride) > max_frames:
@@ -314,7 +320,12 @@ def _plan(path: str | Path, model: nn.Module, kind: str | None, layer: str | Non
     ow, oh = _even(round(w0 * k)), _even(round(h0 * k))
     if (ow, oh) != (w0, h0):
         notes.append(f"written at {ow}×{oh} (source {w0}×{h0})")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VideoError(f"cannot create the folder {str(out.parent)!r} for the output: {e.strerror or e}.") from None
+    if not os.access(out.parent, os.W_OK):
+        raise VideoError(f"cannot write to the folder {str(out.parent)!r}; give another --out.")
     return _Job(path, model, kind, layer, out, stride, max_frames, vrange, cmap, alpha, device, postprocess, card_of(model), fps, n_est,
                 (w0, h0), (ow, oh), query if query is not None else (w0 / 2, h0 / 2), batch_size or (32 if device.type == "cuda" else 8), notes)
 

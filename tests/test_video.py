@@ -148,6 +148,8 @@ def test_errors_for_missing_layer_and_kind(net: nn.Module, tmp_path: Path) -> No
         analyze_video(clip, net, stride=0, out=tmp_path / "a.mp4")
     with pytest.raises(VideoError, match="give the path of the .mp4"):  # a folder as `out`: said so (it used to fail in the clean-up)
         analyze_video(clip, net, out=tmp_path)
+    with pytest.raises(VideoError, match=r"must name an \.mp4 file"):  # checked before a frame is decoded
+        analyze_video(clip, net, out=tmp_path / "clip_without_suffix")
     assert tmp_path.is_dir() and clip.exists()
     assert probe(clip)[1:] == (3, 32, 32)
     assert len(list(iter_frames(clip))) == 3
