@@ -602,3 +602,47 @@ def test_contribution_of_a_large_map_is_summed_in_slices_and_matches_definition(
         out = x + eps * torch.randn(x.shape, generator=g)
         ref = torch.linalg.vector_norm((out - x).flatten(1).double(), dim=1) / torch.linalg.vector_norm(x.flatten(1).double(), dim=1)
         torch.testing.assert_close(contribution(x, out, None).double(), ref, rtol=1e-5, atol=0)
+
+
+def test_contribution_only_where_the_output_is_the_input_changed() -> None:
+    """‖out − x‖/‖x‖ is a module's contribution only when its output is its input changed. Found by provenance (the
+    output comes from the input through sums, products and views): a residual attention block keeps it, on discovery
+    and replay alike; a transformer's attention (out = proj(A·V), the residual sum is in the block) and an A·V adapter
+    (BotNet) have none, with the reason in ``contribution_note``."""
+    from attnviz.capture.records import NOT_CHANGED
+
+    class Residual(nn.Module):  # x + γ·softmax(QKᵀ)V, written out: found by generic discovery
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Conv2d(8, 24, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.qkv(x).flatten(2).chunk(3, dim=1)  # (B, 8, N) each
+            a = (q.transpose(1, 2) @ k).softmax(-1)  # (B, N, N)
+            return x + 0.5 * (v @ a.transpose(1, 2)).view_as(x)
+
+    torch.manual_seed(0)
+    res = nn.Sequential(nn.Conv2d(3, 8, 1), Residual()).eval()
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, depth=1).eval()
+    bot = timm.create_model("botnet26t_256", pretrained=False).eval()
+    for _ in range(2):  # discovery, then a replay of its plan
+        (r,) = run(res, torch.randn(2, 3, 6, 6)).records.values()
+        assert r.contribution is not None and r.contribution.shape == (2,) and float(r.contribution.min()) > 1e-3 and not r.contribution_note
+        (t,) = run(vit, torch.randn(1, 3, 32, 32)).records.values()
+        assert t.contribution is None and t.contribution_note == NOT_CHANGED
+    recs = run(bot, torch.randn(1, 3, 256, 256)).records
+    assert recs and all(r.contribution is None and r.contribution_note == NOT_CHANGED for r in recs.values())
+
+
+def test_contribution_of_an_all_zero_input_is_undefined_not_zero() -> None:
+    """timm's zero-initialised last BatchNorm feeds SE an all-zero map: ‖out − x‖/‖x‖ is NaN there (it read 0, "barely
+    changes its input"), and the modules table leaves the cell empty and says why."""
+    from attnviz.analysis.views.modules import contribution_note
+
+    m = timm.create_model("seresnet18", pretrained=False).eval()  # zero_init_last: bn2.weight = 0
+    rec = run(m, torch.randn(1, 3, 64, 64)).records["layer1.0.se"]
+    assert bool(rec.contribution.isnan().all())
+    assert "all zeros" in contribution_note(rec, float(rec.contribution[0]))
+    randomize_bn(m)
+    rec = run(m, torch.randn(1, 3, 64, 64)).records["layer1.0.se"]
+    assert 0 < float(rec.contribution[0]) < 1

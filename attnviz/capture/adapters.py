@@ -45,12 +45,15 @@ class AdapterSpec:
         gate_of: For a module whose output is exactly ``x * gate`` (the SE family), the key of the gate in
             the stash: its contribution is then computed from the gate and the per-channel norms of x,
             in one pass over x instead of three.
+        changes_input: The output is the input changed (a residual sum, a gate, a warp), so ``‖out − x‖ / ‖x‖`` is the
+            module's contribution; False where the output is something else (SK's fused branches, A·V, OCR's context).
     """
 
     build: Callable[[nn.Module, torch.Tensor, object, Stash], Built]
     taps: dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]] = field(default_factory=dict)
     on_input: Callable[[nn.Module, torch.Tensor], Stash] | None = None
     gate_of: str | None = None
+    changes_input: bool = True
 
 
 _REGISTRY: dict[str, Callable[[nn.Module], AdapterSpec]] = {}
@@ -114,7 +117,13 @@ def gate_contribution(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor | Non
     with torch.no_grad():
         n = torch.linalg.vector_norm(x, dim=(2, 3), dtype=torch.float32)  # (B, C): ‖x_c‖
         g = gate.reshape(b, c).float()  # (B, C)
-        return (torch.linalg.vector_norm((g - 1) * n, dim=1) / torch.linalg.vector_norm(n, dim=1).clamp_min(1e-12)).cpu()
+        return relative(torch.linalg.vector_norm((g - 1) * n, dim=1), torch.linalg.vector_norm(n, dim=1)).cpu()
+
+
+def relative(diff: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """``diff / norm`` per sample, NaN where the input's norm is 0 (an all-zero input, e.g. after a zero-initialised
+    BatchNorm: the contribution is undefined there, not 0)."""
+    return torch.where(norm > 0, diff / norm.clamp_min(1e-30), torch.full_like(diff, float("nan")))
 
 
 # ---- squeeze-and-excitation family: the gate is a submodule -------------------------------------
@@ -209,12 +218,12 @@ def _branch_build(mod: nn.Module, x: torch.Tensor, out: object, s: Stash) -> Bui
 
 @register_adapter("attnviz.modules.sk.SelectiveKernel")
 def _sk(m: nn.Module) -> AdapterSpec:
-    return AdapterSpec(taps={"weights": (m.softmax, None)}, build=_branch_build)
+    return AdapterSpec(taps={"weights": (m.softmax, None)}, build=_branch_build, changes_input=False)  # out = Σ branch·weight
 
 
 @register_adapter("timm.layers.selective_kernel.SelectiveKernelAttn")
 def _timm_sk(m: nn.Module) -> AdapterSpec:
-    return AdapterSpec(taps={"weights": (m, None)}, build=_branch_build)
+    return AdapterSpec(taps={"weights": (m, None)}, build=_branch_build, changes_input=False)
 
 
 # ---- non-local / position attention: queries and keys, rows on demand -------------------------
@@ -276,7 +285,7 @@ def _botnet(m: nn.Module) -> AdapterSpec:
         )
         return [("", rec)]
 
-    return AdapterSpec(taps={"qk": (m.qkv, lambda t: t[:, : 2 * dqk])}, build=build)
+    return AdapterSpec(taps={"qk": (m.qkv, lambda t: t[:, : 2 * dqk])}, build=build, changes_input=False)  # out = A·V
 
 
 # ---- criss-cross ---------------------------------------------------------------------------------
@@ -298,7 +307,7 @@ def _ocr(m: nn.Module) -> AdapterSpec:
 
     return AdapterSpec(
         taps={"regions": (m.spatial_gather_module.softmax, None), "pixels": (m.object_context_block.softmax, None)},
-        build=build,
+        build=build, changes_input=False,  # out = bottleneck([context, x])
     )
 
 

@@ -9,7 +9,9 @@ model cannot change a record.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
@@ -18,11 +20,11 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .adapters import AdapterSpec, find_adapter, gate_contribution
+from .adapters import AdapterSpec, find_adapter, gate_contribution, relative
 from .discovery import WATCHED, GateMode, class_uses_gates, grid_record
-from .plan import FUSED, PLANS, VALUE_READS, Fast, Plan, Recording, fused_qk, signature, tensor_args
+from .plan import CHANGES_INPUT, FUSED, PLANS, VALUE_READS, Fast, Plan, Recording, fused_qk, signature, tensor_args
 from .provenance import Seen, func_name
-from .records import SLICE, Record, SamplingGrid, keep, scratch
+from .records import NOT_CHANGED, SLICE, Record, SamplingGrid, keep, scratch
 from .tracker import Frame, Tracker
 
 Generic = Literal["auto", "all", "off"]
@@ -45,7 +47,7 @@ def _version(t: torch.Tensor | None) -> int | None:
 
 
 def contribution(x: torch.Tensor | None, out: object, version: int | None) -> torch.Tensor | None:
-    """``‖out − x‖ / ‖x‖`` per sample ``(B,)``, or None when shapes differ or x changed in place."""
+    """``‖out − x‖ / ‖x‖`` per sample ``(B,)`` (NaN where x is all zeros), or None when shapes differ or x changed in place."""
     if x is None or not isinstance(out, torch.Tensor) or out.shape != x.shape or x.ndim < 2:
         return None
     if version is not None and _version(x) != version:
@@ -55,7 +57,7 @@ def contribution(x: torch.Tensor | None, out: object, version: int | None) -> to
         if xf.shape[1] <= _CHUNK or xf.device.type != "cpu":  # (a device's own allocator caches its blocks)
             xf = xf.float()
             diff = torch.linalg.vector_norm(of.float() - xf, dim=1)
-            return (diff / torch.linalg.vector_norm(xf, dim=1).clamp_min(1e-12)).cpu()
+            return relative(diff, torch.linalg.vector_norm(xf, dim=1)).cpu()
         return _chunked_contribution(xf, of)
 
 
@@ -74,7 +76,7 @@ def _chunked_contribution(xf: torch.Tensor, of: torch.Tensor) -> torch.Tensor:
             diff = torch.sub(o, a, out=scratch(a.numel()))
             d2[b] += float(torch.linalg.vector_norm(diff)) ** 2
             n2[b] += float(torch.linalg.vector_norm(a)) ** 2
-    return (d2.sqrt() / n2.sqrt().clamp_min(1e-12)).float()
+    return relative(d2.sqrt(), n2.sqrt()).float()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -133,6 +135,7 @@ class Capture:
         self._mode: GateMode | None = None
         self._stack: list[Frame] = []
         self._grids: dict[int, tuple[torch.Tensor, SamplingGrid]] = {}
+        self._from_x: dict[int, tuple[weakref.ref[torch.Tensor], frozenset[int]]] = {}  # tensor -> frames whose input it changes
         self._call_stacks: list[list[Any]] = []
         self._restore: list[Callable[[], None]] = []
         self._modules: dict[str, nn.Module] = {}
@@ -203,6 +206,7 @@ class Capture:
             self._restore.clear()
             self._stack.clear()
             self._grids.clear()
+            self._from_x.clear()
             self._call_stacks.clear()
             self._modules.clear()
             self._active = False
@@ -234,7 +238,9 @@ class Capture:
     def _mine(self) -> bool:
         return threading.get_ident() == self._thread
 
-    def _emit(self, base: str, rec: Record, module: nn.Module, source: str, contrib: torch.Tensor | None) -> None:
+    def _emit(self, base: str, rec: Record, module: nn.Module, source: str, contrib: torch.Tensor | None, changes_input: bool = True) -> None:
+        if not changes_input:
+            rec.contribution_note = NOT_CHANGED
         with self._lock:
             n = self._counts.get(base, 0) + 1
             self._counts[base] = n
@@ -291,12 +297,14 @@ class Capture:
             with torch.no_grad():
                 built = spec.build(mod, call["x"], out, call["stash"])
                 gate = call["stash"].get(spec.gate_of) if spec.gate_of else None
-                if gate is not None and call["x"] is not None and (call["version"] is None or _version(call["x"]) == call["version"]):
+                if not spec.changes_input:
+                    contrib = None
+                elif gate is not None and call["x"] is not None and (call["version"] is None or _version(call["x"]) == call["version"]):
                     contrib = gate_contribution(call["x"], gate)
                 else:
                     contrib = contribution(call["x"], out, call["version"])
             for suffix, rec in built:
-                self._emit(name + suffix if name else suffix.lstrip(".") or type(mod).__name__, rec, mod, "adapter", contrib)
+                self._emit(name + suffix if name else suffix.lstrip(".") or type(mod).__name__, rec, mod, "adapter", contrib, spec.changes_input)
 
         self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         for key, (sub, select) in spec.taps.items():
@@ -426,13 +434,42 @@ class Capture:
             self._recording.end(frame.key, len(self._tracker.cands))
         if self._tracker is not None and (self._replay is None or self._open):
             self._tracker.label_output(frame.x, out, module=mod)
+        changed = self._changes_input(frame, out)  # (before a forward's end forgets its plan or recording)
         if self._tracker is not None and name == "":
             self._tracker.finish()  # the end of a forward: report what was seen and not drawn, forget labels
             self._end_forward()
         if frame.pending:
-            contrib = contribution(frame.x, out, frame.version)
+            contrib = contribution(frame.x, out, frame.version) if changed else None
             for suffix, rec in frame.pending:
-                self._emit(_joined(name, suffix), rec, mod, "generic", contrib)
+                self._emit(_joined(name, suffix), rec, mod, "generic", contrib, changed)
+
+    def _follow_input(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """Discovery: ``out`` is a frame's input, changed, when an op of :data:`CHANGES_INPUT` (a residual sum, a gate's
+        product, a view) has that input, or a tensor already marked so, as an operand."""
+        if not isinstance(out, torch.Tensor) or func_name(func) not in CHANGES_INPUT:
+            return
+        frames: set[int] = set()
+        for t in (*args, *kwargs.values()):
+            if not isinstance(t, torch.Tensor):
+                continue
+            hit = self._from_x.get(id(t))
+            if hit is not None and hit[0]() is t:
+                frames |= hit[1]
+            frames.update(id(f) for f in self._stack if f.x is t)
+        if frames:
+            with contextlib.suppress(TypeError):
+                self._from_x[id(out)] = (weakref.ref(out), frozenset(frames))
+
+    def _changes_input(self, frame: Frame, out: Any) -> bool:
+        """Whether the module's output is its input changed (then ‖out − x‖ / ‖x‖ is its contribution); an attention whose
+        output joins a residual sum outside the module (every transformer block) has none. Replays take the plan's answer."""
+        if self._replay is not None:
+            return frame.key is not None and self._replay.residual.get(frame.key, False)
+        hit = self._from_x.get(id(out)) if isinstance(out, torch.Tensor) else None
+        changed = hit is not None and hit[0]() is out and id(frame) in hit[1]
+        if self._recording is not None and frame.key is not None:
+            self._recording.residual[frame.key] = changed
+        return changed
 
     # ---- lazy labelling (replay plans) -------------------------------------------------------------
     def _push_mode(self) -> None:
@@ -452,6 +489,7 @@ class Capture:
     def _start_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """A new top-level forward: drop frames left by an earlier exception; replay a plan or record one."""
         self._stack.clear()
+        self._from_x.clear()
         self._depth, self._hold, self._open = 0, None, 0
         self._set_mode(False)
         self._calls.clear()
@@ -566,6 +604,8 @@ class Capture:
             return
         if func in WATCHED and not self._mode_on and self._recording is not None:
             self._recording.valid = False  # a grid op outside watched code: a replay would not see it
+        if self._replay is None:
+            self._follow_input(func, args, kwargs, out)
         in_adapted = any(f.adapted for f in self._stack)
         if func in WATCHED and isinstance(out, torch.Tensor):
             if self._recording is not None:

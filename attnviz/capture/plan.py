@@ -70,6 +70,10 @@ def signature(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], s
 
 VALUE_READS = frozenset({"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__complex__", "numpy", "__array__",
                          "equal", "is_nonzero", "allclose", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive"})
+CHANGES_INPUT = frozenset({  # ops whose output is still "the input, changed" when an operand is (residual sums, gating, views)
+    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__isub__", "mul", "mul_", "__mul__", "__rmul__",
+    "__imul__", "div", "div_", "__truediv__", "__itruediv__", "addcmul", "addcmul_", "addcdiv", "addcdiv_", "relu", "relu_",
+    "contiguous", "clone", "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "to", "float"})
 FUSED = ("scaled_dot_product_attention", "_native_multi_head_attention", "multi_head_attention_forward")
 
 
@@ -93,6 +97,7 @@ class Plan:
 
     entries: dict[tuple[str, int], tuple[list[Entry], int | None]] = field(default_factory=dict)  # (name, call) -> (args, batch)
     fast: dict[tuple[str, int], Fast] = field(default_factory=dict)
+    residual: dict[tuple[str, int], bool] = field(default_factory=dict)  # call with records -> its output is its input changed
 
 
 def fused_qk(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
@@ -111,6 +116,7 @@ class Recording:
     fast: dict[tuple[str, int], Fast] = field(default_factory=dict)
     open: tuple[tuple[str, int], list[Any], dict[int, Any], int] | None = None  # key, ops, events, candidates before
     simple: bool = True
+    residual: dict[tuple[str, int], bool] = field(default_factory=dict)
 
     def begin(self, key: tuple[str, int], cands: int) -> None:
         self.open, self.simple = (key, [], {}, cands), True
@@ -135,7 +141,8 @@ class Recording:
     def plan(self) -> Plan | None:
         if not self.valid:
             return None
-        return Plan({k: self.entries[k] for k in self.regions if k in self.entries}, {k: f for k, f in self.fast.items() if k in self.regions})
+        return Plan({k: self.entries[k] for k in self.regions if k in self.entries}, {k: f for k, f in self.fast.items() if k in self.regions},
+                    dict(self.residual))
 
 
 class Plans:

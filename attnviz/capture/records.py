@@ -100,6 +100,10 @@ def _write_f32(src: torch.Tensor, f: Any) -> None:
         _write_f32(src[i:i + step] if per <= SLICE else src[i], f)
 
 
+NOT_CHANGED = ("no ‖out−x‖/‖x‖: the module's output is not its input changed (it computes A·V, or fuses branches; in a "
+               "transformer block the residual sum is outside the attention module)")
+
+
 @dataclass(eq=False, kw_only=True)
 class Record(abc.ABC):
     """Base of every record.
@@ -108,8 +112,10 @@ class Record(abc.ABC):
         name: Module path in the model (``name#k`` for its k-th call in one forward).
         module_type: Class name of the attention module that produced it.
         source: ``"adapter"`` (exact, known module) or ``"generic"`` (found by discovery).
-        contribution: ``‖out − x‖ / ‖x‖`` per sample ``(B,)`` of the module, or ``None`` when input
-            and output shapes differ (or the module changed its input in place).
+        contribution: ``‖out − x‖ / ‖x‖`` per sample ``(B,)`` of the module (NaN where x is all zeros), or ``None``
+            when input and output shapes differ, the module changed its input in place, or its output is not its
+            input changed (:data:`NOT_CHANGED`, then in ``contribution_note``).
+        contribution_note: Why there is no contribution, when the reason is known.
     """
 
     kind: ClassVar[str] = ""
@@ -117,6 +123,7 @@ class Record(abc.ABC):
     module_type: str = ""
     source: str = "adapter"
     contribution: torch.Tensor | None = None
+    contribution_note: str = ""
     note: str = ""  # how the record was identified, or what it summarises
 
     @property

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 
 from ... import render
+from ...capture.records import Record
 from ...maps import ablate as bypass
 from ...maps import click_layers
 from ..errors import UserError
@@ -17,13 +19,22 @@ from ..session import Analysis, Engine
 NEAR_IDENTITY = 0.01  # contribution below which a block "barely changes its input"
 
 
+def contribution_note(r: Record, c: float | None) -> str:
+    """Why a layer shows no contribution ‖out − x‖ / ‖x‖ (empty when it shows one, or the reason is not known)."""
+    if c is not None and math.isnan(c):
+        return "its input is all zeros on this image (e.g. after a zero-initialised BatchNorm): ‖out−x‖/‖x‖ is undefined"
+    return r.contribution_note if c is None else ""
+
+
 def modules_table(a: Analysis) -> list[list[Any]]:
     """Rows: layer, kind, module, source, shape, contribution, note."""
     rows = []
     for name, r in a.records.items():
         c = None if r.contribution is None else float(r.contribution[0])
-        note = ""
-        if c is not None and c < NEAR_IDENTITY:
+        note = contribution_note(r, c)
+        if c is not None and math.isnan(c):
+            c = None
+        elif c is not None and c < NEAR_IDENTITY:
             note = (f"barely changes its input (‖out−x‖/‖x‖ = {c:.4f}): γ≈0, a zero-initialised last layer "
                     "or a gate ≈ 1 — its maps are real but have almost no effect on the output")
         main = [v for k, v in r.arrays().items() if k != "contribution"]

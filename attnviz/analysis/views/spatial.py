@@ -19,7 +19,7 @@ def spatial_gallery(a: Analysis, style: Style | None = None) -> list[tuple[np.nd
     vr = render.map_range([r.mask[0].numpy() for r in masks]) if style.shared else None  # type: ignore[attr-defined]
     out = []
     for r in masks:
-        c = "" if r.contribution is None else f", contribution {float(r.contribution[0]):.3f}"
+        c = "" if r.contribution is None or r.contribution[0].isnan() else f", contribution {float(r.contribution[0]):.3f}"
         m = r.mask[0].numpy()  # type: ignore[attr-defined]
         element = isinstance(r, ElementGate)  # a gate over channels × positions: what is drawn is its channel mean, said so
         img = overlay_map(a, m, style, unit="channel mean of the gate" if element else "gate / pooling weight", side_by_side=False, vrange=vr)
