@@ -633,3 +633,25 @@ def test_window_attention_is_clickable_in_the_app(tmp_path) -> None:  # type: ig
         np.testing.assert_allclose(m, rec.row(cy, cx, head=head).numpy(), atol=TOL)
         assert info["feature_cell"] == [cy, cx] and abs(info["sum"] - 1) < 1e-4
     assert not payload(a, "layers.1.blocks.1.attn", "row")["id"]
+
+
+def test_window_head_rows_are_every_heads_row() -> None:
+    """``head_rows`` (one call per query, used by the atlas) equals ``row`` per head, and its mean the head-averaged row,
+    on shifted and unshifted Swin windows."""
+    from attnviz.capture.records import WindowAffinity
+
+    torch.manual_seed(0)
+    m = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(2, 2), embed_dim=32, num_heads=(2, 4)).eval()
+    with torch.inference_mode(), attnviz.capture(m) as cap:
+        m(torch.randn(1, 3, 224, 224))
+    recs = [r for r in cap.records.values() if isinstance(r, WindowAffinity)]
+    assert any(any(r.shift) for r in recs) and any(not any(r.shift) for r in recs)
+    for r in recs[:2]:
+        H, W = r.hw
+        for y, x in ((0, 0), (H - 1, 3), (H // 2, W - 1)):
+            rows = r.head_rows(y, x)
+            assert rows.shape == (r.heads, H, W)
+            for h in range(r.heads):
+                assert torch.equal(rows[h], r.row(y, x, head=h))
+            torch.testing.assert_close(r.row(y, x), rows.mean(0), rtol=0, atol=0)
+            torch.testing.assert_close(rows.sum((1, 2)), torch.ones(r.heads), rtol=1e-5, atol=1e-5)  # each head's softmax row

@@ -585,7 +585,15 @@ class WindowAffinity(Record):
             raise ValueError("an unknown axis is folded into the batch")
 
     def _index(self, atoms: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        """For every flat index of an axis made of ``atoms``: the digit of each atom."""
+        """For every flat index of an axis made of ``atoms``: the digit of each atom (cached per axis)."""
+        cache = self.__dict__.setdefault("_index_cache", {})
+        key = tuple(atoms)
+        if key not in cache:
+            cache[key] = self._digits(atoms)
+        return cache[key]
+
+    @staticmethod
+    def _digits(atoms: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
         sizes = [s for _, s in atoms]
         n = int(torch.tensor(sizes).prod()) if sizes else 1
         flat = torch.arange(n)
@@ -597,53 +605,46 @@ class WindowAffinity(Record):
 
     def row(self, y: int, x: int, batch: int = 0, head: int | None = None) -> torch.Tensor:
         """The query (y, x)'s attention over the image ``(H, W)``: its window's keys at their own pixels, 0 elsewhere."""
+        rows = self.head_rows(y, x, batch)  # (heads, H, W)
+        return rows.mean(0) if head is None else rows[head]
+
+    def head_rows(self, y: int, x: int, batch: int = 0) -> torch.Tensor:
+        """:meth:`row` of every head at once, ``(heads, H, W)``."""
         H, W = self.hw
         if not (0 <= y < H and 0 <= x < W):
             raise IndexError(f"query ({y}, {x}) is outside the {H}×{W} grid of {self.name}")
         if any(self.shift):  # the windows tile the rolled image: image cell (y, x) sits at ((y + rh) mod H, (x + rw) mod W)
-            rolled = self._row(((y + self.shift[0]) % H), ((x + self.shift[1]) % W), batch, head)
-            return torch.roll(rolled, shifts=(-self.shift[0], -self.shift[1]), dims=(0, 1))
-        return self._row(y, x, batch, head)
+            rolled = self._rows(((y + self.shift[0]) % H), ((x + self.shift[1]) % W), batch)
+            return torch.roll(rolled, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))
+        return self._rows(y, x, batch)
 
-    def _row(self, y: int, x: int, batch: int, head: int | None) -> torch.Tensor:
-        H, W = self.hw
-        digits: dict[str, int] = {}
-        for base, coord in (("h", y), ("w", x)):
-            rem = coord
+    def _places(self, base: str) -> list[tuple[str, int, int]]:
+        """:meth:`_radix` of ``base`` with each atom's place value: ``(name, size, inner)`` (cached: atoms never change)."""
+        cache = self.__dict__.setdefault("_place_cache", {})
+        if base not in cache:
             radix = self._radix(base)
-            for j, (name, s, _) in enumerate(radix):
-                inner = int(torch.tensor([t[1] for t in radix[j + 1 :]]).prod()) if j + 1 < len(radix) else 1
-                digits[name] = (rem // inner) % s
-        lead_idx: list[Any] = []
-        head_dims = []
-        for d, (name, _s) in enumerate(self.lead_atoms):
-            if name == "b":
-                lead_idx.append(batch)
-            elif name in digits:
-                lead_idx.append(digits[name])
-            else:
-                lead_idx.append(slice(None))
-                head_dims.append(d)
+            cache[base] = [(name, s, math.prod(t[1] for t in radix[j + 1:])) for j, (name, s, _) in enumerate(radix)]
+        return cache[base]
+
+    def _rows(self, y: int, x: int, batch: int) -> torch.Tensor:
+        H, W = self.hw
+        digits = {name: (coord // inner) % s for base, coord in (("h", y), ("w", x)) for name, s, inner in self._places(base)}
+        lead_idx: list[Any] = [batch if name == "b" else digits[name] if name in digits else slice(None) for name, _s in self.lead_atoms]
         qi = self._index(self.query_atoms)
         qflat = torch.ones(len(next(iter(qi.values()))) if qi else 1, dtype=torch.bool)
         for name, vals in qi.items():
             qflat &= vals == digits[name]
         q = int(qflat.nonzero()[0])
-        w = self.weights[tuple(lead_idx)]  # (*heads, Nq, Nk)
-        w = w[..., q, :]
-        w = w.reshape(-1, w.shape[-1])
-        w = w.mean(0) if head is None else w[head]
+        w = self.weights[tuple(lead_idx)][..., q, :]  # (*heads, Nk)
+        w = w.reshape(-1, w.shape[-1])  # (heads, Nk)
         ki = self._index(self.key_atoms)
-        ys = torch.zeros(w.shape[0], dtype=torch.long)
-        xs = torch.zeros(w.shape[0], dtype=torch.long)
+        ys = torch.zeros(w.shape[-1], dtype=torch.long)
+        xs = torch.zeros(w.shape[-1], dtype=torch.long)
         for base, target in (("h", ys), ("w", xs)):
-            radix = self._radix(base)
-            for j, (name, _s, _) in enumerate(radix):
-                inner = int(torch.tensor([t[1] for t in radix[j + 1 :]]).prod()) if j + 1 < len(radix) else 1
-                digit = ki[name] if name in ki else torch.full((w.shape[0],), digits[name])
-                target += digit * inner
-        out = torch.zeros(H, W)
-        out[ys, xs] = w
+            for name, _s, inner in self._places(base):
+                target += (ki[name] if name in ki else torch.full((w.shape[-1],), digits[name])) * inner
+        out = torch.zeros(w.shape[0], H, W)
+        out[:, ys, xs] = w.float()
         return out
 
 
@@ -709,6 +710,10 @@ class HaloAffinity(Record):
         out = torch.zeros(self.key_hw)
         out[ys[vy][:, None], xs[vx][None, :]] = r[vy][:, vx]
         return out
+
+    def head_rows(self, y: int, x: int, batch: int = 0) -> torch.Tensor:
+        """:meth:`row` of every head at once, ``(heads, Hk, Wk)``."""
+        return torch.stack([self.row(y, x, batch, head=h) for h in range(self.heads)])
 
     def outside_mass(self, y: int, x: int, batch: int = 0, head: int | None = None) -> float:
         """The weight query (y, x) puts on zero-padded keys outside the grid (not drawn by :meth:`row`)."""

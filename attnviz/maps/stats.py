@@ -100,10 +100,6 @@ def pixel_layers(records: Mapping[str, Record]) -> dict[str, list[Record]]:
     return out
 
 
-def _window_heads(rec: WindowAffinity | HaloAffinity) -> int:
-    return rec.heads
-
-
 def _affinity_rows(rec: Affinity, cells: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(heads, Q, Mk)`` rows over the patch keys (renormalised) and the prefix mass ``(heads, Q)`` or None."""
     h, w = rec.query_hw
@@ -130,9 +126,8 @@ def _affinity_rows(rec: Affinity, cells: torch.Tensor, batch: int) -> tuple[torc
 
 
 def _window_rows(rec: WindowAffinity | HaloAffinity, cells: torch.Tensor, batch: int) -> torch.Tensor:
-    heads = _window_heads(rec)
-    per = [[rec.row(int(y), int(x), batch, head=hd if heads > 1 else None).flatten() for y, x in cells.tolist()] for hd in range(heads)]
-    return torch.stack([torch.stack(r) for r in per])  # (heads, Q, H·W)
+    """``(heads, Q, H·W)``: every head's row of each query cell, one call per cell."""
+    return torch.stack([rec.head_rows(int(y), int(x), batch).flatten(1) for y, x in cells.tolist()], dim=1)
 
 
 def _criss_cross_rows(recs: Sequence[CrissCross], cells: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
