@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import attnviz
 from attnviz.capture.records import Affinity, TokenAttention
@@ -655,3 +656,38 @@ def test_window_head_rows_are_every_heads_row() -> None:
                 assert torch.equal(rows[h], r.row(y, x, head=h))
             torch.testing.assert_close(r.row(y, x), rows.mean(0), rtol=0, atol=0)
             torch.testing.assert_close(rows.sum((1, 2)), torch.ones(r.heads), rtol=1e-5, atol=1e-5)  # each head's softmax row
+
+
+def test_volo_outlook_attention_is_the_folded_linear_map_of_its_values() -> None:
+    """VOLO's outlook attention, drawn: output cell p = Σ_k W_h[p, k] · v[k] per head, where W_h adds up the overlapping
+    3×3 windows the module's fold sums. The oracle is autograd through timm's own forward: with the weights fixed (the
+    module in eval), ∂ out[p, c] / ∂ v[k, c] for a channel c of head h is W_h[p, k]."""
+    from attnviz.capture.records import HaloAffinity
+
+    torch.manual_seed(0)
+    attn = timm.models.volo.OutlookAttention(dim=32, num_heads=2, kernel_size=3, padding=1, stride=2).eval()
+    attn.proj = nn.Identity()  # out = fold(A·V): channel c of the output reads channel c of v only
+    x = torch.randn(1, 9, 10, 32)  # (B, H, W, C), odd and even sides
+    v = attn.v(x).detach().requires_grad_(True)
+    attn.v = _Fixed(v)
+    with attnviz.capture(attn) as cap:
+        out = attn(x)  # (1, H, W, C)
+    (rec,) = cap.records.values()
+    assert isinstance(rec, HaloAffinity) and rec.folded and rec.heads == 2 and rec.contribution is None
+    for (py, px) in ((0, 0), (3, 4), (8, 9), (5, 1)):
+        for head, c in ((0, 3), (1, 16 + 5)):
+            (grad,) = torch.autograd.grad(out[0, py, px, c], v, retain_graph=True)
+            torch.testing.assert_close(rec.row(py, px, head=head), grad[0, :, :, c], rtol=1e-5, atol=1e-6)
+        n_windows = (1 + py % 2 * (0 < py < 8)) * (1 + px % 2 * (0 < px < 9))  # overlaps inside the map
+        assert abs(float(rec.row(py, px).sum()) + rec.outside_mass(py, px) - n_windows) < 1e-4
+
+
+class _Fixed(nn.Module):
+    """A stand-in for a projection that returns a fixed tensor (the oracle differentiates with respect to it)."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        super().__init__()
+        self.t = t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.t

@@ -22,6 +22,7 @@ from .records import (
     ChannelAffinity,
     ChannelGate,
     CrissCross,
+    HaloAffinity,
     Record,
     RegionAttention,
     SamplingGrid,
@@ -286,6 +287,46 @@ def _botnet(m: nn.Module) -> AdapterSpec:
         return [("", rec)]
 
     return AdapterSpec(taps={"qk": (m.qkv, lambda t: t[:, : 2 * dqk])}, build=build, changes_input=False)  # out = A·V
+
+
+# ---- outlook attention (VOLO) ---------------------------------------------------------------------
+def fold_outlook(attn: torch.Tensor, hw: tuple[int, int], k: int, stride: int, pad: int) -> torch.Tensor:
+    """VOLO's outlook weights, folded back as the module's ``F.fold`` adds them: ``(B, heads, H, W, 1, (2k−1)²)``.
+
+    ``attn`` ``(B, heads, h·w, k², k²)``: for each window (one per cell of the pooled ``h × w`` grid) the weights of its
+    k×k output cells over its k×k value cells. Output cell ``p`` gets ``Σ_windows attn[window, p, key]`` for every key
+    cell within ``k − 1`` of it: window offset (a, b) of window (i, j) is image cell ``(i·stride − pad + a, j·stride −
+    pad + b)`` for the fold and the unfold alike.
+    """
+    b, heads, n, _, _ = attn.shape
+    H, W = hw
+    h, w = -(-H // stride), -(-W // stride)
+    if n != h * w:
+        raise ValueError(f"outlook attention over {n} windows does not match a {H}×{W} map at stride {stride}")
+    a = attn.float().reshape(b, heads, h, w, k, k, k, k)  # (B, heads, h, w, a_out, b_out, a_in, b_in)
+    span = (2 * k - 1)
+    gh, gw = max((h - 1) * stride + k, pad + H), max((w - 1) * stride + k, pad + W)  # padded output grid
+    grid = attn.new_zeros(b, heads, gh, gw, span, span, dtype=torch.float32)
+    for ai in range(k):
+        for bi in range(k):
+            out = grid[:, :, ai:ai + stride * (h - 1) + 1:stride, bi:bi + stride * (w - 1) + 1:stride]  # (B, heads, h, w, span, span)
+            out[..., k - 1 - ai:2 * k - 1 - ai, k - 1 - bi:2 * k - 1 - bi] += a[:, :, :, :, ai, bi]
+    grid = grid[:, :, pad:pad + H, pad:pad + W]  # output cells of the image (the fold drops its padding)
+    return grid.reshape(b, heads, H, W, 1, span * span)
+
+
+@register_adapter("timm.models.volo.OutlookAttention")
+def _outlook(m: nn.Module) -> AdapterSpec:
+    def build(mod: nn.Module, x: torch.Tensor, out: object, s: Stash) -> Built:
+        k, pad = int(mod.kernel_size), int(mod.padding)
+        H, W = x.shape[1], x.shape[2]  # (B, H, W, C): channels last
+        rec = HaloAffinity(weights=fold_outlook(s["attn"], (H, W), k, int(mod.stride), pad), query_hw=(H, W), key_hw=(H, W),
+                           block=(1, 1), window=(2 * k - 1, 2 * k - 1), step=(1, 1), pad=(k - 1, k - 1), folded=True)
+        rec.note = (f"outlook attention (VOLO, Yuan et al. 2021, https://arxiv.org/abs/2106.13112): {k}×{k} windows at stride "
+                    f"{mod.stride}, their weights added up where the fold overlaps them (a row sums to the windows that hold the cell)")
+        return [("", rec)]
+
+    return AdapterSpec(taps={"attn": (m.attn_drop, None)}, build=build, changes_input=False)  # out = proj(fold(A·V))
 
 
 # ---- criss-cross ---------------------------------------------------------------------------------

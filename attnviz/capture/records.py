@@ -662,6 +662,9 @@ class HaloAffinity(Record):
         query_hw, key_hw: The query and key grids (the queries may be subsampled: HaloNet's ``block_stride``).
         block: Queries per block ``(bh, bw)``; window: keys per window ``(kh, kw)``; step: key cells between windows;
             pad: key cells of zero padding before the first row / column.
+        folded: The weights are sums over overlapping windows that a fold adds up (VOLO's outlook attention): a row
+            is how much each input cell contributes to this output cell, and sums to the number of windows that
+            contain it (1–4 at stride 2), not to 1.
     """
 
     kind: ClassVar[str] = "window"
@@ -672,6 +675,7 @@ class HaloAffinity(Record):
     window: tuple[int, int]
     step: tuple[int, int]
     pad: tuple[int, int]
+    folded: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -688,6 +692,8 @@ class HaloAffinity(Record):
     def layout(self) -> str:
         """What a query attends to, in words."""
         (bh, bw), (kh, kw) = self.block, self.window
+        if self.folded:
+            return f"outlook attention folded back: each of {self.query_hw[0]}×{self.query_hw[1]} cells over the {kh}×{kw} cells around it"
         return f"halo windows: {bh}×{bw} query blocks, each over {kh}×{kw} keys on a {self.key_hw[0]}×{self.key_hw[1]} grid"
 
     def _window_row(self, y: int, x: int, batch: int, head: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -159,6 +159,8 @@ def layer_rows(name: str, recs: Sequence[Record], batch: int, image_hw: tuple[in
             k_hw = rec.key_hw  # the zero padding's share is no key cell: rows hold the in-map part
         cells = query_cells(q_hw, limit)
         rows = _window_rows(rec, cells, batch)
+        if getattr(rec, "folded", False):  # VOLO: sums over 1–4 overlapping windows, as shares of the cell's input
+            rows = rows / rows.sum(-1, keepdim=True).clamp_min(1e-12)
         reach = rows > 0  # softmax weights are positive inside the window, 0 outside
     elif isinstance(rec, CrissCross):
         q_hw = k_hw = rec.hw

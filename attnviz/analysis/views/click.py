@@ -30,6 +30,8 @@ VIEW_MEANING = {
     "loop2": "CCNet loop-2 weight, non-zero only on the query's row and column; sums to 1",
     "reach": "two-hop reach Σ_u A2(p,u)·A1(u,q): where the pixel's information can come from after both loops; sums to 1",
     "regions": "the query's attention carried onto the image through the soft object regions: Σ_k p(k|pixel)·region_k; sums to 1",
+    "folded": "how much each cell around the clicked one contributes to its output: VOLO's overlapping 3×3 windows added up "
+              "as the module's fold adds them, so the map sums to the number of windows holding the cell (1–4), not to 1",
     "tokens": "attention weight of the clicked patch over every patch key; with its weight on the prefix tokens (class, registers) it sums to 1",
     "cls": "the class token's attention over the patches in this layer (the same for every click); with its prefix weight it sums to 1",
     "rollout": "attention rollout of the clicked patch from the first layer up to this one (Abnar & Zuidema 2020: 0.5·A + 0.5·I per layer, "
@@ -89,6 +91,8 @@ def click_raw(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str |
     py, px = divmod(peak, m.shape[1])
     sy, sx = a.hw[0] / m.shape[0], a.hw[1] / m.shape[1]
     meaning = VIEW_MEANING["tokens"] if view == "row" and cl.kind == "tokens" else VIEW_MEANING.get(view, "")
+    if view == "row" and getattr(cl.records[0], "folded", False):
+        meaning = VIEW_MEANING["folded"]
     info: dict[str, Any] = {
         "layer": cl.name, "view": view, "meaning": meaning, "head": "mean" if head is None else head,
         "x": round(fx, 2), "y": round(fy, 2), "feature_cell": [cy, cx], "feature_hw": list(m.shape),
