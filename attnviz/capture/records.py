@@ -100,8 +100,7 @@ def _write_f32(src: torch.Tensor, f: Any) -> None:
         _write_f32(src[i:i + step] if per <= SLICE else src[i], f)
 
 
-NOT_CHANGED = ("no ‖out−x‖/‖x‖: the module's output is not its input changed (it computes A·V, or fuses branches; in a "
-               "transformer block the residual sum is outside the attention module)")
+NOT_CHANGED = "no ‖out−x‖/‖x‖: the output is not the input changed (A·V or fused branches; a residual sum is outside the module)"
 
 
 @dataclass(eq=False, kw_only=True)
