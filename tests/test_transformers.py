@@ -678,6 +678,7 @@ def test_volo_outlook_attention_is_the_folded_linear_map_of_its_values() -> None
         for head, c in ((0, 3), (1, 16 + 5)):
             (grad,) = torch.autograd.grad(out[0, py, px, c], v, retain_graph=True)
             torch.testing.assert_close(rec.row(py, px, head=head), grad[0, :, :, c], rtol=1e-5, atol=1e-6)
+            assert torch.equal(rec.head_rows(py, px)[head], rec.row(py, px, head=head))  # the atlas's one call per cell
         n_windows = (1 + py % 2 * (0 < py < 8)) * (1 + px % 2 * (0 < px < 9))  # overlaps inside the map
         assert abs(float(rec.row(py, px).sum()) + rec.outside_mass(py, px) - n_windows) < 1e-4
 

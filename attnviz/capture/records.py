@@ -695,30 +695,39 @@ class HaloAffinity(Record):
             return f"outlook attention folded back: each of {self.query_hw[0]}×{self.query_hw[1]} cells over the {kh}×{kw} cells around it"
         return f"halo windows: {bh}×{bw} query blocks, each over {kh}×{kw} keys on a {self.key_hw[0]}×{self.key_hw[1]} grid"
 
-    def _window_row(self, y: int, x: int, batch: int, head: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _window_rows(self, y: int, x: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every head's window weights of query (y, x) ``(heads, kh, kw)`` and the key rows and columns of the window."""
         h, w = self.query_hw
         if not (0 <= y < h and 0 <= x < w):
             raise IndexError(f"query ({y}, {x}) is outside the {h}×{w} grid of {self.name}")
-        if head is not None and not 0 <= head < self.heads:
-            raise IndexError(f"head {head} out of range for {self.heads} heads")
         (by, iy), (bx, ix) = divmod(y, self.block[0]), divmod(x, self.block[1])
-        r = self.weights[batch, :, by, bx, iy * self.block[1] + ix].float()  # (heads, Nk)
-        r = (r.mean(0) if head is None else r[head]).view(self.window)
+        r = self.weights[batch, :, by, bx, iy * self.block[1] + ix].float().view(-1, *self.window)  # (heads, kh, kw)
         ys = by * self.step[0] - self.pad[0] + torch.arange(self.window[0])
         xs = bx * self.step[1] - self.pad[1] + torch.arange(self.window[1])
         return r, ys, xs
 
+    def _window_row(self, y: int, x: int, batch: int, head: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if head is not None and not 0 <= head < self.heads:
+            raise IndexError(f"head {head} out of range for {self.heads} heads")
+        r, ys, xs = self._window_rows(y, x, batch)
+        return (r.mean(0) if head is None else r[head]), ys, xs
+
     def row(self, y: int, x: int, batch: int = 0, head: int | None = None) -> torch.Tensor:
         """Query cell (y, x) over the key grid ``(Hk, Wk)``: its window's weights at their cells, 0 elsewhere."""
         r, ys, xs = self._window_row(y, x, batch, head)
-        vy, vx = (ys >= 0) & (ys < self.key_hw[0]), (xs >= 0) & (xs < self.key_hw[1])
-        out = torch.zeros(self.key_hw)
-        out[ys[vy][:, None], xs[vx][None, :]] = r[vy][:, vx]
-        return out
+        return self._place(r[None], ys, xs)[0]
 
     def head_rows(self, y: int, x: int, batch: int = 0) -> torch.Tensor:
         """:meth:`row` of every head at once, ``(heads, Hk, Wk)``."""
-        return torch.stack([self.row(y, x, batch, head=h) for h in range(self.heads)])
+        r, ys, xs = self._window_rows(y, x, batch)
+        return self._place(r, ys, xs)
+
+    def _place(self, r: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        """Window weights ``(n, kh, kw)`` at their key cells ``(n, Hk, Wk)``; cells of the zero padding are dropped."""
+        vy, vx = (ys >= 0) & (ys < self.key_hw[0]), (xs >= 0) & (xs < self.key_hw[1])
+        out = torch.zeros(r.shape[0], *self.key_hw)
+        out[:, ys[vy][:, None], xs[vx][None, :]] = r[:, vy][:, :, vx]
+        return out
 
     def outside_mass(self, y: int, x: int, batch: int = 0, head: int | None = None) -> float:
         """The weight query (y, x) puts on zero-padded keys outside the grid (not drawn by :meth:`row`)."""
