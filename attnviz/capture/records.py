@@ -570,7 +570,8 @@ class WindowAffinity(Record):
             sizes.append(int(torch.tensor(q).prod()) if q else 1)
             steps.append(inner)
         if steps == [1, 1]:
-            shifted = f", shifted by {self.shift[0]}×{self.shift[1]} (rolled back)" if any(self.shift) else ""
+            dy, dx = (-self.shift[0]) % h, (-self.shift[1]) % w  # the model rolled its map by (−dy, −dx): Swin's shift_size
+            shifted = f", shifted by {dy}×{dx} cells (rolled back)" if any(self.shift) else ""
             return f"window-local: {sizes[0]}×{sizes[1]} windows on a {h}×{w} grid{shifted}"
         return f"dilated grid: {sizes[0]}×{sizes[1]} cells {steps[0]}×{steps[1]} apart on a {h}×{w} grid"
 
