@@ -135,7 +135,7 @@ class Capture:
         self._mode: GateMode | None = None
         self._stack: list[Frame] = []
         self._grids: dict[int, tuple[torch.Tensor, SamplingGrid]] = {}
-        self._from_x: dict[int, tuple[weakref.ref[torch.Tensor], frozenset[int]]] = {}  # tensor -> frames whose input it changes
+        self._from_x: dict[int, tuple[weakref.ref[torch.Tensor], frozenset[Any]]] = {}  # tensor -> keys of the calls whose input it changes
         self._call_stacks: list[list[Any]] = []
         self._restore: list[Callable[[], None]] = []
         self._modules: dict[str, nn.Module] = {}
@@ -448,14 +448,14 @@ class Capture:
         product, a view) has that input, or a tensor already marked so, as an operand."""
         if not isinstance(out, torch.Tensor) or func_name(func) not in CHANGES_INPUT:
             return
-        frames: set[int] = set()
+        frames: set[Any] = set()  # call keys (name, n): unique within a forward, unlike ids of freed frames
         for t in (*args, *kwargs.values()):
             if not isinstance(t, torch.Tensor):
                 continue
             hit = self._from_x.get(id(t))
             if hit is not None and hit[0]() is t:
                 frames |= hit[1]
-            frames.update(id(f) for f in self._stack if f.x is t)
+            frames.update(f.key for f in self._stack if f.x is t and f.key is not None)
         if frames:
             with contextlib.suppress(TypeError):
                 self._from_x[id(out)] = (weakref.ref(out), frozenset(frames))
@@ -466,7 +466,7 @@ class Capture:
         if self._replay is not None:
             return frame.key is not None and self._replay.residual.get(frame.key, False)
         hit = self._from_x.get(id(out)) if isinstance(out, torch.Tensor) else None
-        changed = hit is not None and hit[0]() is out and id(frame) in hit[1]
+        changed = hit is not None and hit[0]() is out and frame.key in hit[1]
         if self._recording is not None and frame.key is not None:
             self._recording.residual[frame.key] = changed
         return changed
