@@ -69,6 +69,7 @@ TIMM = [
     ("deit_tiny_distilled_patch16_224", {"img_size": (64, 96), "depth": 2}, (2, 3, 64, 96)),
     ("vit_small_patch14_reg4_dinov2", {"img_size": 56, "depth": 2}, (1, 3, 56, 56)),
     ("swin_tiny_patch4_window7_224", {"depths": (2, 2, 2, 2), "embed_dim": 32, "num_heads": (1, 2, 2, 4)}, (1, 3, 224, 224)),
+    ("swin_tiny_patch4_window7_224", {"depths": (2, 2), "embed_dim": 32, "num_heads": (1, 2), "img_size": 256}, (1, 3, 256, 256)),  # padded
     ("efficientvit_m0", {}, (1, 3, 224, 224)),
     ("mobilevit_xxs", {}, (1, 3, 128, 128)),
     ("xcit_nano_12_p16_224", {"depth": 2}, (1, 3, 64, 64)),
@@ -77,7 +78,7 @@ TIMM = [
 ]
 
 
-@pytest.mark.parametrize(("name", "kw", "shape"), TIMM, ids=[t[0] for t in TIMM])
+@pytest.mark.parametrize(("name", "kw", "shape"), TIMM, ids=[f"{t[0]}-{t[2][-1]}" for t in TIMM])
 def test_timm_replay_equals_discovery(name: str, kw: dict[str, Any], shape: tuple[int, ...]) -> None:
     model = _timm(name, **kw)
     cap = assert_replay_exact(model, _img(*shape))

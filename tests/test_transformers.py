@@ -10,6 +10,7 @@ patches in row-major order), independently of attnviz's provenance.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -198,12 +199,9 @@ def test_hf_segformer_reduced_keys_on_their_own_grid() -> None:
                 torch.testing.assert_close(rec.row(y, xx, head=head), ref.reshape(kh, kw), atol=TOL, rtol=0)
 
 
-def test_timm_swin_windows_shifted_or_not_are_exact_in_image_coordinates() -> None:
-    """Every block: a query's row is its window, in unshifted image-grid coordinates, zero outside. Shifted blocks tile the
-    image rolled by −s (Swin's cyclic shift): the reference rolls the image cell into the shifted grid, takes its window,
-    and rolls the keys back."""
-    x = seeded_input(1)
-    model, cap = seeded_capture("swin_tiny_patch4_window7_224", x)
+def swin_eager_weights(model: torch.nn.Module, x: torch.Tensor, cap: attnviz.Capture) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The eager path's softmax of every timm Swin window attention on ``x`` (a copy of ``model``), and its blocks; checks
+    that ``cap`` recorded every block's attention and nothing was left undrawn."""
     oracle = copy.deepcopy(model)
     weights: dict[str, torch.Tensor] = {}
     for name, mod in oracle.named_modules():
@@ -212,24 +210,45 @@ def test_timm_swin_windows_shifted_or_not_are_exact_in_image_coordinates() -> No
             mod.softmax.register_forward_hook(lambda m, a, out, name=name: weights.__setitem__(name, out.detach().clone()))
     with torch.no_grad():
         oracle(x)
-    ws = 7
     blocks = {n: m for n, m in model.named_modules() if type(m).__name__ == "SwinTransformerBlock"}
     assert {r.name for r in cap.records.values()} == {f"{n}.attn" for n in blocks} and not cap.seen_not_drawn()
+    return weights, blocks
+
+
+@pytest.mark.parametrize("size", [224, 256])
+def test_timm_swin_windows_shifted_or_not_are_exact_in_image_coordinates(size: int) -> None:
+    """Every block: a query's row is its window, in unshifted image-grid coordinates, zero outside. Shifted blocks tile the
+    image rolled by −s (Swin's cyclic shift): the reference rolls the image cell into the shifted grid, takes its window,
+    and rolls the keys back. At 256² the window (7) does not divide the grids (64, 32, 16, 8): timm rolls, then zero-pads
+    to 70, 35, 21, 14 and cuts the windows there; the reference cuts the padding off, and its weight is the record's
+    outside mass."""
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=size).eval()
+    x = seeded_input(1, size)
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    weights, blocks = swin_eager_weights(model, x, cap)
+    ws = 7
     for name, blk in blocks.items():
         rec = cap.records[f"{name}.attn"]
-        a = weights[f"{name}.attn"]  # (windows, heads, 49, 49), windows in row-major order of the (shifted) grid
-        h, w = rec.query_hw if isinstance(rec, Affinity) else rec.hw  # the last stage's one window is the whole grid
+        a = weights[f"{name}.attn"]  # (windows, heads, 49, 49), windows in row-major order of the (shifted, padded) grid
+        h, w = rec.query_hw if isinstance(rec, Affinity) else rec.hw  # at 224² the last stage's one window is the whole grid
+        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        if size == 256:
+            assert rec.grid_hw == (hp, wp) != (h, w)
         s = blk.shift_size[0]
         for y, xx in [(0, 0), (h - 1, w - 1), (h // 2 + 1, 3), (2, w - 2)]:
-            yi, xi = (y - s) % h, (xx - s) % w  # the image cell's place in the rolled grid (torch.roll by −s)
+            yi, xi = (y - s) % h, (xx - s) % w  # the image cell's place in the rolled grid (timm rolls before it pads)
             (wy, iy), (wx, ix) = divmod(yi, ws), divmod(xi, ws)
             for head in [None, 0, a.shape[1] - 1]:
-                r = a[wy * (w // ws) + wx, :, iy * ws + ix]
+                r = a[wy * (wp // ws) + wx, :, iy * ws + ix]
                 r = r.mean(0) if head is None else r[head]
-                ref = torch.zeros(h, w)
+                ref = torch.zeros(hp, wp)
                 ref[wy * ws:(wy + 1) * ws, wx * ws:(wx + 1) * ws] = r.reshape(ws, ws)
-                ref = torch.roll(ref, shifts=(s, s), dims=(0, 1))  # keys back to their image cells
+                ref = torch.roll(ref[:h, :w], shifts=(s, s), dims=(0, 1))  # the padding cut off, keys back to their cells
                 torch.testing.assert_close(rec.row(y, xx, head=head), ref, atol=TOL, rtol=0)
+                if size == 256:
+                    assert abs(rec.outside_mass(y, xx, head=head) - (1 - float(ref.sum()))) < 1e-5
 
 
 def test_torchvision_vit_multihead_attention() -> None:
@@ -364,6 +383,32 @@ def test_hf_swin_windows_match_eager_attentions_in_every_stage() -> None:
                 ref = torch.zeros(h, w)
                 ref[wy * ws:(wy + 1) * ws, wx * ws:(wx + 1) * ws] = (r.mean(0) if head is None else r[head]).reshape(ws, ws)
                 torch.testing.assert_close(rec.row(y, xx, head=head), torch.roll(ref, shifts=(s, s), dims=(0, 1)), atol=TOL, rtol=0)
+    assert {r.name for r in cap.records.values()} == {f"encoder.layers.{i}.blocks.{j}.attention" for i in range(2) for j in range(2)}
+    assert not cap.seen_not_drawn()
+
+
+def test_hf_swin_at_a_size_its_window_does_not_divide() -> None:
+    """HF Swin at 72² (18 cells, windows of 4): HF pads the map to 20 first and then rolls the padded map, the other order
+    from timm's. Each stage's shifted block equals the eager attentions: rolled back on the padded grid, the padding cut off."""
+    cfg = transformers.SwinConfig(image_size=72, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4)
+    fused, eager = hf_pair(transformers.SwinModel, cfg)
+    x = torch.randn(1, 3, 72, 72, generator=torch.Generator().manual_seed(0))
+    cap, atts = hf_capture(fused, eager, x)
+    ws, s = 4, 2
+    for stage, (h, heads) in enumerate([(18, 2), (9, 4)]):
+        a = atts[stage]  # its last block (shifted): ((hp/ws)², heads, ws², ws²)
+        hp = -(-h // ws) * ws
+        rec = cap.records[f"encoder.layers.{stage}.blocks.1.attention"]
+        assert rec.hw == (h, h) and rec.grid_hw == (hp, hp)
+        for y, xx in [(0, 0), (h - 1, h - 1), (6, 5), (1, h - 2)]:
+            yi, xi = (y - s) % hp, (xx - s) % hp  # padded first, then rolled on the padded grid
+            (wy, iy), (wx, ix) = divmod(yi, ws), divmod(xi, ws)
+            for head in [None, 0, heads - 1]:
+                r = a[wy * (hp // ws) + wx, :, iy * ws + ix]
+                ref = torch.zeros(hp, hp)
+                ref[wy * ws:(wy + 1) * ws, wx * ws:(wx + 1) * ws] = (r.mean(0) if head is None else r[head]).reshape(ws, ws)
+                ref = torch.roll(ref, shifts=(s, s), dims=(0, 1))[:h, :h]
+                torch.testing.assert_close(rec.row(y, xx, head=head), ref, atol=TOL, rtol=0)
     assert {r.name for r in cap.records.values()} == {f"encoder.layers.{i}.blocks.{j}.attention" for i in range(2) for j in range(2)}
     assert not cap.seen_not_drawn()
 

@@ -102,6 +102,26 @@ PYRAMID = "pyr"  # atom name prefix of pooled cells of several scales joined (AN
 ROLLED: dict[int, tuple[int, int, int]] = {}  # rolled grid id → (base grid, rh, rw): the base grid after torch.roll by (rh, rw)
 
 
+PADDED: dict[int, tuple[int, int, int, int, int]] = {}  # padded grid id → (base grid, H, W, Hp, Wp): zero-padded after its last row / column
+
+
+def grid_steps(grid: int) -> list[tuple[Any, ...]]:
+    """How the cells of ``grid`` come from an image grid, in forward order: ``("roll", rh, rw)`` for ``torch.roll`` and
+    ``("pad", H, W, Hp, Wp)`` for zero padding after the last row and column of an ``H × W`` grid to ``Hp × Wp`` (Swin
+    pads a grid the window does not divide). Empty for an image grid."""
+    steps: list[tuple[Any, ...]] = []
+    for _ in range(8):  # (a chain is short: Swin rolls and pads once)
+        if grid in ROLLED:
+            grid, rh, rw = ROLLED[grid]
+            steps.append(("roll", rh, rw))
+        elif grid in PADDED:
+            grid, h, w, hp, wp = PADDED[grid]
+            steps.append(("pad", h, w, hp, wp))
+        else:
+            break
+    return steps[::-1]
+
+
 def rolled(grid: int) -> tuple[int, int, int] | None:
     """For a grid made by ``torch.roll`` of another: (base grid, rh, rw); None for an unrolled grid."""
     return ROLLED.get(grid)
@@ -561,6 +581,9 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
             return None
         pad = list(args[1] if len(args) > 1 else kwargs.get("pad", ()))
         mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+        after = _padded_after(xl, pad, mode)
+        if after is not None:
+            return after
         res = list(xl)
         for i in range(len(pad) // 2):
             if pad[2 * i] or pad[2 * i + 1]:
@@ -604,7 +627,10 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
                 full = i == slice(None) or (i.start in (None, 0) and i.stop is None and i.step in (None, 1))
                 ax = xl[d]
                 layout = TOKENS.get(ax[0][0]) if ax and len(ax) == 1 and ax[0][1] == "tok" else None
-                if full:
+                cropped = _unpadded(ax, i)
+                if cropped is not None:  # the padding cut off again (Swin after its windows): the grid before the pad
+                    res.append(cropped)
+                elif full:
                     res.append(ax)
                 elif layout is not None:
                     res.append(_slice_tokens(layout, i))
@@ -660,6 +686,36 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
 
 
 HALO = re.compile(r"^(?P<kind>pad|blk|win)(?P<base>[hw]):(?P<a>-?\d+):(?P<b>-?\d+):(?P<n>\d+)$")  # padded / unfolded row or column atoms
+
+
+def _padded_after(xl: Labels, pad: list[int], mode: str) -> Labels | None:
+    """Zero padding after the last row and / or column of one grid whose row and column are whole axes (Swin's pad to a
+    multiple of the window): the same axes on a new grid that remembers the unpadded size (:data:`PADDED`), so the cells
+    keep their coordinates and the padding is known to lie past them. None for any other padding."""
+    amounts = {len(xl) - 1 - i: (int(pad[2 * i]), int(pad[2 * i + 1])) for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]}
+    if mode != "constant" or not amounts or any(before for before, _ in amounts.values()):
+        return None
+    dims = {i: ax[0] for i, ax in enumerate(xl) if ax and len(ax) == 1 and _outer_base(ax[0][1]) in ("h", "w")}  # (h, or h[32o] after a merge)
+    grids = {at[0] for at in dims.values()}
+    if not set(amounts) <= set(dims) or len(grids) != 1 or sorted(_outer_base(at[1]) or "" for at in dims.values()) != ["h", "w"]:
+        return None
+    size = {_outer_base(at[1]): at[2] for at in dims.values()}
+    grown = {_outer_base(at[1]): at[2] + amounts.get(i, (0, 0))[1] for i, at in dims.items()}
+    g = _remember(PADDED, (grids.pop(), size["h"], size["w"], grown["h"], grown["w"]))
+    return tuple(((g, ax[0][1], ax[0][2] + amounts.get(i, (0, 0))[1]),) if i in dims else ax for i, ax in enumerate(xl))
+
+
+def _unpadded(axis: Axis, i: slice) -> Axis:
+    """``x[:n]`` of a row or column axis of a padded grid (:data:`PADDED`) with n its size before padding: that axis of the
+    grid before the pad; else None."""
+    if not axis or len(axis) != 1 or axis[0][0] not in PADDED or _outer_base(axis[0][1]) not in ("h", "w") \
+            or i.start not in (None, 0) or i.step not in (None, 1):
+        return None
+    g, name, size = axis[0]
+    base, h, w, _, _ = PADDED[g]
+    n = h if _outer_base(name) == "h" else w
+    stop = size if i.stop is None else min(int(i.stop), size)
+    return ((base, name, n),) if stop == n else None
 
 
 def _padded(axis: Axis, before: int, after: int) -> Axis:

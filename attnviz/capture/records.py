@@ -519,6 +519,10 @@ class WindowAffinity(Record):
         lead_atoms, query_atoms, key_atoms: ``(name, size)`` of each atom, row-major.
         shift: ``(rh, rw)`` when the windows tile the image after ``torch.roll(…, shifts=(rh, rw))`` (Swin's shifted
             windows): rows and keys are rolled back, so ``row`` is always in unshifted image coordinates.
+        steps: How the grid the windows tile comes from the image grid, in order: ``("roll", rh, rw)`` and
+            ``("pad", H, W, Hp, Wp)`` (zero padding after the last row and column, Swin at a size its window does not
+            divide). Rows are mapped back through them: rolled back, the padding cut off (its weight is
+            :meth:`outside_mass`). Empty: only ``shift`` applies.
     """
 
     kind: ClassVar[str] = "window"
@@ -527,6 +531,7 @@ class WindowAffinity(Record):
     query_atoms: list[tuple[str, int]]
     key_atoms: list[tuple[str, int]]
     shift: tuple[int, int] = (0, 0)
+    steps: tuple[tuple[Any, ...], ...] = ()
 
     @property
     def batch_size(self) -> int:
@@ -550,9 +555,18 @@ class WindowAffinity(Record):
         return math.prod(s for n, s in self.lead_atoms if n.split("[")[0] not in ("b", "h", "w"))
 
     @property
-    def hw(self) -> tuple[int, int]:
-        """The grid (H, W) the windows tile."""
+    def grid_hw(self) -> tuple[int, int]:
+        """The grid the windows tile (padded, where the model padded it)."""
         return (int(torch.tensor([s for _, s, _ in self._radix("h")]).prod()), int(torch.tensor([s for _, s, _ in self._radix("w")]).prod()))
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """The image grid (H, W) whose cells the rows are over."""
+        pads = [st for st in self.steps if st[0] == "pad"]
+        return (int(pads[0][1]), int(pads[0][2])) if pads else self.grid_hw
+
+    def _steps(self) -> tuple[tuple[Any, ...], ...]:
+        return self.steps or ((("roll", *self.shift),) if any(self.shift) else ())
 
     def layout(self) -> str:
         """What a query attends to, in words: local windows (the within-window atoms are the grid's finest) or a dilated
@@ -570,9 +584,15 @@ class WindowAffinity(Record):
             sizes.append(int(torch.tensor(q).prod()) if q else 1)
             steps.append(inner)
         if steps == [1, 1]:
-            dy, dx = (-self.shift[0]) % h, (-self.shift[1]) % w  # the model rolled its map by (−dy, −dx): Swin's shift_size
-            shifted = f", shifted by {dy}×{dx} cells (rolled back)" if any(self.shift) else ""
-            return f"window-local: {sizes[0]}×{sizes[1]} windows on a {h}×{w} grid{shifted}"
+            ext, shifted = (h, w), ""
+            for st in self._steps():  # the model rolled its (padded) grid by (−dy, −dx): Swin's shift
+                if st[0] == "roll":
+                    shifted = f", shifted by {(-st[1]) % ext[0]}×{(-st[2]) % ext[1]} cells (rolled back)"
+                else:
+                    ext = (int(st[3]), int(st[4]))
+            gh, gw = self.grid_hw
+            padded = f", padded to {gh}×{gw} (the padding is not drawn)" if (gh, gw) != (h, w) else ""
+            return f"window-local: {sizes[0]}×{sizes[1]} windows on a {h}×{w} grid{shifted}{padded}"
         return f"dilated grid: {sizes[0]}×{sizes[1]} cells {steps[0]}×{steps[1]} apart on a {h}×{w} grid"
 
     def validate(self) -> None:
@@ -613,10 +633,21 @@ class WindowAffinity(Record):
         H, W = self.hw
         if not (0 <= y < H and 0 <= x < W):
             raise IndexError(f"query ({y}, {x}) is outside the {H}×{W} grid of {self.name}")
-        if any(self.shift):  # the windows tile the rolled image: image cell (y, x) sits at ((y + rh) mod H, (x + rw) mod W)
-            rolled = self._rows(((y + self.shift[0]) % H), ((x + self.shift[1]) % W), batch)
-            return torch.roll(rolled, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))
-        return self._rows(y, x, batch)
+        steps, ext, gy, gx = self._steps(), (H, W), y, x
+        for st in steps:  # image cell → cell of the grid the windows tile
+            if st[0] == "roll":  # the rolled grid holds image cell (y, x) at ((y + rh) mod H, (x + rw) mod W)
+                gy, gx = (gy + st[1]) % ext[0], (gx + st[2]) % ext[1]
+            else:
+                ext = (int(st[3]), int(st[4]))
+        rows = self._rows(gy, gx, batch)  # (heads, Gh, Gw)
+        for st in reversed(steps):  # and the rows back onto the image grid
+            rows = torch.roll(rows, shifts=(-st[1], -st[2]), dims=(1, 2)) if st[0] == "roll" else rows[:, : st[1], : st[2]]
+        return rows.contiguous()
+
+    def outside_mass(self, y: int, x: int, batch: int = 0, head: int | None = None) -> float:
+        """The weight query (y, x) puts on the zero padding past the image grid (not drawn by :meth:`row`)."""
+        left = 1 - self.head_rows(y, x, batch).sum((1, 2))  # (heads,): every head's softmax row sums to 1
+        return float(left.mean() if head is None else left[head])
 
     def _places(self, base: str) -> list[tuple[str, int, int]]:
         """:meth:`_radix` of ``base`` with each atom's place value: ``(name, size, inner)`` (cached: atoms never change)."""
@@ -627,7 +658,7 @@ class WindowAffinity(Record):
         return cache[base]
 
     def _rows(self, y: int, x: int, batch: int) -> torch.Tensor:
-        H, W = self.hw
+        H, W = self.grid_hw
         digits = {name: (coord // inner) % s for base, coord in (("h", y), ("w", x)) for name, s, inner in self._places(base)}
         lead_idx: list[Any] = [batch if name == "b" else digits[name] if name in digits else slice(None) for name, _s in self.lead_atoms]
         qi = self._index(self.query_atoms)

@@ -40,6 +40,7 @@ from .provenance import (
     Labels,
     Seen,
     func_name,
+    grid_steps,
     is_broadcast,
     is_channels,
     merge_atoms,
@@ -143,6 +144,11 @@ def _shift_of(window_atoms: list[Any]) -> tuple[int, int]:
     """The roll (rh, rw) of the grid that windows tile (0, 0 for an unrolled grid)."""
     r = rolled(window_atoms[0][0]) if window_atoms else None
     return (r[1], r[2]) if r else (0, 0)
+
+
+def _steps_of(window_atoms: list[Any]) -> tuple[tuple[Any, ...], ...]:
+    """The rolls and paddings that made the grid the windows tile from the image grid (see :func:`grid_steps`)."""
+    return tuple(grid_steps(window_atoms[0][0])) if window_atoms else ()
 
 
 def _sort_key(atom: tuple[int, str, int]) -> tuple[Any, ...]:
@@ -1006,7 +1012,7 @@ class Tracker:
             return
         rec = WindowAffinity(weights=keep(full), lead_atoms=[(a_[1], a_[2]) for a_ in lead_atoms],
                              query_atoms=[(a_[1], a_[2]) for a_ in (al[q_idx] or ())], key_atoms=[(a_[1], a_[2]) for a_ in (al[k_idx] or ())],
-                             shift=_shift_of(window_atoms))
+                             shift=_shift_of(window_atoms), steps=_steps_of(window_atoms))
         try:
             rec.validate()
         except ValueError as e:
@@ -1141,7 +1147,8 @@ class Tracker:
                                   f"window-local attention with {full.numel() / 1e6:.0f} M weights, over the keep limit"))
             return True
         rec = WindowAffinity(weights=keep(full), lead_atoms=[(at[1], at[2]) for at in lead], query_atoms=[(at[1], at[2]) for at in qa],
-                             key_atoms=[(at[1], at[2]) for at in ka], shift=_shift_of([at for at in lead if _base(at[1]) in ("h", "w")]))
+                             key_atoms=[(at[1], at[2]) for at in ka], shift=_shift_of([at for at in lead if _base(at[1]) in ("h", "w")]),
+                             steps=_steps_of([at for at in lead if _base(at[1]) in ("h", "w")]))
         try:
             rec.validate()
         except ValueError as e:
