@@ -665,7 +665,7 @@ def test_window_attention_is_clickable_in_the_app(tmp_path) -> None:  # type: ig
     under the pointer, every head or one; hover says to click instead (the rows are placed on the server)."""
     import numpy as np
 
-    from attnviz.analysis.views.click import click_raw
+    from attnviz.analysis.views.click import attention_at, click_raw
     from attnviz.ui.hover import payload
 
     torch.manual_seed(0)
@@ -677,8 +677,16 @@ def test_window_attention_is_clickable_in_the_app(tmp_path) -> None:  # type: ig
         m, info = click_raw(a, x, y, "layers.1.blocks.1.attn", head=head)
         cy, cx = int(y * 28 / 224), int(x * 28 / 224)
         np.testing.assert_allclose(m, rec.row(cy, cx, head=head).numpy(), atol=TOL)
-        assert info["feature_cell"] == [cy, cx] and abs(info["sum"] - 1) < 1e-4
+        assert info["feature_cell"] == [cy, cx] and abs(info["sum"] - 1) < 1e-4 and "outside_mass" not in info
     assert not payload(a, "layers.1.blocks.1.attn", "row")["id"]
+    padded = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(2, 2), num_heads=(3, 6), img_size=256,
+                               num_classes=3).eval()  # 64 cells over windows of 7: padded to 70
+    padded.card = {"input_size": [256, 256], "class_names": ["a", "b", "c"]}
+    _, b = analysed(padded, tmp_path)
+    rec = b.records["layers.0.blocks.0.attn"]
+    _, info, _ = attention_at(b, 255.0, 255.0, "layers.0.blocks.0.attn")  # the last cell: its window runs 6 cells past the map
+    assert info["outside_mass"] == round(rec.outside_mass(63, 63), 4) > 0 and abs(info["sum"] + info["outside_mass"] - 1) < 1e-3
+    assert "falls on the zero padding past the map" in info["text"]
 
 
 def test_window_head_rows_are_every_heads_row() -> None:

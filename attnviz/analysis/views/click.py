@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ... import render
-from ...capture.records import CrissCross, RegionAttention, TokenAttention
+from ...capture.records import CrissCross, HaloAffinity, RegionAttention, TokenAttention, WindowAffinity
 from ...maps import (
     ClickLayer,
     click_layers,
@@ -102,6 +102,10 @@ def click_raw(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str |
         "top5pct_share": round(top_share(torch.from_numpy(m), 0.05), 4),
     }
     rec = cl.records[0]
+    if isinstance(rec, (WindowAffinity, HaloAffinity)) and view == "row":
+        outside = rec.outside_mass(cy, cx, head=head)  # weight on the zero padding past the map (HaloNet, Swin at odd sizes)
+        if outside > 1e-6:
+            info["outside_mass"] = round(outside, 4)
     if isinstance(rec, TokenAttention) and rec.key_prefix and view == "row":
         pm = rec.prefix_mass(cy, cx, head=head)
         info["prefix_mass"] = {n: round(float(v), 4) for n, v in zip(rec.key_prefix, pm)}
@@ -210,6 +214,8 @@ def describe_click(a: Analysis, info: dict[str, Any]) -> str:
     uniform = 0.05
     conc = "highly concentrated" if share > 0.5 else "concentrated" if share > 0.2 else "spread out"
     parts.append(f"The top 5% of positions hold {share:.0%} of the mass ({conc}; a uniform map would give {uniform:.0%}).")
+    if "outside_mass" in info:
+        parts.append(f"{share_text(info['outside_mass'])} of its weight falls on the zero padding past the map (not drawn).")
     if "prefix_mass" in info:
         pm = info["prefix_mass"]
         parts.append(f"It puts {share_text(sum(pm.values()))} of its attention on the prefix tokens ("
