@@ -122,11 +122,6 @@ def grid_steps(grid: int) -> list[tuple[Any, ...]]:
     return steps[::-1]
 
 
-def rolled(grid: int) -> tuple[int, int, int] | None:
-    """For a grid made by ``torch.roll`` of another: (base grid, rh, rw); None for an unrolled grid."""
-    return ROLLED.get(grid)
-
-
 def _roll_labels(xl: Labels | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Labels | None:
     """A cyclic shift of whole row / column axes of one grid: the same positions on a *rolled* grid that remembers the shift
     (Swin's shifted windows are then placed back exactly); any other roll leaves the shifted axes unknown."""
@@ -702,7 +697,7 @@ def _padded_after(xl: Labels, pad: list[int], mode: str) -> Labels | None:
     size = {_outer_base(at[1]): at[2] for at in dims.values()}
     grown = {_outer_base(at[1]): at[2] + amounts.get(i, (0, 0))[1] for i, at in dims.items()}
     g = _remember(PADDED, (grids.pop(), size["h"], size["w"], grown["h"], grown["w"]))
-    return tuple(((g, ax[0][1], ax[0][2] + amounts.get(i, (0, 0))[1]),) if i in dims else ax for i, ax in enumerate(xl))
+    return tuple(((g, ax[0][1], grown[_outer_base(ax[0][1])]),) if i in dims else ax for i, ax in enumerate(xl))
 
 
 def _unpadded(axis: Axis, i: slice) -> Axis:

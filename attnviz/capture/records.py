@@ -517,12 +517,11 @@ class WindowAffinity(Record):
     Attributes:
         weights: ``(*lead, Nq, Nk)`` with ``lead`` the sizes of ``lead_atoms``.
         lead_atoms, query_atoms, key_atoms: ``(name, size)`` of each atom, row-major.
-        shift: ``(rh, rw)`` when the windows tile the image after ``torch.roll(…, shifts=(rh, rw))`` (Swin's shifted
-            windows): rows and keys are rolled back, so ``row`` is always in unshifted image coordinates.
-        steps: How the grid the windows tile comes from the image grid, in order: ``("roll", rh, rw)`` and
-            ``("pad", H, W, Hp, Wp)`` (zero padding after the last row and column, Swin at a size its window does not
-            divide). Rows are mapped back through them: rolled back, the padding cut off (its weight is
-            :meth:`outside_mass`). Empty: only ``shift`` applies.
+        steps: How the grid the windows tile comes from the image grid, in order: ``("roll", rh, rw)`` for
+            ``torch.roll(…, shifts=(rh, rw))`` (Swin's shifted windows) and ``("pad", H, W, Hp, Wp)`` (zero padding after
+            the last row and column, Swin at a size its window does not divide). Rows are mapped back through them:
+            rolled back and the padding cut off (its weight is :meth:`outside_mass`), so ``row`` is always in unshifted
+            image coordinates.
     """
 
     kind: ClassVar[str] = "window"
@@ -530,12 +529,17 @@ class WindowAffinity(Record):
     lead_atoms: list[tuple[str, int]]
     query_atoms: list[tuple[str, int]]
     key_atoms: list[tuple[str, int]]
-    shift: tuple[int, int] = (0, 0)
     steps: tuple[tuple[Any, ...], ...] = ()
 
     @property
     def batch_size(self) -> int:
         return self.weights.shape[0]
+
+    @property
+    def shift(self) -> tuple[int, int]:
+        """The roll ``(rh, rw)`` of the grid the windows tile, from :attr:`steps` ((0, 0) for unshifted windows)."""
+        rolls = [(int(st[1]), int(st[2])) for st in self.steps if st[0] == "roll"]
+        return rolls[0] if rolls else (0, 0)
 
     def _radix(self, base: str) -> list[tuple[str, int, str]]:
         """Every atom of ``base`` (h or w) with its place: ``(name, size, where)``, outermost first."""
@@ -565,9 +569,6 @@ class WindowAffinity(Record):
         pads = [st for st in self.steps if st[0] == "pad"]
         return (int(pads[0][1]), int(pads[0][2])) if pads else self.grid_hw
 
-    def _steps(self) -> tuple[tuple[Any, ...], ...]:
-        return self.steps or ((("roll", *self.shift),) if any(self.shift) else ())
-
     def layout(self) -> str:
         """What a query attends to, in words: local windows (the within-window atoms are the grid's finest) or a dilated
         grid (the finest atoms are folded into the batch: cells a fixed step apart, as MobileViT's and MaxViT's grid attention)."""
@@ -585,7 +586,7 @@ class WindowAffinity(Record):
             steps.append(inner)
         if steps == [1, 1]:
             ext, shifted = (h, w), ""
-            for st in self._steps():  # the model rolled its (padded) grid by (−dy, −dx): Swin's shift
+            for st in self.steps:  # the model rolled its (padded) grid by (−dy, −dx): Swin's shift
                 if st[0] == "roll":
                     shifted = f", shifted by {(-st[1]) % ext[0]}×{(-st[2]) % ext[1]} cells (rolled back)"
                 else:
@@ -633,7 +634,7 @@ class WindowAffinity(Record):
         H, W = self.hw
         if not (0 <= y < H and 0 <= x < W):
             raise IndexError(f"query ({y}, {x}) is outside the {H}×{W} grid of {self.name}")
-        steps, ext, gy, gx = self._steps(), (H, W), y, x
+        steps, ext, gy, gx = self.steps, (H, W), y, x
         for st in steps:  # image cell → cell of the grid the windows tile
             if st[0] == "roll":  # the rolled grid holds image cell (y, x) at ((y + rh) mod H, (x + rw) mod W)
                 gy, gx = (gy + st[1]) % ext[0], (gx + st[2]) % ext[1]

@@ -51,7 +51,6 @@ from .provenance import (
     propagate,
     propagate_multi,
     pyramid_regions,
-    rolled,
     size_of,
     token_layout,
 )
@@ -138,12 +137,6 @@ def _keep_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     if mask is None:
         return None
     return keep(mask) if mask.dtype != torch.bool else mask.detach().cpu().clone()
-
-
-def _shift_of(window_atoms: list[Any]) -> tuple[int, int]:
-    """The roll (rh, rw) of the grid that windows tile (0, 0 for an unrolled grid)."""
-    r = rolled(window_atoms[0][0]) if window_atoms else None
-    return (r[1], r[2]) if r else (0, 0)
 
 
 def _steps_of(window_atoms: list[Any]) -> tuple[tuple[Any, ...], ...]:
@@ -439,8 +432,6 @@ class Tracker:
             scalar_other = all(not isinstance(a, torch.Tensor) or a.ndim == 0 or a is t for a in args[: 2])
             if name in SHAPE_OPS or (name in SCALAR_OPS and scalar_other):
                 self._mark(out, _Derived(d.cand, d.changed or name in SCALAR_OPS, _moved(d.order, name, args, t, out)))
-                if name in SCALAR_OPS and d.cand.op == "normalized":
-                    pass
                 return
             if name == "linear" and self._mixes_heads(t, d, args):
                 self.set(out, self.get(t))  # the same axes: one weight per (head, query, key), the heads mixed
@@ -1012,7 +1003,7 @@ class Tracker:
             return
         rec = WindowAffinity(weights=keep(full), lead_atoms=[(a_[1], a_[2]) for a_ in lead_atoms],
                              query_atoms=[(a_[1], a_[2]) for a_ in (al[q_idx] or ())], key_atoms=[(a_[1], a_[2]) for a_ in (al[k_idx] or ())],
-                             shift=_shift_of(window_atoms), steps=_steps_of(window_atoms))
+                             steps=_steps_of(window_atoms))
         try:
             rec.validate()
         except ValueError as e:
@@ -1147,8 +1138,7 @@ class Tracker:
                                   f"window-local attention with {full.numel() / 1e6:.0f} M weights, over the keep limit"))
             return True
         rec = WindowAffinity(weights=keep(full), lead_atoms=[(at[1], at[2]) for at in lead], query_atoms=[(at[1], at[2]) for at in qa],
-                             key_atoms=[(at[1], at[2]) for at in ka], shift=_shift_of([at for at in lead if _base(at[1]) in ("h", "w")]),
-                             steps=_steps_of([at for at in lead if _base(at[1]) in ("h", "w")]))
+                             key_atoms=[(at[1], at[2]) for at in ka], steps=_steps_of([at for at in lead if _base(at[1]) in ("h", "w")]))
         try:
             rec.validate()
         except ValueError as e:
