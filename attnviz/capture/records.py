@@ -327,14 +327,17 @@ class TokenAttention(Affinity):
         """Names of the prefix tokens (keys), e.g. ``["cls", "reg0", "reg1", "reg2", "reg3"]``."""
         return list(self.key_prefix)
 
+    def token_rows(self, n: int, batch: int = 0) -> torch.Tensor:
+        """Every head's weights of query token ``n`` (prefix tokens first) over every key token, ``(heads, Pk + Mk)``."""
+        if self.matrix is not None:
+            return self.matrix[batch, :, n, :]
+        assert self.queries is not None and self.keys is not None
+        logits = torch.einsum("hd,hdm->hm", self.queries[batch, :, n, :], self.keys[batch]) * self.scale  # (heads, M)
+        return F.softmax(self.masked(logits, batch, n), dim=-1)
+
     def _full(self, n: int, batch: int, head: int | None) -> torch.Tensor:
         """Weights of query token ``n`` over every key token ``(Pk + Mk,)`` (heads averaged when ``head`` is None)."""
-        if self.matrix is not None:
-            rows = self.matrix[batch, :, n, :]
-        else:
-            assert self.queries is not None and self.keys is not None
-            logits = torch.einsum("hd,hdm->hm", self.queries[batch, :, n, :], self.keys[batch]) * self.scale  # (heads, M)
-            rows = F.softmax(self.masked(logits, batch, n), dim=-1)
+        rows = self.token_rows(n, batch)
         return rows.mean(0) if head is None else rows[head]
 
     def _patch_keys(self, w: torch.Tensor) -> torch.Tensor:

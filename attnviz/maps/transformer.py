@@ -91,7 +91,7 @@ def _rollout_step(rec: Affinity, batch: int, head_fusion: str, discard_ratio: fl
     a = full_attention(rec, batch)  # (heads, N, N)
     if a.shape[-1] != a.shape[-2] or (n is not None and a.shape[-1] != n):
         raise ValueError(f"{rec.name}: rollout needs self-attention over the same tokens in every layer (got {tuple(a.shape)})")
-    fused = getattr(a, head_fusion)(0) if head_fusion == "mean" else getattr(a, head_fusion)(0).values
+    fused = _fuse_heads(a, head_fusion)
     if discard_ratio > 0:
         flat = fused.flatten().clone()
         k = int(flat.numel() * discard_ratio)
@@ -105,21 +105,21 @@ def _rollout_step(rec: Affinity, batch: int, head_fusion: str, discard_ratio: fl
     return step.div_(step.sum(-1, keepdim=True))
 
 
-def _rollout_row(rec: Affinity, batch: int, head_fusion: str, n: int) -> torch.Tensor:
+def _fuse_heads(a: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """``a`` ``(heads, …)`` fused over its heads by ``mean``, ``max`` or ``min``."""
+    return a.mean(0) if head_fusion == "mean" else getattr(a, head_fusion)(0).values
+
+
+def _rollout_row(rec: TokenAttention, batch: int, head_fusion: str, n: int) -> torch.Tensor:
     """Row ``n`` of :func:`_rollout_step` without discarding, from query ``n``'s weights alone ``(N,)``: the last layer of a
     rollout from the left needs no other row."""
-    if rec.matrix is not None:
-        rows = rec.matrix[batch][:, n].float()  # (heads, N)
-    else:
+    if rec.matrix is None:
         full_attention_allowed(rec)
-        assert rec.queries is not None and rec.keys is not None
-        logits = (rec.queries[batch][:, n].float().unsqueeze(1) @ rec.keys[batch].float()).squeeze(1) * rec.scale  # (heads, N)
-        rows = rec.masked(logits, batch, n).softmax(-1)
+    rows = rec.token_rows(n, batch).float()  # (heads, N)
     queries = rec.matrix.shape[-2] if rec.matrix is not None else rec.queries.shape[-2]  # type: ignore[union-attr]
     if rows.shape[-1] != queries:
         raise ValueError(f"{rec.name}: rollout needs self-attention over the same tokens in every layer (got {tuple(rows.shape)})")
-    step = getattr(rows, head_fusion)(0) if head_fusion == "mean" else getattr(rows, head_fusion)(0).values
-    step = step.mul(0.5)
+    step = _fuse_heads(rows, head_fusion).mul(0.5)
     step[n] += 0.5
     return step.div_(step.sum())
 
