@@ -49,6 +49,20 @@ def timm_unfused_attentions(model: torch.nn.Module, x: torch.Tensor) -> list[tor
     return weights
 
 
+def unfused_softmaxes(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every softmax output of a copy of ``model`` on ``x`` with every ``fused_attn`` switch off (the explicit path), in order."""
+    from test_third_party import OpRecorder
+
+    oracle = copy.deepcopy(model)
+    for m in oracle.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    ops = OpRecorder({"softmax"})
+    with torch.no_grad(), ops:
+        oracle(x)
+    return [out for _, out in ops.out]
+
+
 def seeded_input(batch: int = 1, size: int = 224) -> torch.Tensor:
     """A seeded random input ``(batch, 3, size, size)`` (its own generator: independent of the global seed)."""
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -565,6 +579,29 @@ def test_levit_subsampling_attention_is_never_a_spatial_mask() -> None:
     assert "queries that are not image positions" in seen["stages.2.downsample.attn_downsample"]
 
 
+@pytest.mark.parametrize(("block", "hw", "win"), [("stages.0.blocks.1", 56, 7), ("stages.2.blocks.3", 14, 14), ("stages.0.blocks.0", 56, 7)])
+def test_gcvit_global_query_rows_sit_at_the_output_cell_they_make(block: str, hw: int, win: int) -> None:
+    """GCViT's global blocks: every window's 49 queries are one pooled grid of the stage map (shared by all windows), so
+    their grid says nothing about where a row goes; the block's window_reverse puts query i of window w at window w's
+    cell i. Rows there, over that window's keys, equal timm's softmax for both images of a batch (and a local block's the
+    same way). Once "seen, not drawn" ("keys that are not image positions")."""
+    _, cap, a = captured_and_kept("gcvit_xxtiny", seeded_input(2), f"{block}.attn.attn_drop", explicit=False)
+    # a: (B · windows, heads, win², win²), windows image-major then row-major (timm's window_partition)
+    rec = cap.records[f"{block}.attn"]
+    nw = hw // win
+    assert rec.kind == "window" and rec.hw == (hw, hw) and rec.heads == a.shape[1]
+    assert ("global query" in rec.note) == block.endswith(("1", "3"))
+    for b in range(2):
+        for y, xx in [(0, 0), (hw - 1, hw - 1), (hw // 3, hw - 2), (9, 4)]:
+            w, i = b * nw * nw + (y // win) * nw + xx // win, (y % win) * win + xx % win
+            for head in [None, 1]:
+                r = a[w, :, i]
+                ref = torch.zeros(hw, hw)
+                y0, x0 = y // win * win, xx // win * win
+                ref[y0:y0 + win, x0:x0 + win] = (r.mean(0) if head is None else r[head]).reshape(win, win)
+                torch.testing.assert_close(rec.row(y, xx, batch=b, head=head), ref, atol=TOL, rtol=0)
+
+
 def test_tnt_inner_attention_over_the_pixels_of_each_patch() -> None:
     """TNT's inner attention: 4×4 pixel tokens of each patch, cut by ``nn.Unfold`` (stride = kernel: a window partition)
     from a 56×56 pixel map. Each pixel's row lies in its own patch, at that patch's pixels (once "seen, not drawn")."""
@@ -626,16 +663,8 @@ def test_hiera_global_attention_over_unrolled_tokens() -> None:
     attnviz's provenance. Once "not traceable to image positions"."""
     x = seeded_input(1)
     model, cap = seeded_capture("hiera_tiny_224", x)
-    from test_third_party import OpRecorder
-
-    oracle = copy.deepcopy(model)
-    for m in oracle.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = False
-    rec_ops = OpRecorder({"softmax"})
-    with torch.no_grad(), rec_ops:
-        oracle(x)
-    a = rec_ops.out[6][1]  # blocks.6.attn: (1, heads, 196, 196), tokens in unrolled order
+    softmaxes = unfused_softmaxes(model, x)
+    a = softmaxes[6]  # blocks.6.attn: (1, heads, 196, 196), tokens in unrolled order
     ys, xs = torch.meshgrid(torch.arange(56.0), torch.arange(56.0), indexing="ij")
     coords = model.unroll(torch.stack([ys, xs], -1).reshape(1, 56 * 56, 2))  # each token's cell on the 56×56 grid
     for _ in range(2):  # two stage transitions, each a max over the leading 2×2 stride of the unrolled order
@@ -650,7 +679,7 @@ def test_hiera_global_attention_over_unrolled_tokens() -> None:
             ref = torch.zeros(14, 14)
             ref[cells[:, 0], cells[:, 1]] = r
             torch.testing.assert_close(rec.row(cy, cx, head=head), ref, atol=TOL, rtol=0)
-    a = rec_ops.out[10][1]  # blocks.10.attn: queries pooled once more (7×7) over the 14×14 keys
+    a = softmaxes[10]  # blocks.10.attn: queries pooled once more (7×7) over the 14×14 keys
     q_cells = (coords.view(1, 4, -1, 2).amax(1)[0] // 8).long()  # (49, 2)
     rec = cap.records["blocks.10.attn"]
     assert rec.query_hw == (7, 7) and rec.key_hw == (14, 14)
@@ -658,6 +687,32 @@ def test_hiera_global_attention_over_unrolled_tokens() -> None:
         ref = torch.zeros(14, 14)
         ref[cells[:, 0], cells[:, 1]] = a[0, :, n].mean(0)
         torch.testing.assert_close(rec.row(*q_cells[n].tolist()), ref, atol=TOL, rtol=0)
+
+
+def test_hiera_pooled_queries_over_their_mask_unit() -> None:
+    """Hiera's first block of stages 2 and 3: mask-unit attention whose queries are max-pooled over the leading 2×2 stride of
+    the unrolled order (one query per 2×2 key cells), over the keys of their unit. Token i of window w is token i·nW + w of
+    the unrolled sequence; the oracle places it with the model's own ``unroll`` (as the global-attention test does). Both
+    images of a batch. Once "seen, not drawn" ("keys and queries come from different windows")."""
+    x = seeded_input(2)
+    model, cap = seeded_capture("hiera_tiny_224", x)
+    softmaxes = unfused_softmaxes(model, x)
+    ys, xs = torch.meshgrid(torch.arange(56.0), torch.arange(56.0), indexing="ij")
+    cells = model.unroll(torch.stack([ys, xs], -1).reshape(1, 56 * 56, 2))[0]  # (3136, 2): each token's cell on the 56×56 grid
+    for block, grid in [(1, 56), (3, 28)]:
+        a = softmaxes[block]  # (B, heads, windows, queries, keys)
+        rec = cap.records[f"blocks.{block}.attn"]
+        n_win = a.shape[2]
+        q_cells = (cells.view(4, -1, 2).amax(0) // 2).long()  # pooled query j of window w: entry j·nW + w, on the grid / 2
+        assert rec.query_hw == (grid // 2, grid // 2) and rec.key_hw == (grid, grid) and rec.layout().startswith("window-local")
+        for b in range(2):
+            for w, j in [(0, 0), (5, 3), (n_win - 1, a.shape[3] - 1), (n_win // 2, 1)]:
+                keys = cells[torch.arange(a.shape[4]) * n_win + w].long()
+                for head in [None, 1]:
+                    ref = torch.zeros(grid, grid)
+                    ref[keys[:, 0], keys[:, 1]] = a[b, :, w, j].mean(0) if head is None else a[b, head, w, j]
+                    torch.testing.assert_close(rec.row(*q_cells[j * n_win + w].tolist(), batch=b, head=head), ref, atol=TOL, rtol=0)
+        cells = cells.view(4, -1, 2).amax(0) // 2  # the next stage's tokens, on the grid / 2
 
 
 def test_window_attention_is_clickable_in_the_app(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -27,6 +27,7 @@ from .records import (
     RegionAttention,
     SamplingGrid,
     SpatialMask,
+    WindowAffinity,
     keep,
 )
 
@@ -60,12 +61,19 @@ class AdapterSpec:
 _REGISTRY: dict[str, Callable[[nn.Module], AdapterSpec]] = {}
 
 
-def register_adapter(*qualnames: str) -> Callable[[Callable[[nn.Module], AdapterSpec]], Callable[[nn.Module], AdapterSpec]]:
-    """Register an adapter factory for classes given as ``"package.module.ClassName"``."""
+_WHEN: dict[Callable[[nn.Module], AdapterSpec], Callable[[nn.Module], bool]] = {}
+
+
+def register_adapter(*qualnames: str, when: Callable[[nn.Module], bool] | None = None,
+                     ) -> Callable[[Callable[[nn.Module], AdapterSpec]], Callable[[nn.Module], AdapterSpec]]:
+    """Register an adapter factory for classes given as ``"package.module.ClassName"``; with ``when``, only for the
+    instances it accepts (the others are left to generic discovery)."""
 
     def deco(fn: Callable[[nn.Module], AdapterSpec]) -> Callable[[nn.Module], AdapterSpec]:
         for q in qualnames:
             _REGISTRY[q] = fn
+        if when is not None:
+            _WHEN[fn] = when
         return fn
 
     return deco
@@ -76,8 +84,9 @@ def _qualname(cls: type) -> str:
 
 
 def find_adapter(module: nn.Module) -> Callable[[nn.Module], AdapterSpec] | None:
-    """The adapter factory for ``module``'s class or its nearest registered base class."""
-    return _adapter_for_class(type(module), len(_REGISTRY))
+    """The adapter factory for ``module``'s class or its nearest registered base class (if it accepts this instance)."""
+    fn = _adapter_for_class(type(module), len(_REGISTRY))
+    return None if fn is None or (fn in _WHEN and not _WHEN[fn](module)) else fn
 
 
 @functools.cache
@@ -327,6 +336,37 @@ def _outlook(m: nn.Module) -> AdapterSpec:
         return [("", rec)]
 
     return AdapterSpec(taps={"attn": (m.attn_drop, None)}, build=build, changes_input=False)  # out = proj(fold(A·V))
+
+
+# ---- global-context window attention (GCViT) ---------------------------------------------------
+def window_record(attn: torch.Tensor, batch: int, hw: tuple[int, int], window: tuple[int, int]) -> WindowAffinity:
+    """Window attention ``attn`` ``(B·nWh·nWw, heads, wh·ww, wh·ww)`` of a ``(B, H, W, C)`` map cut by timm's
+    ``window_partition`` (windows image-major, then row-major; cells row-major within a window), placed by that order."""
+    (H, W), (wh, ww) = hw, window
+    nh, nw = H // wh, W // ww
+    heads = attn.shape[1]
+    weights = attn.reshape(batch, nh, nw, heads, wh * ww, wh * ww)  # (B, nWh, nWw, heads, Nq, Nk)
+    cells = [(f"h[{wh}i]", wh), (f"w[{ww}i]", ww)]
+    return WindowAffinity(weights=keep(weights), lead_atoms=[("b", batch), (f"h[{nh}o]", nh), (f"w[{nw}o]", nw), (f"c[{heads}o]", heads)],
+                          query_atoms=list(cells), key_atoms=list(cells))
+
+
+@register_adapter("timm.models.gcvit.GlobalContextVitBlock", when=lambda m: bool(getattr(m.attn, "use_global", False)))
+def _gcvit_block(m: nn.Module) -> AdapterSpec:
+    """GCViT's global blocks (Hatamizadeh et al. 2023, https://arxiv.org/abs/2206.09959; generic discovery finds the local
+    ones). The block cuts its map into windows and its ``attn`` attends within each, but the queries are not the window's
+    own: one pooled grid of the whole stage map (the global query), the same for every window. Query i's weights make the
+    output at window cell i, where the block's ``window_reverse`` puts it; so a row is placed at the output cell it makes,
+    by the block's own partition (provenance of the output, which generic discovery cannot follow from the queries)."""
+
+    def build(mod: nn.Module, x: torch.Tensor, out: object, s: Stash) -> Built:
+        b, H, W, _ = x.shape  # (B, H, W, C): channels last
+        rec = window_record(s["attn"], b, (H, W), tuple(mod.window_size))
+        rec.note = ("global query (GCViT): every window's queries are one pooled grid of the whole stage map; the row of "
+                    "a cell is the weights that the output at that cell takes over its window's keys")
+        return [(".attn", rec)]
+
+    return AdapterSpec(taps={"attn": (m.attn.attn_drop, None)}, build=build, changes_input=False)  # the record is of attn: proj(A·V)
 
 
 # ---- criss-cross ---------------------------------------------------------------------------------

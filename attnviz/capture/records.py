@@ -729,6 +729,9 @@ class HaloAffinity(Record):
         (bh, bw), (kh, kw) = self.block, self.window
         if self.folded:
             return f"outlook attention folded back: each of {self.query_hw[0]}×{self.query_hw[1]} cells over the {kh}×{kw} cells around it"
+        if self.pad == (0, 0) and self.step == self.window:  # no halo: windows that tile the key grid, coarser queries
+            return (f"window-local: {bh}×{bw} queries per window, each over its {kh}×{kw} keys on a {self.key_hw[0]}×{self.key_hw[1]} grid "
+                    f"(queries on a {self.query_hw[0]}×{self.query_hw[1]} grid)")
         return f"halo windows: {bh}×{bw} query blocks, each over {kh}×{kw} keys on a {self.key_hw[0]}×{self.key_hw[1]} grid"
 
     def _window_rows(self, y: int, x: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -769,6 +772,61 @@ class HaloAffinity(Record):
         """The weight query (y, x) puts on zero-padded keys outside the grid (not drawn by :meth:`row`)."""
         r, _, _ = self._window_row(y, x, batch, head)
         return float(r.sum()) - float(self.row(y, x, batch, head).sum())
+
+
+def _outer_first(name: str) -> tuple[int, ...]:
+    """Sort key of a row / column atom: outer parts before inner ones (``h[28o][14o][7o]`` < ``h[28o][2i]`` < ``h[2i]``)."""
+    return tuple(0 if p.endswith("o]") else 1 for p in name.split("[")[1:])
+
+
+def pooled_windows(weights: torch.Tensor, lead_atoms: list[tuple[str, int]], query_atoms: list[tuple[str, int]],
+                   key_atoms: list[tuple[str, int]]) -> HaloAffinity:
+    """Window attention whose queries lie on a coarser grid than their keys (Hiera's query pooling: one query per 2×2 key
+    cells of its mask unit), as :class:`HaloAffinity` blocks without halo. ``weights`` ``(*lead, Nq, Nk)`` as for
+    :class:`WindowAffinity`. Exact only when the windows are the outermost digits of both grids and the digits the queries
+    lack are the keys' finest; otherwise ValueError."""
+    base = {n: n.split("[")[0] for n, _ in [*lead_atoms, *query_atoms, *key_atoms]}
+    if any(b not in ("b", "c", "h", "w") for b in base.values()) or not {n for n, _ in query_atoms} < {n for n, _ in key_atoms}:
+        raise ValueError("keys and queries come from different windows (e.g. halo windows)")
+    parts = {"lead": lead_atoms, "q": query_atoms, "k": key_atoms}
+    offsets = {"lead": 0, "q": len(lead_atoms), "k": len(lead_atoms) + len(query_atoms)}
+    idx: dict[str, list[int]] = {}  # "qh": positions (in lead + query + key order) of the query's row atoms, outer first
+    names: dict[str, list[str]] = {}
+    for part, atoms in parts.items():
+        for b in ("h", "w"):
+            mine = sorted((i for i, (n, _) in enumerate(atoms) if base[n] == b), key=lambda i, a=atoms: _outer_first(a[i][0]))
+            idx[part + b], names[part + b] = [offsets[part] + i for i in mine], [atoms[i][0] for i in mine]
+    for b in ("h", "w"):
+        if any(sorted(names["lead" + b] + names[p + b], key=_outer_first)[: len(names["lead" + b])] != names["lead" + b] for p in ("q", "k")):
+            raise ValueError("the windows are not the outermost cells of the grid (a dilated grid with pooled queries)")
+        if names["k" + b][: len(names["q" + b])] != names["q" + b]:
+            raise ValueError("the queries lack other digits of the key grid than its finest (not a coarser grid of blocks)")
+    size = {key: math.prod(dict(parts[key[:-1]])[n] for n in ns) for key, ns in names.items()}
+    batch = [i for i, (n, _) in enumerate(lead_atoms) if n == "b"]
+    heads = [i for i, (n, _) in enumerate(lead_atoms) if base[n] == "c"]
+    w = weights.reshape([s for _, s in [*lead_atoms, *query_atoms, *key_atoms]])
+    w = w.permute(batch + heads + idx["leadh"] + idx["leadw"] + idx["qh"] + idx["qw"] + idx["kh"] + idx["kw"])
+    nb, nh = math.prod(lead_atoms[i][1] for i in batch), math.prod(lead_atoms[i][1] for i in heads)
+    (bh, bw), (kh, kw), (gh, gw) = (size["qh"], size["qw"]), (size["kh"], size["kw"]), (size["leadh"], size["leadw"])
+    rec = HaloAffinity(weights=w.reshape(nb, nh, gh, gw, bh * bw, kh * kw).contiguous(), query_hw=(gh * bh, gw * bw), key_hw=(gh * kh, gw * kw),
+                       block=(bh, bw), window=(kh, kw), step=(kh, kw), pad=(0, 0))
+    rec.note = (f"queries on a grid {kh // bh}×{kw // bw} times coarser than the keys (pooled or subsampled queries, e.g. Hiera's "
+                "query pooling): a row is the coarse cell's, over the keys of its window")
+    return rec
+
+
+def placed_windows(weights: torch.Tensor, lead_atoms: list[tuple[str, int]], query_atoms: list[tuple[str, int]],
+                   key_atoms: list[tuple[str, int]], steps: tuple[tuple[Any, ...], ...] = ()) -> WindowAffinity | HaloAffinity:
+    """The record of window-local weights: :class:`WindowAffinity`, or :func:`pooled_windows` where the queries are on a coarser
+    grid than the keys (never with rolls or padding); ValueError with the reason where neither places them exactly."""
+    rec = WindowAffinity(weights=weights, lead_atoms=lead_atoms, query_atoms=query_atoms, key_atoms=key_atoms, steps=steps)
+    try:
+        rec.validate()
+    except ValueError:
+        if steps or sorted(n for n, _ in query_atoms) == sorted(n for n, _ in key_atoms):
+            raise
+        return pooled_windows(weights, lead_atoms, query_atoms, key_atoms)
+    return rec
 
 
 RECORD_TYPES: tuple[type[Record], ...] = (

@@ -67,8 +67,8 @@ from .records import (
     RegionAttention,
     SpatialMask,
     TokenAttention,
-    WindowAffinity,
     keep,
+    placed_windows,
     spill,
 )
 
@@ -1001,11 +1001,9 @@ class Tracker:
         if full.numel() > MAX_MATRIX:
             c.reasons.append(f"window-local attention with {full.numel() / 1e6:.0f} M weights, over the keep limit")
             return
-        rec = WindowAffinity(weights=keep(full), lead_atoms=[(a_[1], a_[2]) for a_ in lead_atoms],
-                             query_atoms=[(a_[1], a_[2]) for a_ in (al[q_idx] or ())], key_atoms=[(a_[1], a_[2]) for a_ in (al[k_idx] or ())],
-                             steps=_steps_of(window_atoms))
         try:
-            rec.validate()
+            rec = placed_windows(keep(full), [(a_[1], a_[2]) for a_ in lead_atoms], [(a_[1], a_[2]) for a_ in (al[q_idx] or ())],
+                                 [(a_[1], a_[2]) for a_ in (al[k_idx] or ())], _steps_of(window_atoms))
         except ValueError as e:
             c.reasons.append(f"window-local attention whose windows cannot be placed on the image: {e}")
             return
@@ -1137,14 +1135,14 @@ class Tracker:
             self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape),
                                   f"window-local attention with {full.numel() / 1e6:.0f} M weights, over the keep limit"))
             return True
-        rec = WindowAffinity(weights=keep(full), lead_atoms=[(at[1], at[2]) for at in lead], query_atoms=[(at[1], at[2]) for at in qa],
-                             key_atoms=[(at[1], at[2]) for at in ka], steps=_steps_of([at for at in lead if _base(at[1]) in ("h", "w")]))
         try:
-            rec.validate()
+            rec = placed_windows(keep(full), [(at[1], at[2]) for at in lead], [(at[1], at[2]) for at in qa], [(at[1], at[2]) for at in ka],
+                                 _steps_of([at for at in lead if _base(at[1]) in ("h", "w")]))
         except ValueError as e:
             self.report_seen(Seen(frame.name, "scaled_dot_product_attention", tuple(q.shape), f"window-local attention that cannot be placed: {e}"))
             return True
-        rec.note = "fused attention (scaled_dot_product_attention) inside windows; weights recomputed from its queries, keys and mask"
+        fused = "fused attention (scaled_dot_product_attention) inside windows; weights recomputed from its queries, keys and mask"
+        rec.note = f"{fused}; {rec.note}" if rec.note else fused
         self._record_fused(frame, rec)
         return True
 
