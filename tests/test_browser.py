@@ -483,6 +483,10 @@ def test_vit_head_grid_and_rollout_in_the_browser(browser, tmp_path: Path) -> No
         grid.click(position={"x": box["width"] * 0.6, "y": box["height"] * 0.42})  # layer 1, head 3 of the 4 × 6 grid
         page.locator("#head_opened img").wait_for(state="visible", timeout=60_000)
         assert "blocks.1.attn, head 3" in page.locator("#head_opened_note").inner_text()
+        assert not page.locator("#grad_rollout").is_visible()  # no empty panel before it is asked for
+        page.locator("#grad_rollout_btn").click()
+        page.locator("#grad_rollout img").wait_for(state="visible", timeout=60_000)
+        page.wait_for_function("() => document.querySelector('#grad_note').innerText.includes('Gradient-weighted rollout of')", timeout=30_000)
         select_tab(page, "Pixel attention")  # hover: the page forms the transformer's rows itself (prefix tokens in the softmax)
         page.get_by_text("Hover to explore").click()
         canvas = page.locator("#hover canvas.av-main")

@@ -31,16 +31,18 @@ class TransformerTab(Tab):
         self.opened_note = gr.Markdown("", elem_id="head_opened_note")
         with gr.Row():
             self.rollout = gr.Image(label="Attention rollout through every layer", format="png", interactive=False, elem_id="rollout")
-            self.distance = gr.Plot(label="Mean attention distance", elem_id="distance_plot")
+            self.distance = gr.Plot(label="Mean attention distance", show_label=False, elem_id="distance_plot")  # the figure has its title
         self.answer = gr.Markdown("", elem_id="tf_answer")
         with gr.Row():
             self.grad_btn = gr.Button("Gradient rollout of the predicted class (one backward pass)", elem_id="grad_rollout_btn")
-        self.grad_img = gr.Image(label="Gradient-weighted rollout (Chefer et al. 2021)", format="png", interactive=False, elem_id="grad_rollout")
-        self.grad_note = gr.Markdown("")
+        self.grad_img = gr.Image(label="Gradient-weighted rollout (Chefer et al. 2021)", format="png", interactive=False, visible=False,
+                                 elem_id="grad_rollout")  # shown once computed: an empty panel until then reads as a failure
+        self.grad_note = gr.Markdown("", elem_id="grad_note")
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.note, self.grid, self.rollout, self.distance, self.answer, self.query, self.grad_img, self.grad_note, self.opened, self.opened_note]
+        return [self.note, self.grid, self.rollout, self.distance, self.answer, self.query, self.grad_img, self.grad_note, self.opened, self.opened_note,
+                self.grad_btn]
 
     @property
     def click_outputs(self) -> list[Any]:
@@ -51,7 +53,8 @@ class TransformerTab(Tab):
         if not layers:
             hidden = gr.update(value=None, visible=False)
             return {self.note: HINT, self.grid: hidden, self.rollout: hidden, self.distance: hidden, self.answer: "",
-                    self.query: gr.update(visible=False), self.grad_img: hidden, self.grad_note: "", self.opened: hidden, self.opened_note: ""}
+                    self.query: gr.update(visible=False), self.grad_img: hidden, self.grad_note: "", self.opened: hidden, self.opened_note: "",
+                    self.grad_btn: gr.update(visible=False)}
         has_cls = bool(layers[0].query_prefix)
         query = query if has_cls else "patch"
         x, y = v.click if v.click is not None else (None, None)
@@ -63,8 +66,9 @@ class TransformerTab(Tab):
                   f"{info['layers']} layers: {share_text(info['prefix_share'])} of it stays on the prefix tokens, the rest is drawn.")
         return {self.note: "", self.grid: gr.update(value=grid, visible=True), self.rollout: gr.update(value=roll, visible=True),
                 self.distance: gr.update(value=transformer.distance_figure(a), visible=True), self.answer: answer,
-                self.query: gr.update(visible=has_cls, value=query), self.grad_img: gr.update(value=None, visible=True), self.grad_note: "",
-                self.opened: gr.update(value=None, visible=False), self.opened_note: ""}
+                self.query: gr.update(visible=has_cls, value=query), self.grad_img: gr.update(value=None, visible=False), self.grad_note: "",
+                self.opened: gr.update(value=None, visible=False), self.opened_note: "",
+                self.grad_btn: gr.update(visible=a.task != "features")}  # a backbone has no class to explain
 
     def wire(self) -> None:
         s = self.shared
@@ -91,7 +95,8 @@ class TransformerTab(Tab):
         def grad(state: Any, cmap: str) -> tuple[Any, str]:
             a = self.shared.current(state)
             img, info = transformer.gradient_rollout_view(s.engine, a, None, style_of(cmap, 0.55, "per map"))
-            return img, f"Gradient-weighted rollout of **{info['class']}** through {info['layers']} layers: {info['method']}."
+            note = f"Gradient-weighted rollout of **{info['class']}** through {info['layers']} layers: {info['method']}."
+            return gr.update(value=img, visible=True), note
 
         self.grad_btn.click(grad, [s.input_state, s.cmap], [self.grad_img, self.grad_note], api_visibility="private")
 
