@@ -546,15 +546,9 @@ class WindowAffinity(Record):
 
     def _radix(self, base: str) -> list[tuple[str, int, str]]:
         """Every atom of ``base`` (h or w) with its place: ``(name, size, where)``, outermost first."""
-        from .provenance import _SPLIT  # noqa: PLC0415
-
-        def key(name: str) -> tuple[int, ...]:
-            return tuple(0 if p.endswith("o]") else 1 for p in name.split("[")[1:])
-
         found = [(n, s, "lead") for n, s in self.lead_atoms if n.split("[")[0] == base]
         found += [(n, s, "q") for n, s in self.query_atoms if n.split("[")[0] == base]
-        _ = _SPLIT
-        return sorted(found, key=lambda t: key(t[0]))
+        return sorted(found, key=lambda t: _outer_first(t[0]))
 
     @property
     def heads(self) -> int:
