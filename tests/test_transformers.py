@@ -591,6 +591,7 @@ def test_gcvit_global_query_rows_sit_at_the_output_cell_they_make(block: str, hw
     nw = hw // win
     assert rec.kind == "window" and rec.hw == (hw, hw) and rec.heads == a.shape[1]
     assert ("global query" in rec.note) == block.endswith(("1", "3"))
+    assert rec.layout().startswith("one window over the whole" if hw == win else f"window-local: {win}×{win} windows")
     for b in range(2):
         for y, xx in [(0, 0), (hw - 1, hw - 1), (hw // 3, hw - 2), (9, 4)]:
             w, i = b * nw * nw + (y // win) * nw + xx // win, (y % win) * win + xx % win

@@ -589,6 +589,8 @@ class WindowAffinity(Record):
                 else:
                     ext = (int(st[3]), int(st[4]))
             gh, gw = self.grid_hw
+            if (sizes[0], sizes[1]) == (gh, gw) == (h, w):
+                return f"one window over the whole {h}×{w} grid (every cell attends to every cell)"
             padded = f", padded to {gh}×{gw} (the padding is not drawn)" if (gh, gw) != (h, w) else ""
             return f"window-local: {sizes[0]}×{sizes[1]} windows on a {h}×{w} grid{shifted}{padded}"
         return f"dilated grid: {sizes[0]}×{sizes[1]} cells {steps[0]}×{steps[1]} apart on a {h}×{w} grid"

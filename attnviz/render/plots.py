@@ -168,8 +168,8 @@ def distance_plot(distances: np.ndarray, layers: Sequence[str], title: str = "Me
     ax.set_xlabel("layer (" + (f"{layers[0]} … {layers[-1]}" if layers else "") + ")")
     ax.set_ylabel("mean attention distance (image pixels)")
     ax.set_title(title, fontsize=10)
-    if n_heads <= 12:
-        ax.legend(fontsize=6, ncol=2, loc="best")
+    if n_heads <= 12:  # beside the axes: inside, it covers the dots of the small plots the app shows
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return fig
 
 
