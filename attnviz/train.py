@@ -118,6 +118,18 @@ def param_groups(model: nn.Module, args: argparse.Namespace, fresh: set[str]) ->
     return groups
 
 
+def scheduled_lr(lr: float, step: int, steps: int, warmup: int) -> float:
+    """The zoo's schedule at ``step`` for peak ``lr``: linear warm-up over ``warmup`` steps, then cosine down to 2 % of it."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    cos = 0.5 * (1 + math.cos(math.pi * step / steps))
+    return lr * warm * (0.02 + 0.98 * cos)
+
+
+def full_share(step: int, steps: int, curriculum: float) -> float:
+    """The curriculum's chance of a full scene (instead of an easy one) at ``step``: rising to 1 over ``curriculum · steps``."""
+    return min(1.0, step / max(1, curriculum * steps)) if curriculum > 0 else 1.0
+
+
 def build_any(name: str) -> nn.Module:
     """A randomly initialised zoo model of either task."""
     return build(name) if task_of(name) == "classification" else build_seg(name)
@@ -171,14 +183,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915  (the tr
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.model, dynamic_ncols=True, mininterval=10)
     ema = None
     for step in bar:
-        p_full = min(1.0, step / max(1, args.curriculum * args.steps)) if args.curriculum > 0 else 1.0
+        p_full = full_share(step, args.steps, args.curriculum)
         gen = full if bool(torch.rand(1, generator=rng) < p_full) else easy
         batch = gen.generate(args.batch, seed=args.seed * 10**7 + step)
         x = normalize(batch.images).to(device)
-        warm = min(1.0, (step + 1) / max(1, args.warmup))
-        cos = 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for g, lr in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr * warm * (0.02 + 0.98 * cos)
+            g["lr"] = scheduled_lr(lr, step, args.steps, args.warmup)
         if task == "segmentation":
             loss = seg_loss(model(x), batch.label_map.to(device))
         elif args.stn_only:  # localiser pre-training: the box loss alone, backbone untouched

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import torch
@@ -20,7 +19,7 @@ import torch
 from attnviz.data import HELDOUT_FAMILIES, TRAIN_FAMILIES, SceneConfig, SceneGenerator, normalize
 from attnviz.maps.metrics import quad_iou
 from attnviz.models.zoo import INPUT_SIZE, ZooNet, ZooSpec
-from attnviz.train import box_targets, stn_box_loss
+from attnviz.train import box_targets, scheduled_lr, stn_box_loss
 
 DESIGNS = {
     "pooled (shipped)": (("bounded", True),),
@@ -62,7 +61,7 @@ def train_localiser(kwargs: tuple[tuple[str, object], ...], steps: int, batch: i
     t0 = time.time()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            g["lr"] = scheduled_lr(lr, step, steps, 50)
         b = gen.generate(batch, seed=seed * 10**7 + step)
         loss = stn_box_loss(model, normalize(b.images), b.boxes)
         opt.zero_grad(set_to_none=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 from attnviz.data import HELDOUT_FAMILIES, TRAIN_FAMILIES, SceneConfig, SceneGenerator, normalize
 from attnviz.models.zoo import ZOO, ZooNet
-from attnviz.train import scene_configs
+from attnviz.train import full_share, scene_configs, scheduled_lr
 
 DESIGNS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], int]] = {  # name: (widths, blocks per stage, input side)
     "shipped": ((32, 64, 128), (1, 1, 1), 64),
@@ -65,11 +64,11 @@ def train_design(widths: tuple[int, int, int], depths: tuple[int, int, int], siz
     model.train()
     t0 = time.time()
     for step in range(args.steps):
-        p_full = min(1.0, step / max(1, 0.3 * args.steps))
+        p_full = full_share(step, args.steps, 0.3)
         gen = full if bool(torch.rand(1, generator=rng) < p_full) else easy
         b = gen.generate(args.batch, seed=args.seed * 10**7 + step)
         for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+            g["lr"] = scheduled_lr(args.lr, step, args.steps, 100)
         loss = F.cross_entropy(model(normalize(b.images)), b.labels, label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
