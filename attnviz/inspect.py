@@ -37,6 +37,11 @@ def _prefix(names: tuple[str, ...] | list[str]) -> str:
     return "".join(f" + {p}" for p in parts)
 
 
+def _cells(cells: tuple[int, int, int, int] | None) -> str:
+    """`` (2×2 blocks of the 7×7 grid, overhanging)`` for positions that are blocks whose last ones run past the image's edge."""
+    return "" if cells is None else f" ({cells[0]}×{cells[1]} blocks of the {cells[2]}×{cells[3]} grid, overhanging)"
+
+
 def geometry(r: Record) -> str:
     """One line on what the record's axes are."""
     if isinstance(r, ChannelGate):
@@ -52,7 +57,8 @@ def geometry(r: Record) -> str:
     if isinstance(r, Affinity):
         lazy = "rows from queries and keys" if r.matrix is None else "whole matrix"
         qp, kp = _prefix(getattr(r, "query_prefix", ())), _prefix(getattr(r, "key_prefix", ()))
-        return f"queries {r.query_hw[0]}×{r.query_hw[1]}{qp} → keys {r.key_hw[0]}×{r.key_hw[1]}{kp}, {r.heads} head(s), {lazy}"
+        qc, kc = _cells(r.query_cells), _cells(r.key_cells)
+        return f"queries {r.query_hw[0]}×{r.query_hw[1]}{qp}{qc} → keys {r.key_hw[0]}×{r.key_hw[1]}{kp}{kc}, {r.heads} head(s), {lazy}"
     if isinstance(r, CrissCross):
         h, w = r.hw
         return f"{h}×{w} grid, each position over its row and column"

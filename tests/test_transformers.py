@@ -561,17 +561,51 @@ def test_a_backbone_without_classes_is_analysed_as_features(tmp_path) -> None:  
     assert out["task"] == "features" and "accuracy" not in out["metrics"]
 
 
-def test_levit_subsampling_attention_is_never_a_spatial_mask() -> None:
-    """LeViT's attention downsample at stage 2 has 4×4 queries taken as every other cell of a 7×7 grid (7 is odd): the queries'
-    cells are not followed, so its 16 rows over the 49 keys are "seen, not drawn" — never averaged into one spatial mask
-    (a wrong kind, which an unlabelled query axis used to be taken for)."""
+def test_levit_last_stage_rows_sit_on_blocks_that_overhang_the_image() -> None:
+    """LeViT's attention downsample at stage 2 takes every other cell of a 7×7 grid (7 is odd): its 4×4 queries are cells 0,
+    2, 4, 6, i.e. blocks of 2×2 cells of 32 px whose last row and column run 32 px past a 224² image. Rows of the downsample
+    and of the stage's blocks equal timm's softmax for both images of a batch, drawn over the pixels of each key's block
+    inside the image (a token → pixel map written here from the subsample's slicing). Once "seen, not drawn"."""
+    from attnviz.maps import click_layers, click_map, on_image
+    from attnviz.maps.stats import layer_rows
+
+    x = seeded_input(2)
+    torch.manual_seed(0)
     model = timm.create_model("levit_128s", pretrained=False).eval()
-    with torch.no_grad(), attnviz.capture(model) as cap:
-        model(torch.randn(1, 3, 224, 224))
-    assert not [n for n, r in cap.records.items() if r.kind == "spatial"]
-    assert cap.records["stages.1.downsample.attn_downsample"].query_hw == (7, 7)  # 14 → 7: the subsample that is followed
-    seen = {s["module"]: s["reason"] for s in cap.seen_not_drawn()}
-    assert "queries that are not image positions" in seen["stages.2.downsample.attn_downsample"]
+    with torch.no_grad():  # timm starts the batch norms of q and k at one scale and the biases at 0: every row uniform
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.weight.normal_(1.0, 0.5)
+        for n, p in model.named_parameters():
+            if n.endswith("attention_biases"):
+                p.normal_(0.0, 1.0)
+        with attnviz.capture(model) as cap:
+            model(x)
+    soft = unfused_softmaxes(model, x)  # stage 0: 2 blocks; stage 1: downsample + 3; stage 2: downsample + 4
+    assert min(float(a.mean(1).std()) for a in soft) > 1e-3  # rows that differ from key to key
+    assert len(soft) == 11 and not [n for n, r in cap.records.items() if r.kind == "spatial"]
+    assert not cap.seen_not_drawn()
+    assert cap.records["stages.1.downsample.attn_downsample"].query_hw == (7, 7)  # 14 → 7: even, no overhang
+    assert cap.records["stages.1.downsample.attn_downsample"].query_cells is None
+    block = torch.arange(224) // 64  # pixel → row (column) of the 4×4 grid: token i covers pixels [64 i, 64 i + 64)
+    for name, a in [("stages.2.downsample.attn_downsample", soft[6]), ("stages.2.blocks.0.attn", soft[7]), ("stages.2.blocks.3.attn", soft[10])]:
+        rec = cap.records[name]
+        down = "downsample" in name
+        assert rec.kind == "affinity" and rec.query_hw == (4, 4) and rec.query_cells == (2, 2, 7, 7)
+        assert rec.key_cells == (None if down else (2, 2, 7, 7)) and rec.key_hw == ((7, 7) if down else (4, 4))
+        layer = click_layers(cap.records)[name]
+        for b in range(2):
+            for px, py in [(0, 0), (223, 223), (200, 10), (127, 128), (64, 191)]:
+                q = int(block[py]) * 4 + int(block[px])
+                r = a[b, :, q].mean(0)  # (keys,)
+                ref = r.reshape(7, 7).repeat_interleave(32, 0).repeat_interleave(32, 1) if down else r[block[:, None] * 4 + block[None, :]]
+                drawn = click_map(layer, px, py, (224, 224), batch=b)  # (7, 7): the cells that tile the image
+                torch.testing.assert_close(drawn.repeat_interleave(32, 0).repeat_interleave(32, 1), ref, atol=TOL, rtol=0)
+                torch.testing.assert_close(click_map(layer, px, py, (224, 224), batch=b, native=True).flatten(), r, atol=TOL, rtol=0)
+        assert torch.equal(on_image(rec.row(3, 3), rec.key_cells), click_map(layer, 223, 223, (224, 224)))
+    lr = layer_rows("stages.2.blocks.0.attn", [cap.records["stages.2.blocks.0.attn"]], 0, (224, 224))
+    centres = (torch.arange(4) * 64 + 32).double()  # the blocks' centres: the last one on the image's edge
+    assert torch.equal(lr.key_px.double(), torch.stack(torch.meshgrid(centres, centres, indexing="ij"), -1).reshape(16, 2))
 
 
 @pytest.mark.parametrize(("block", "hw", "win"), [("stages.0.blocks.1", 56, 7), ("stages.2.blocks.3", 14, 14), ("stages.0.blocks.0", 56, 7)])

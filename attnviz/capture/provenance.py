@@ -313,22 +313,48 @@ def _outer_base(name: str) -> str | None:
     return name if name in ("h", "w") else None
 
 
+def _grid_of(axis: Axis) -> tuple[int, int, int] | None:
+    """(grid, H, W) when an axis is the rows × columns of one grid (or of its blocks) in row-major order, else None."""
+    if not axis:
+        return None
+    atoms = merge_atoms(axis)
+    if len(atoms) == 2 and atoms[0][0] == atoms[1][0] and (_outer_base(atoms[0][1]), _outer_base(atoms[1][1])) == ("h", "w"):
+        return atoms[0][0], atoms[0][2], atoms[1][2]
+    if len(atoms) == 1 and atoms[0][1] in ("h", "w"):  # a map with one side of length 1
+        g, n, s = atoms[0]
+        return (g, s, 1) if n == "h" else (g, 1, s)
+    return None
+
+
 def positions(axis: Axis) -> tuple[int, int, int] | None:
     """(grid, H, W) when an axis is exactly the image positions of a grid (row-major), else None.
 
     Block rows × block columns of a grid (after patch merging) are a coarser grid. A grid moved by ``torch.roll`` is not
-    the image's: its positions are never placed as such (only windows that tile it are, rolled back: see ``rolled``).
+    the image's: its positions are never placed as such (only windows that tile it are, rolled back: see ``rolled``). Nor
+    is a grid padded past the image's edge (:data:`PADDED`): only :func:`placed` places it, with its overhang.
     """
-    if not axis:
+    found = _grid_of(axis)
+    return None if found is None or found[0] in ROLLED or found[0] in PADDED else found
+
+
+Cells = tuple[int, int, int, int]  # (bh, bw, H, W): a position is a bh × bw block of an H × W grid that tiles the image
+
+
+def placed(axis: Axis) -> tuple[int, int, int, Cells | None] | None:
+    """:func:`positions`, or the positions of a grid padded after its last row / column (one :data:`PADDED` step, no
+    roll): ``(grid, h, w, cells)`` with ``cells = (bh, bw, H, W)`` when each of the h × w positions is a bh × bw block of
+    the unpadded H × W grid, the last blocks running past the image's edge (LeViT's subsample of a 7×7 map to 4×4); else
+    ``cells`` is None (the positions tile the image)."""
+    found = _grid_of(axis)
+    if found is None or found[0] in ROLLED:
         return None
-    atoms = merge_atoms(axis)
-    found = None
-    if len(atoms) == 2 and atoms[0][0] == atoms[1][0] and (_outer_base(atoms[0][1]), _outer_base(atoms[1][1])) == ("h", "w"):
-        found = atoms[0][0], atoms[0][2], atoms[1][2]
-    elif len(atoms) == 1 and atoms[0][1] in ("h", "w"):  # a map with one side of length 1
-        g, n, s = atoms[0]
-        found = (g, s, 1) if n == "h" else (g, 1, s)
-    return None if found is None or found[0] in ROLLED else found
+    g, h, w = found
+    if g not in PADDED:
+        return g, h, w, None
+    base, hb, wb, hp, wp = PADDED[g]
+    if base in PADDED or base in ROLLED or hp % h or wp % w:
+        return None
+    return g, h, w, (hp // h, wp // w, hb, wb)
 
 
 def is_channels(axis: Axis) -> bool:
@@ -458,6 +484,30 @@ def _cell_stride(ax: Axis, i: slice) -> bool:
         return False
     start = 0 if i.start is None else i.start
     return isinstance(start, int) and 0 <= start < i.step and i.stop is None and ax[0][2] % i.step == 0
+
+
+def _padded_strides(xl: Labels, idx: tuple[Any, ...]) -> dict[int, Axis]:
+    """``x[:, ::s, ::t]`` over a grid's row and column axes where a step does not divide its side (LeViT subsamples a
+    7×7 map to 4×4: cells 0, 2, 4, 6): the grid zero-padded after its last row / column to multiples of the steps
+    (:data:`PADDED`), of which sample i is block row (column) i — the last block runs past the image's edge. Returns the
+    two new axes by dimension, or {} when the index is anything else (then the usual rules apply)."""
+    if len(idx) > len(xl) or any(not isinstance(i, slice) for i in idx):
+        return {}
+    strided = {d: i for d, i in enumerate(idx) if i.step not in (None, 1)}
+    axes = {d: xl[d] for d in strided}
+    if len(strided) != 2 or any(not ax or len(ax) != 1 or _outer_base(ax[0][1]) is None for ax in axes.values()):
+        return {}
+    if any(i.start not in (None, 0) or i.stop is not None or not isinstance(i.step, int) or i.step < 2 for i in strided.values()):
+        return {}
+    (dh, ah), (dw, aw) = sorted(axes.items(), key=lambda kv: _outer_base(kv[1][0][1]) != "h")  # type: ignore[index]
+    if ah[0][0] != aw[0][0] or (_outer_base(ah[0][1]), _outer_base(aw[0][1])) != ("h", "w"):  # type: ignore[index]
+        return {}
+    (sh, sw), (n, m) = (strided[dh].step, strided[dw].step), (ah[0][2], aw[0][2])  # type: ignore[index]
+    if n % sh == 0 and m % sw == 0:
+        return {}
+    hp, wp = -(-n // sh) * sh, -(-m // sw) * sw
+    g = _remember(PADDED, (ah[0][0], n, m, hp, wp))  # type: ignore[index]
+    return {dh: ((g, f"{ah[0][1]}[{hp // sh}o]", hp // sh),), dw: ((g, f"{aw[0][1]}[{wp // sw}o]", wp // sw),)}  # type: ignore[index]
 
 
 def _repeat_labels(xl: Labels, shape: list[int], oshape: list[int]) -> Labels:
@@ -606,6 +656,9 @@ def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
         idx = idx if isinstance(idx, tuple) else (idx,)
         if any(isinstance(i, (torch.Tensor, list)) for i in idx):
             return None
+        odd = _padded_strides(xl, idx)
+        if odd:
+            return tuple(odd.get(d, ax) for d, ax in enumerate(xl))
         n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
         res: list[Axis] = []
         d = 0

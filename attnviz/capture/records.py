@@ -222,6 +222,9 @@ class Affinity(Record):
         mask: Additive float or boolean (True = keep) mask broadcastable to ``(B, heads, N, M)``
             (``F.scaled_dot_product_attention``'s ``attn_mask``), or None.
         causal: Key m is masked out for query n when m > n (``is_causal``).
+        query_cells, key_cells: ``(bh, bw, H, W)`` when each position of the grid is a bh × bw block of cells of an
+            H × W grid that tiles the image, the last blocks running past its edge (LeViT's subsample of a 7×7 map to
+            4×4 takes cells 0, 2, 4, 6: 64-pixel cells over 256 pixels at 224²); None when the grid tiles the image.
     """
 
     kind: ClassVar[str] = "affinity"
@@ -237,6 +240,8 @@ class Affinity(Record):
     matrix: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     causal: bool = False
+    query_cells: tuple[int, int, int, int] | None = None
+    key_cells: tuple[int, int, int, int] | None = None
 
     @property
     def batch_size(self) -> int:

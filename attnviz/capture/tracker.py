@@ -37,6 +37,7 @@ from .provenance import (
     HALO,
     Axis,
     Candidate,
+    Cells,
     Labels,
     Seen,
     func_name,
@@ -46,6 +47,7 @@ from .provenance import (
     merge_atoms,
     nchw,
     new_grid,
+    placed,
     positions,
     prefix_names,
     propagate,
@@ -774,8 +776,8 @@ class Tracker:
             c.reasons.append("its leading axes do not hold the batch (e.g. a softmax over the batch axis)")
             return
         heads_atoms, window_atoms = split
-        kp = positions(key_axis)
-        qp = positions(q_axis) if q_axis else None
+        kp, qp = positions(key_axis), positions(q_axis) if q_axis else None
+        kpl, qpl = placed(key_axis), placed(q_axis) if q_axis else None  # also grids whose last cells run past the edge
         rid = next((at[0] for at in (key_axis or ()) if at[1] == "region" and at[0] in self._regions), None)
         region = self._regions[rid] if rid is not None else None
         norm = "softmax" if c.op == "softmax" else "mean"
@@ -792,7 +794,7 @@ class Tracker:
             return
         if kp is None and one_query and not window_atoms and self._one_query_over_tokens(c, a, d, al, k_idx, q_idx, key_axis, q_axis):
             return
-        if kp is not None and q_axis is not None and not window_atoms and not positions(q_axis) and size_of(q_axis) > 1 and not is_channels(q_axis):
+        if kpl is not None and q_axis is not None and not window_atoms and qpl is None and size_of(q_axis) > 1 and not is_channels(q_axis):
             c.reasons.append("softmax over positions with an untraceable query axis")
             return
         if kp is not None and q_axis is not None and is_channels(q_axis) and not window_atoms and not positions(q_axis):
@@ -834,8 +836,8 @@ class Tracker:
         if is_channels(key_axis) and q_axis is not None and is_channels(q_axis) and not window_atoms:
             self._channel_affinity(c, a, d, al, k_idx, q_idx, key_axis, q_axis, heads_atoms)
             return
-        if kp is not None and qp is not None and not window_atoms:
-            self._affinity(c, a, d, al, k_idx, q_idx, qp, kp, norm)
+        if kpl is not None and qpl is not None and not window_atoms:
+            self._affinity(c, a, d, al, k_idx, q_idx, qpl, kpl, norm)
             return
         if key_axis and q_axis and all(HALO.match(x[1]) for x in key_axis):
             self._halo(c, a, d, al, k_idx, q_idx, key_axis, q_axis, window_atoms)
@@ -939,15 +941,16 @@ class Tracker:
         nq = int(a.shape[q_idx]) if 0 <= q_idx < a.ndim else 1
         return x.reshape(bsz, -1, nq, int(a.shape[k_idx]))
 
-    def _affinity(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, qp: tuple[int, int, int],
-                  kp: tuple[int, int, int], norm: str) -> None:
+    def _affinity(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, qp: tuple[int, int, int, Cells | None],
+                  kp: tuple[int, int, int, Cells | None], norm: str) -> None:
+        grids = {"query_hw": (qp[1], qp[2]), "key_hw": (kp[1], kp[2]), "query_cells": qp[3], "key_cells": kp[3]}
         if c.qk is not None and not d.changed:
             q, k, scale = c.qk
             ql, kl = self.get(q), self.get(k)
             qq = self._arrange(q, ql, q.ndim - 2, q.ndim - 1, query=True)
             kk = self._arrange(k, kl, k.ndim - 1, k.ndim - 2, query=False)
             if qq is not None and kk is not None:
-                rec = Affinity(queries=self._keep_qk(qq), keys=self._keep_qk(kk), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), scale=scale, normalize=norm)
+                rec = Affinity(queries=self._keep_qk(qq), keys=self._keep_qk(kk), scale=scale, normalize=norm, **grids)
                 self._record(c, "", rec)
                 return
         m = self._matrix(a, d, al, k_idx, q_idx)
@@ -958,7 +961,7 @@ class Tracker:
             c.reasons.append(f"its logits are not plain scale·QKᵀ (a bias or mask is added), and the whole matrix "
                              f"({m.numel() / 1e6:.0f} M weights) is over the {MAX_MATRIX / 1e6:.0f} M limit for keeping it")
             return
-        self._record(c, "", Affinity(matrix=keep(m), query_hw=(qp[1], qp[2]), key_hw=(kp[1], kp[2]), normalize=norm))
+        self._record(c, "", Affinity(matrix=keep(m), normalize=norm, **grids))
 
     def _tokens(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, lq: Any, lk: Any) -> None:
         """Explicit attention over tokens: lazy rows from q and k when the logits are exactly scale · QKᵀ, else the weights kept."""

@@ -26,12 +26,13 @@ from .views import (
     click_map,
     feature_cell,
     module_for,
+    on_image,
 )
 
 __all__ = [
     "VIEWS", "ClickLayer", "ablate", "box_mask", "bypassed", "click_layers", "click_map", "cls_maps", "criss_cross_reach", "dino_mask",
     "full_attention", "mean_attention_distance", "rollout", "rollout_map",
     "feature_cell", "grad_cam", "integrated_gradients", "js_divergence", "mass_ratio", "module_for",
-    "nearest_centroid_accuracy", "normalized_to_pixels", "occlusion", "pointing", "quad_iou", "query_dependence",
+    "nearest_centroid_accuracy", "normalized_to_pixels", "occlusion", "on_image", "pointing", "quad_iou", "query_dependence",
     "same_class_mass", "sampled_quad", "spearman", "top_share", "topk_iou", "uniform_criss_cross", "uniform_reach", "upsample_map",
 ]

@@ -46,10 +46,13 @@ def query_cells(hw: tuple[int, int], limit: int = QUERY_LIMIT) -> torch.Tensor:
     return torch.stack([ys.flatten(), xs.flatten()], 1)
 
 
-def cell_centres(hw: tuple[int, int], image_hw: tuple[int, int]) -> torch.Tensor:
-    """Image-pixel centres (y, x) of every cell of an ``hw`` grid that covers an ``image_hw`` image, ``(h·w, 2)``."""
+def cell_centres(hw: tuple[int, int], image_hw: tuple[int, int], cells: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Image-pixel centres (y, x) of every cell of an ``hw`` grid that covers an ``image_hw`` image, ``(h·w, 2)``; with
+    ``cells = (bh, bw, H, W)`` each cell is a bh × bw block of an H × W grid that covers it (the last blocks run past the
+    image's edge, see :attr:`~attnviz.capture.records.Affinity.key_cells`)."""
     (h, w), (ih, iw) = hw, image_hw
-    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) * ih / h, (torch.arange(w) + 0.5) * iw / w, indexing="ij")
+    sh, sw = (ih / h, iw / w) if cells is None else (cells[0] * ih / cells[2], cells[1] * iw / cells[3])  # pixels per cell
+    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) * sh, (torch.arange(w) + 0.5) * sw, indexing="ij")
     return torch.stack([ys.flatten(), xs.flatten()], 1)
 
 
@@ -145,7 +148,7 @@ def _criss_cross_rows(recs: Sequence[CrissCross], cells: torch.Tensor, batch: in
 def layer_rows(name: str, recs: Sequence[Record], batch: int, image_hw: tuple[int, int], limit: int = QUERY_LIMIT) -> LayerRows:
     """The rows of layer ``name`` (its records from :func:`pixel_layers`) for sample ``batch`` of an ``image_hw`` input."""
     rec = recs[0]
-    prefix, base = None, None
+    prefix, base, q_cells, k_cells = None, None, getattr(rec, "query_cells", None), getattr(rec, "key_cells", None)
     if isinstance(rec, Affinity):
         q_hw, k_hw = rec.query_hw, rec.key_hw
         cells = query_cells(q_hw, limit)
@@ -180,8 +183,8 @@ def layer_rows(name: str, recs: Sequence[Record], batch: int, image_hw: tuple[in
         raise TypeError(f"{name}: {type(rec).__name__} has no query rows")
     if base is None:
         base = reach[:1].float() / reach[:1].sum(-1, keepdim=True).clamp_min(1)
-    return LayerRows(name, rec.kind, rows.double(), cells, cell_centres(q_hw, image_hw)[cells[:, 0] * q_hw[1] + cells[:, 1]],
-                     cell_centres(k_hw, image_hw), k_hw, reach, base.double(), prefix)
+    return LayerRows(name, rec.kind, rows.double(), cells, cell_centres(q_hw, image_hw, q_cells)[cells[:, 0] * q_hw[1] + cells[:, 1]],
+                     cell_centres(k_hw, image_hw, k_cells), k_hw, reach, base.double(), prefix)
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:

@@ -55,9 +55,35 @@ class ClickLayer:
 
     @property
     def feature_hw(self) -> tuple[int, int]:
-        """Query grid (h, w)."""
+        """Grid (h, w) of the query cells under the image: the query grid, or the cells that tile the image when its
+        positions are blocks that run past the image's edge (see :attr:`Affinity.query_cells`)."""
         rec = self.records[0]
+        cells = getattr(rec, "query_cells", None)
+        if cells is not None:
+            return cells[2], cells[3]
         return rec.query_hw if isinstance(rec, (Affinity, RegionAttention)) else rec.hw  # type: ignore[union-attr]
+
+    @property
+    def overhangs(self) -> bool:
+        """Whether the layer's query or key positions are blocks of cells whose last ones run past the image's edge."""
+        rec = self.records[0]
+        return getattr(rec, "query_cells", None) is not None or getattr(rec, "key_cells", None) is not None
+
+    def query_cell(self, x: float, y: float, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The query position (y, x) of the record's grid under image pixel (x, y)."""
+        fy, fx = feature_cell(x, y, image_hw, self.feature_hw)
+        cells = getattr(self.records[0], "query_cells", None)
+        return (fy // cells[0], fx // cells[1]) if cells is not None else (fy, fx)
+
+
+def on_image(m: torch.Tensor, cells: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """A map ``(..., h, w)`` over positions that are blocks of cells (``cells = (bh, bw, H, W)``, see
+    :attr:`Affinity.key_cells`) as the ``(..., H, W)`` map of the cells that tile the image: each position's value over
+    its bh × bw block, the part past the image's edge cut off. Unchanged when ``cells`` is None."""
+    if cells is None:
+        return m
+    bh, bw, h, w = cells
+    return m.repeat_interleave(bh, -2).repeat_interleave(bw, -1)[..., :h, :w]
 
 
 def click_layers(records: Mapping[str, Record]) -> dict[str, ClickLayer]:
@@ -94,8 +120,10 @@ def feature_cell(x: float, y: float, image_hw: tuple[int, int], feature_hw: tupl
     return min(fh - 1, int(y * fh / h)), min(fw - 1, int(x * fw / w))
 
 
-def click_map(layer: ClickLayer, x: float, y: float, image_hw: tuple[int, int], view: str = "row", head: int | None = None, batch: int = 0) -> torch.Tensor:
-    """The map of ``layer`` for the query under image pixel (x, y), at feature resolution ``(h, w)``.
+def click_map(layer: ClickLayer, x: float, y: float, image_hw: tuple[int, int], view: str = "row", head: int | None = None, batch: int = 0,
+              native: bool = False) -> torch.Tensor:
+    """The map of ``layer`` for the query under image pixel (x, y), at feature resolution ``(h, w)``: on the cells that
+    tile the image (:func:`on_image`) when the keys are blocks that run past its edge, unless ``native``.
 
     Args:
         layer: From :func:`click_layers`.
@@ -105,10 +133,11 @@ def click_map(layer: ClickLayer, x: float, y: float, image_hw: tuple[int, int], 
         view: ``"row"`` (affinity), ``"loop1"``, ``"loop2"``, ``"reach"`` (CCNet) or ``"regions"``.
         head: Head index for multi-head affinity, None for the head average.
         batch: Sample in the batch.
+        native: Return the row on the record's own key grid (its values once each: sums and shares).
     """
     if view not in layer.views:
         raise ValueError(f"{layer.name} shows {', '.join(layer.views)}, not {view!r}")
-    fy, fx = feature_cell(x, y, image_hw, layer.feature_hw)
+    fy, fx = layer.query_cell(x, y, image_hw)
     if layer.kind == "regions":
         return layer.records[0].pixel_map(fy, fx, batch=batch)  # type: ignore[attr-defined]
     if layer.kind in ("affinity", "tokens", "window"):
@@ -119,7 +148,8 @@ def click_map(layer: ClickLayer, x: float, y: float, image_hw: tuple[int, int], 
             return rec.prefix_row(0, batch=batch, head=head)  # type: ignore[attr-defined]
         if view == "rollout":
             return rollout_map(layer.chain, (fy, fx), batch=batch)  # type: ignore[arg-type]
-        return rec.row(fy, fx, batch=batch, head=head)  # type: ignore[attr-defined]
+        m = rec.row(fy, fx, batch=batch, head=head)  # type: ignore[attr-defined]
+        return m if native else on_image(m, getattr(rec, "key_cells", None))
     loops = layer.records
     if view == "loop1":
         return loops[0].row(fy, fx, batch=batch)  # type: ignore[attr-defined]

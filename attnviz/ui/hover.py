@@ -192,6 +192,8 @@ def payload(a: Analysis, layer: str | None, view: str | None, cmap: str = "infer
     if fh * fw > MAX_POSITIONS:
         return empty(f"{name} has {fh}×{fw} = {fh * fw} query positions (hover is sent for up to {MAX_POSITIONS}); click the image instead.")
     rec = cl.records[0]
+    if cl.overhangs:
+        return empty(f"{name}'s positions are blocks of cells whose last ones run past the image's edge; its rows are placed on the server: click the image.")
     if cl.kind == "window":
         return empty(f"{name} is window-local attention: its rows are placed on the server; click the image.")
     if cl.kind == "tokens" and view != "row":

@@ -84,9 +84,10 @@ def click_raw(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str |
         raise UserError("head must be 'mean'" + (f" or 0…{cl.heads - 1}" if cl.heads > 1 else f" ({cl.name} has a single head)") + f"; got {head!r}.")
     try:
         m = click_map(cl, fx, fy, a.hw, view=view, head=head).numpy()
+        row = click_map(cl, fx, fy, a.hw, view=view, head=head, native=True).numpy() if cl.overhangs else m  # each key once
     except ValueError as e:
         raise UserError(str(e)) from None
-    cy, cx = feature_cell(fx, fy, a.hw, (m.shape[0], m.shape[1]) if view != "regions" else cl.feature_hw)
+    cy, cx = cl.query_cell(fx, fy, a.hw) if cl.overhangs else feature_cell(fx, fy, a.hw, m.shape[:2] if view != "regions" else cl.feature_hw)
     peak = int(m.argmax())
     py, px = divmod(peak, m.shape[1])
     sy, sx = a.hw[0] / m.shape[0], a.hw[1] / m.shape[1]
@@ -98,9 +99,11 @@ def click_raw(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str |
         "x": round(fx, 2), "y": round(fy, 2), "feature_cell": [cy, cx], "feature_hw": list(m.shape),
         "cell_size_px": [round(sx, 2), round(sy, 2)],
         "peak": {"cell": [py, px], "x": round((px + 0.5) * sx, 1), "y": round((py + 0.5) * sy, 1), "value": float(m.max())},
-        "min": float(m.min()), "max": float(m.max()), "sum": float(m.sum()),
-        "top5pct_share": round(top_share(torch.from_numpy(m), 0.05), 4),
+        "min": float(row.min()), "max": float(row.max()), "sum": float(row.sum()),
+        "top5pct_share": round(top_share(torch.from_numpy(row), 0.05), 4),
     }
+    if cl.overhangs:
+        _overhang_facts(cl, row, a.hw, info)
     rec = cl.records[0]
     if isinstance(rec, (WindowAffinity, HaloAffinity)) and view == "row":
         outside = rec.outside_mass(cy, cx, head=head)  # weight on the zero padding past the map (HaloNet, Swin at odd sizes)
@@ -129,6 +132,24 @@ def click_raw(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str |
             uni_up = torch.from_numpy(render.resize_map(uni, a.hw))[None]
             info["same_class_mass_ratio_uniform_geometry"] = round(float(same_class_mass(uni_up, lab, torch.tensor([cls]))[0]), 3)
     return m, info
+
+
+def _overhang_facts(cl: ClickLayer, row: np.ndarray, hw: tuple[int, int], info: dict[str, Any]) -> None:
+    """Facts on the layer's own grids when its positions are blocks of cells whose last ones run past the image's edge
+    (LeViT's last stage): the query grid and the size of its cells in pixels, and the peak key at the middle of its part
+    inside the image."""
+
+    def px_per_cell(cells: tuple[int, int, int, int] | None, grid: tuple[int, ...]) -> tuple[float, float]:
+        return (hw[0] / grid[0], hw[1] / grid[1]) if cells is None else (cells[0] * hw[0] / cells[2], cells[1] * hw[1] / cells[3])
+
+    rec = cl.records[0]
+    qy, qx = px_per_cell(rec.query_cells, rec.query_hw)  # type: ignore[attr-defined]
+    sy, sx = px_per_cell(rec.key_cells, row.shape)  # type: ignore[attr-defined]
+    py, px = divmod(int(row.argmax()), row.shape[1])
+    info["feature_hw"], info["cell_size_px"] = list(rec.query_hw), [round(qx, 2), round(qy, 2)]  # type: ignore[attr-defined]
+    info["peak"] = {"cell": [py, px], "x": round((px * sx + min((px + 1) * sx, hw[1])) / 2, 1),
+                    "y": round((py * sy + min((py + 1) * sy, hw[0])) / 2, 1), "value": float(row.max())}
+    info["overhang"] = "keys are blocks of cells whose last row and column run past the image's edge; drawn over the part inside it"
 
 
 def attention_at(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str | None = None, head: int | None = None,
@@ -182,7 +203,7 @@ def query_dependence(a: Analysis, layer: str | None = None, pairs: int = 64, see
         for j in range(2):
             cy, cx = divmod(int(q[i, j]), w)
             px, py = (cx + 0.5) * a.hw[1] / w, (cy + 0.5) * a.hw[0] / h
-            rows.append(click_map(cl, px, py, a.hw, view=cl.default_view).flatten())
+            rows.append(click_map(cl, px, py, a.hw, view=cl.default_view, native=True).flatten())
     r = torch.stack(rows).view(pairs, 2, -1)
     qd = js_query_dependence(r[:, 0], r[:, 1])
     js, same = qd["js"], qd["same_peak"]
