@@ -536,201 +536,296 @@ def _unbroadcast(res: list[Axis], lbs: list[Labels | None], d: int) -> list[Axis
     return out
 
 
-def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Any) -> Labels | None:  # noqa: PLR0915  (one dispatch over op kinds; to be split by op family with the token-provenance rework, issue 20)
-    """Labels of ``out`` (a tensor) from the labels of the inputs (``get(t)``), or None when unknown."""
-    x = args[0] if args else kwargs.get("input")
-    xl = get(x) if isinstance(x, torch.Tensor) else None
-    oshape = list(out.shape)
-    if name in _SHAPE_SAME or name in ("expand", "expand_as", "broadcast_to"):
-        if name in ("expand", "expand_as", "broadcast_to") and xl is not None:
-            n = len(oshape)
-            pad = tuple(((BATCH_GRID, "bcast", int(o)),) if o > 1 else None for o in oshape[: n - len(xl)])
-            return pad + tuple(ax if int(s) == int(o) else ((BATCH_GRID, "bcast", int(o)),) for ax, s, o in zip(xl, list(x.shape), oshape[n - len(xl):]))
-        return xl if xl is not None and len(xl) == len(oshape) else None
-    if name in ("view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze", "squeeze_", "unsqueeze_"):
-        return reshape_labels(xl, list(x.shape), oshape) if xl is not None else None
-    if name == "repeat":
-        return _repeat_labels(xl, list(x.shape), oshape) if xl is not None else None
-    if name in ("permute", "movedim"):
-        if xl is None:
-            return None
-        if name == "permute":
-            dims = _shape_arg(args, 1) if len(args) > 1 else list(kwargs.get("dims", []))
+@dataclass(frozen=True)
+class _Call:
+    """One op call as the label rules see it: its name and arguments, the first tensor argument ``x`` with its labels
+    ``xl``, the output's shape, and ``get`` (tensor → labels or None)."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    x: Any
+    xl: Labels | None
+    oshape: list[int]
+    get: Any
+
+
+def _same_shape(c: _Call) -> Labels | None:
+    """Elementwise ops and ``expand``: the input's labels; an expanded axis is a broadcast one."""
+    if c.name in ("expand", "expand_as", "broadcast_to") and c.xl is not None:
+        n, xl = len(c.oshape), c.xl
+        pad = tuple(((BATCH_GRID, "bcast", int(o)),) if o > 1 else None for o in c.oshape[: n - len(xl)])
+        return pad + tuple(ax if int(s) == int(o) else ((BATCH_GRID, "bcast", int(o)),) for ax, s, o in zip(xl, list(c.x.shape), c.oshape[n - len(xl):]))
+    return c.xl if c.xl is not None and len(c.xl) == len(c.oshape) else None
+
+
+def _reshaped(c: _Call) -> Labels | None:
+    return reshape_labels(c.xl, list(c.x.shape), c.oshape) if c.xl is not None else None
+
+
+def _repeated(c: _Call) -> Labels | None:
+    return _repeat_labels(c.xl, list(c.x.shape), c.oshape) if c.xl is not None else None
+
+
+def _movedim_order(n: int, src: Any, dst: Any) -> list[int]:
+    """The ``permute`` order that ``movedim(src, dst)`` applies to ``n`` axes."""
+    order = list(range(n))
+    src_l = [src] if isinstance(src, int) else list(src)
+    dst_l = [dst] if isinstance(dst, int) else list(dst)
+    moved = [order[_norm_dim(s, n)] for s in src_l]
+    rest = [o for o in order if o not in moved]
+    dims = [0] * n
+    for d, m in zip(dst_l, moved):
+        dims[_norm_dim(d, n)] = m
+    it = iter(rest)
+    return [d if i in {_norm_dim(v, n) for v in dst_l} else next(it) for i, d in enumerate(dims)]
+
+
+def _permuted(c: _Call) -> Labels | None:
+    if c.xl is None:
+        return None
+    xl = c.xl
+    if c.name == "permute":
+        dims = _shape_arg(c.args, 1) if len(c.args) > 1 else list(c.kwargs.get("dims", []))
+    else:
+        dims = _movedim_order(len(xl), c.args[1], c.args[2])
+    return tuple(xl[_norm_dim(d, len(xl))] for d in dims)
+
+
+def _transposed(c: _Call) -> Labels | None:
+    if c.xl is None:
+        return None
+    n = len(c.xl)
+    if c.name in ("t", "mT"):
+        d0, d1 = n - 2, n - 1
+    else:
+        d0 = _norm_dim(int(c.args[1] if len(c.args) > 1 else c.kwargs["dim0"]), n)
+        d1 = _norm_dim(int(c.args[2] if len(c.args) > 2 else c.kwargs["dim1"]), n)
+    lb = list(c.xl)
+    lb[d0], lb[d1] = lb[d1], lb[d0]
+    return tuple(lb)
+
+
+def _matmul(c: _Call) -> Labels | None:
+    """Batch axes from either operand, then the left operand's rows and the right one's columns (the keys, unless halo
+    windows are not paired with the query blocks)."""
+    a, b = (c.args[1], c.args[0]) if c.name == "__rmatmul__" else (c.args[0], c.args[1])
+    if c.name == "baddbmm":
+        a, b = c.args[1], c.args[2]
+    al, bl = c.get(a), c.get(b)
+    if a.ndim < 2 or b.ndim < 2:
+        return None
+    n = len(c.oshape)
+    batch: list[Axis] = []
+    for k in range(n - 2):
+        lab = None
+        for t, tl in ((a, al), (b, bl)):
+            j = k - (n - t.ndim)
+            if tl is not None and j >= 0 and int(t.shape[j]) == c.oshape[k]:
+                lab = tl[j]
+                if lab is not None:
+                    break
+        batch.append(lab)
+    keys = bl[-1] if bl is not None else None
+    if bl is not None and not _halo_paired(list(al[:-2]) if al is not None else [], list(bl[:-2])):
+        keys = None  # windows that are not the queries' blocks: the keys' places are unknown
+    res = (*batch, al[-2] if al is not None else None, keys)
+    return res if any(r is not None for r in res) else None
+
+
+def _einsum(c: _Call) -> Labels | None:
+    ops = list(c.args[1]) if len(c.args) == 2 and isinstance(c.args[1], (list, tuple)) else list(c.args[1:])
+    return _einsum_labels(c.args[0], ops, [c.get(t) for t in ops])
+
+
+def _binary(c: _Call) -> Labels | None:
+    ts = [t for t in (*c.args, *c.kwargs.values()) if isinstance(t, torch.Tensor)]
+    return broadcast_labels([list(t.shape) for t in ts], [c.get(t) for t in ts], c.oshape)
+
+
+def _reduced(c: _Call) -> Labels | None:
+    if c.xl is None:
+        return None
+    dim = c.args[1] if len(c.args) > 1 else c.kwargs.get("dim")
+    keep = bool(c.args[2] if len(c.args) > 2 and isinstance(c.args[2], bool) else c.kwargs.get("keepdim", False))
+    if dim is None:
+        return None
+    dims = {_norm_dim(int(d), len(c.xl)) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
+    if keep:
+        return tuple(None if i in dims else ax for i, ax in enumerate(c.xl))
+    return tuple(ax for i, ax in enumerate(c.xl) if i not in dims) or None
+
+
+def _padded_op(c: _Call) -> Labels | None:
+    """``F.pad``: the last len(pad) / 2 axes are padded; zero padding of a row or column is followed, other padding loses
+    the axis' meaning."""
+    if c.xl is None:
+        return None
+    xl = c.xl
+    pad = list(c.args[1] if len(c.args) > 1 else c.kwargs.get("pad", ()))
+    mode = c.args[2] if len(c.args) > 2 else c.kwargs.get("mode", "constant")
+    after = _padded_after(xl, pad, mode)
+    if after is not None:
+        return after
+    res = list(xl)
+    for i in range(len(pad) // 2):
+        if pad[2 * i] or pad[2 * i + 1]:
+            res[len(xl) - 1 - i] = _padded(xl[len(xl) - 1 - i], int(pad[2 * i]), int(pad[2 * i + 1])) if mode == "constant" else None
+    return tuple(res)
+
+
+def _rolled(c: _Call) -> Labels | None:
+    return _roll_labels(c.xl, c.args, c.kwargs)
+
+
+_KEEP_CHANNELS_NOT = ("conv2d", "conv_transpose2d", "pixel_shuffle", "pixel_unshuffle")
+
+
+def _spatial_op(c: _Call) -> Labels | None:
+    """Convolutions, pools, resizes: batch kept, channels kept by pools and resizes, a new grid unless the size is the
+    same; an adaptive average pool's cells remember the grid they average (:data:`POOLED`)."""
+    x, xl, oshape = c.x, c.xl, c.oshape
+    if xl is None or x.ndim != 4 or len(oshape) != 4:
+        return None
+    same_hw = list(x.shape[2:]) == oshape[2:]
+    src = positions((*(xl[2] or ()), *(xl[3] or ()))) if c.name == "adaptive_avg_pool2d" and not same_hw else None
+    g = _remember(POOLED, (src[0], src[1], src[2])) if src is not None else new_grid()  # cells of known areas of that grid
+    ch = xl[1] if c.name not in _KEEP_CHANNELS_NOT and int(x.shape[1]) == oshape[1] else ((g, "c", oshape[1]),)
+    if same_hw:
+        return (xl[0], ch, xl[2], xl[3])
+    one = src is not None  # an adaptive average pool's 1×1 cell is still a cell of its grid (a pyramid's first level)
+    return (xl[0], ch, ((g, "h", oshape[2]),) if oshape[2] > 1 or one else None, ((g, "w", oshape[3]),) if oshape[3] > 1 or one else None)
+
+
+def _sliced_axis(ax: Axis, i: slice) -> Axis:
+    """One axis under a slice: the grid before a pad cut off again, itself, a token slice, the block rows of a strided
+    slice, channels (sized later), or unknown."""
+    full = i == slice(None) or (i.start in (None, 0) and i.stop is None and i.step in (None, 1))
+    layout = TOKENS.get(ax[0][0]) if ax and len(ax) == 1 and ax[0][1] == "tok" else None
+    cropped = _unpadded(ax, i)
+    if cropped is not None:  # the padding cut off again (Swin after its windows): the grid before the pad
+        return cropped
+    if full:
+        return ax
+    if layout is not None:
+        return _slice_tokens(layout, i)
+    if _cell_stride(ax, i):  # every s-th row from offset k < s: one sample per block of s rows (patch merging)
+        g, nm, size = ax[0]  # type: ignore[index]
+        return ((g, f"{nm}[{size // i.step}o]", size // i.step),)
+    return ((new_grid(), "c", 0),) if is_channels(ax) else None  # sized by the caller
+
+
+def _indexed(c: _Call) -> Labels | None:
+    """``x[...]`` with ints, slices, None and Ellipsis (tensor or list indices lose every label)."""
+    if c.xl is None:
+        return None
+    xl = c.xl
+    idx = c.args[1] if len(c.args) > 1 else None
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, (torch.Tensor, list)) for i in idx):
+        return None
+    odd = _padded_strides(xl, idx)
+    if odd:
+        return tuple(odd.get(d, ax) for d, ax in enumerate(xl))
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    res: list[Axis] = []
+    d = 0
+    for i in idx:
+        if i is Ellipsis:
+            span = max(0, len(xl) - n_real)
+            res.extend(xl[d: d + span])
+            d += span
+        elif i is None:
+            res.append(None)
+        elif isinstance(i, (int, slice)):
+            if isinstance(i, slice):
+                res.append(_sliced_axis(xl[d], i))
+            d += 1
         else:
-            src, dst = args[1], args[2]
-            order = list(range(len(xl)))
-            src_l = [src] if isinstance(src, int) else list(src)
-            dst_l = [dst] if isinstance(dst, int) else list(dst)
-            moved = [order[_norm_dim(s, len(xl))] for s in src_l]
-            rest = [o for o in order if o not in moved]
-            dims = [0] * len(xl)
-            for d, m in zip(dst_l, moved):
-                dims[_norm_dim(d, len(xl))] = m
-            it = iter(rest)
-            dims = [d if i in {_norm_dim(v, len(xl)) for v in dst_l} else next(it) for i, d in enumerate(dims)]
-        return tuple(xl[_norm_dim(d, len(xl))] for d in dims)
-    if name in ("transpose", "swapaxes", "swapdims", "t", "mT"):
-        if xl is None:
             return None
-        if name in ("t", "mT"):
-            d0, d1 = len(xl) - 2, len(xl) - 1
-        else:
-            d0 = _norm_dim(int(args[1] if len(args) > 1 else kwargs["dim0"]), len(xl))
-            d1 = _norm_dim(int(args[2] if len(args) > 2 else kwargs["dim1"]), len(xl))
-        lb = list(xl)
-        lb[d0], lb[d1] = lb[d1], lb[d0]
-        return tuple(lb)
-    if name in ("matmul", "bmm", "__matmul__", "__rmatmul__", "baddbmm"):
-        a, b = (args[1], args[0]) if name == "__rmatmul__" else (args[0], args[1])
-        if name == "baddbmm":
-            a, b = args[1], args[2]
-        al, bl = get(a), get(b)
-        if a.ndim < 2 or b.ndim < 2:
-            return None
-        n = len(oshape)
-        batch: list[Axis] = []
-        for k in range(n - 2):
-            lab = None
-            for t, tl in ((a, al), (b, bl)):
-                j = k - (n - t.ndim)
-                if tl is not None and j >= 0 and int(t.shape[j]) == oshape[k]:
-                    lab = tl[j]
-                    if lab is not None:
-                        break
-            batch.append(lab)
-        keys = bl[-1] if bl is not None else None
-        if bl is not None and not _halo_paired(list(al[:-2]) if al is not None else [], list(bl[:-2])):
-            keys = None  # windows that are not the queries' blocks: the keys' places are unknown
-        res = (*batch, al[-2] if al is not None else None, keys)
-        return res if any(r is not None for r in res) else None
-    if name == "einsum":
-        eq = args[0]
-        ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
-        return _einsum_labels(eq, ops, [get(t) for t in ops])
-    if name in _BINARY:
-        ts = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
-        return broadcast_labels([list(t.shape) for t in ts], [get(t) for t in ts], oshape)
-    if name in _REDUCE:
-        if xl is None:
-            return None
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        keep = bool(args[2] if len(args) > 2 and isinstance(args[2], bool) else kwargs.get("keepdim", False))
-        if dim is None:
-            return None
-        dims = {_norm_dim(int(d), len(xl)) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
-        if keep:
-            return tuple(None if i in dims else ax for i, ax in enumerate(xl))
-        return tuple(ax for i, ax in enumerate(xl) if i not in dims) or None
-    if name == "pad":  # the last len(pad) / 2 axes are padded: those lose their meaning, the others keep it
-        if xl is None:
-            return None
-        pad = list(args[1] if len(args) > 1 else kwargs.get("pad", ()))
-        mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
-        after = _padded_after(xl, pad, mode)
-        if after is not None:
-            return after
-        res = list(xl)
-        for i in range(len(pad) // 2):
-            if pad[2 * i] or pad[2 * i + 1]:
-                res[len(xl) - 1 - i] = _padded(xl[len(xl) - 1 - i], int(pad[2 * i]), int(pad[2 * i + 1])) if mode == "constant" else None
-        return tuple(res)
-    if name == "roll":
-        return _roll_labels(xl, args, kwargs)
-    if name in ("conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate", "conv_transpose2d",
-                "lp_pool2d", "pixel_shuffle", "pixel_unshuffle", "upsample", "upsample_bilinear", "upsample_nearest"):
-        if xl is None or x.ndim != 4 or len(oshape) != 4:
-            return None
-        keep_c = name not in ("conv2d", "conv_transpose2d", "pixel_shuffle", "pixel_unshuffle")
-        same_hw = list(x.shape[2:]) == oshape[2:] and name != "pad"
-        src = positions((*(xl[2] or ()), *(xl[3] or ()))) if name == "adaptive_avg_pool2d" and not same_hw else None
-        g = _remember(POOLED, (src[0], src[1], src[2])) if src is not None else new_grid()  # cells of known areas of that grid
-        c = xl[1] if keep_c and int(x.shape[1]) == oshape[1] else ((g, "c", oshape[1]),)
-        if same_hw:
-            return (xl[0], c, xl[2], xl[3])
-        one = src is not None  # an adaptive average pool's 1×1 cell is still a cell of its grid (a pyramid's first level)
-        return (xl[0], c, ((g, "h", oshape[2]),) if oshape[2] > 1 or one else None, ((g, "w", oshape[3]),) if oshape[3] > 1 or one else None)
-    if name == "__getitem__":
-        if xl is None:
-            return None
-        idx = args[1] if len(args) > 1 else None
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        if any(isinstance(i, (torch.Tensor, list)) for i in idx):
-            return None
-        odd = _padded_strides(xl, idx)
-        if odd:
-            return tuple(odd.get(d, ax) for d, ax in enumerate(xl))
-        n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
-        res: list[Axis] = []
-        d = 0
-        for i in idx:
-            if i is Ellipsis:
-                for _ in range(len(xl) - n_real):
-                    res.append(xl[d])
-                    d += 1
-            elif i is None:
-                res.append(None)
-            elif isinstance(i, int):
-                d += 1
-            elif isinstance(i, slice):
-                full = i == slice(None) or (i.start in (None, 0) and i.stop is None and i.step in (None, 1))
-                ax = xl[d]
-                layout = TOKENS.get(ax[0][0]) if ax and len(ax) == 1 and ax[0][1] == "tok" else None
-                cropped = _unpadded(ax, i)
-                if cropped is not None:  # the padding cut off again (Swin after its windows): the grid before the pad
-                    res.append(cropped)
-                elif full:
-                    res.append(ax)
-                elif layout is not None:
-                    res.append(_slice_tokens(layout, i))
-                elif _cell_stride(ax, i):  # every s-th row from offset k < s: one sample per block of s rows (patch merging)
-                    g, nm, size = ax[0]  # type: ignore[index]
-                    res.append(((g, f"{nm}[{size // i.step}o]", size // i.step),))
-                else:
-                    res.append(((new_grid(), "c", 0),) if is_channels(ax) else None)  # sized below
-                d += 1
-            else:
-                return None
-        res.extend(xl[d:])
-        if len(res) != len(oshape):
-            return None
-        return tuple(((ax[0][0], "c", int(o)),) if ax and ax[0][1] == "c" and ax[0][2] == 0 else ax for ax, o in zip(res, oshape))
-    if name in ("cat", "concat", "concatenate"):
-        ts = args[0] if args else kwargs.get("tensors")
-        dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0))
-        if not ts:
-            return None
-        lbs = [get(t) for t in ts]
-        base = lbs[0] if lbs[0] is not None else lbs[-1]  # (prefix tokens from an unlabelled parameter: the patch part's labels)
-        if base is None:
-            return None
-        d = _norm_dim(dim, len(base))
-        res = list(base)
-        parts = [lb[d] if lb is not None else None for lb in lbs]
-        if len(parts) == 2 and all(p is not None and len(p) == 1 for p in parts):  # criss-cross keys: a column and a row
-            (g1, n1, s1), (g2, n2, s2) = parts[0][0], parts[1][0]  # type: ignore[index]
-            if g1 == g2 and (n1, n2) == ("h", "w"):
-                res[d] = ((g1, "cross", s1 + s2),)
-                return tuple(res)
-        if all(p is not None and is_channels(p) for p in parts):  # channels joined: the channels of a new grid
-            res[d] = ((new_grid(), "c", int(oshape[d])),)
-            return tuple(_unbroadcast(res, lbs, d))
-        pyramid = _pyramid(parts)
-        if pyramid is not None:
-            res[d] = pyramid
+    res.extend(xl[d:])
+    if len(res) != len(c.oshape):
+        return None
+    return tuple(((ax[0][0], "c", int(o)),) if ax and ax[0][1] == "c" and ax[0][2] == 0 else ax for ax, o in zip(res, c.oshape))
+
+
+def _joined(c: _Call) -> Labels | None:
+    """``torch.cat``: criss-cross keys (a column and a row), channels of a new grid, pyramid cells, or prefix tokens ⊕
+    the positions of a grid."""
+    ts = c.args[0] if c.args else c.kwargs.get("tensors")
+    dim = int(c.args[1] if len(c.args) > 1 else c.kwargs.get("dim", 0))
+    if not ts:
+        return None
+    lbs = [c.get(t) for t in ts]
+    base = lbs[0] if lbs[0] is not None else lbs[-1]  # (prefix tokens from an unlabelled parameter: the patch part's labels)
+    if base is None:
+        return None
+    d = _norm_dim(dim, len(base))
+    res = list(base)
+    parts = [lb[d] if lb is not None else None for lb in lbs]
+    if len(parts) == 2 and all(p is not None and len(p) == 1 for p in parts):  # criss-cross keys: a column and a row
+        (g1, n1, s1), (g2, n2, s2) = parts[0][0], parts[1][0]  # type: ignore[index]
+        if g1 == g2 and (n1, n2) == ("h", "w"):
+            res[d] = ((g1, "cross", s1 + s2),)
             return tuple(res)
-        res[d] = _cat_tokens(parts, [int(t.shape[d]) for t in ts])  # prefix tokens ⊕ the positions of a grid, or unknown
-        if lbs[-1] is not None and res[d] is not None:  # the other axes (batch, channels) are the patch part's
-            res = [r if k == d else lbs[-1][k] for k, r in enumerate(res)]
+    if all(p is not None and is_channels(p) for p in parts):  # channels joined: the channels of a new grid
+        res[d] = ((new_grid(), "c", int(c.oshape[d])),)
+        return tuple(_unbroadcast(res, lbs, d))
+    pyramid = _pyramid(parts)
+    if pyramid is not None:
+        res[d] = pyramid
         return tuple(res)
-    if name == "linear":
-        if xl is None:
-            return None
-        return (*xl[:-1], ((new_grid(), "c", oshape[-1]),))
-    if name == "unfold" and not (len(args) == 4 or "step" in kwargs or "dimension" in kwargs):  # F.unfold, not Tensor.unfold
-        return _unfold_labels(xl, list(x.shape), args, kwargs) if xl is not None else None
-    if name == "unfold":  # Tensor.unfold(dimension, size, step): sliding windows along one axis
-        return _window_labels(xl, args, kwargs) if xl is not None else None
-    return None
+    res[d] = _cat_tokens(parts, [int(t.shape[d]) for t in ts])  # prefix tokens ⊕ the positions of a grid, or unknown
+    if lbs[-1] is not None and res[d] is not None:  # the other axes (batch, channels) are the patch part's
+        res = [r if k == d else lbs[-1][k] for k, r in enumerate(res)]
+    return tuple(res)
+
+
+def _linear(c: _Call) -> Labels | None:
+    return (*c.xl[:-1], ((new_grid(), "c", c.oshape[-1]),)) if c.xl is not None else None
+
+
+def _unfolded(c: _Call) -> Labels | None:
+    """``F.unfold`` (im2col: blocks of a grid) or ``Tensor.unfold(dimension, size, step)`` (sliding windows of one axis)."""
+    if c.xl is None:
+        return None
+    if len(c.args) == 4 or "step" in c.kwargs or "dimension" in c.kwargs:
+        return _window_labels(c.xl, c.args, c.kwargs)
+    return _unfold_labels(c.xl, list(c.x.shape), c.args, c.kwargs)
+
+
+_RULES: dict[str, Any] = {}
+for _names, _rule in (
+    ((*_SHAPE_SAME, "expand", "expand_as", "broadcast_to"), _same_shape),
+    (("view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze", "squeeze_", "unsqueeze_"), _reshaped),
+    (("repeat",), _repeated),
+    (("permute", "movedim"), _permuted),
+    (("transpose", "swapaxes", "swapdims", "t", "mT"), _transposed),
+    (("matmul", "bmm", "__matmul__", "__rmatmul__", "baddbmm"), _matmul),
+    (("einsum",), _einsum),
+    (tuple(_BINARY), _binary),
+    (tuple(_REDUCE), _reduced),
+    (("pad",), _padded_op),
+    (("roll",), _rolled),
+    (("conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate", "conv_transpose2d", "lp_pool2d",
+      "pixel_shuffle", "pixel_unshuffle", "upsample", "upsample_bilinear", "upsample_nearest"), _spatial_op),
+    (("__getitem__",), _indexed),
+    (("cat", "concat", "concatenate"), _joined),
+    (("linear",), _linear),
+    (("unfold",), _unfolded),
+):
+    for _n in _names:
+        _RULES.setdefault(_n, _rule)  # the first family that names an op decides it
+
+
+def propagate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Any) -> Labels | None:
+    """Labels of ``out`` (a tensor) from the labels of the inputs (``get(t)``), or None when unknown: one rule per op
+    family (:data:`_RULES`)."""
+    rule = _RULES.get(name)
+    if rule is None:
+        return None
+    x = args[0] if args else kwargs.get("input")
+    return rule(_Call(name, args, kwargs, x, get(x) if isinstance(x, torch.Tensor) else None, list(out.shape), get))
 
 
 HALO = re.compile(r"^(?P<kind>pad|blk|win)(?P<base>[hw]):(?P<a>-?\d+):(?P<b>-?\d+):(?P<n>\d+)$")  # padded / unfolded row or column atoms

@@ -20,6 +20,7 @@ Whatever cannot be placed exactly is reported as *seen, not drawn* with the reas
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import weakref
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .provenance import (
     _SPLIT,
     BATCH_GRID,
     HALO,
+    Atom,
     Axis,
     Candidate,
     Cells,
@@ -375,6 +377,15 @@ class Tracker:
             self._derived[id(t)] = (weakref.ref(t), d)
 
     # ---- the op hook
+    def _carry_labels(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """Carry the axis labels through one op (a ``sigmoid_`` in place keeps the labels its output already has)."""
+        if isinstance(out, torch.Tensor):
+            if name not in ("sigmoid_",) or self.get(out) is None:
+                self.set(out, propagate(name, args, kwargs, out, self.get))
+        elif isinstance(out, (tuple, list)) and out and all(isinstance(o, torch.Tensor) for o in out):
+            for o, lb in zip(out, propagate_multi(name, args, kwargs, list(out), self.get)):
+                self.set(o, lb)
+
     def propagate_only(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> bool:
         """Outside watched code: carry the axis labels through the op, nothing else. True when the op touched a
         candidate (what it did then is more than labels: a replay that skips this op would differ)."""
@@ -382,103 +393,103 @@ class Tracker:
         name = func_name(func)
         if name == "stack" and isinstance(out, torch.Tensor):
             return self._stack(args, kwargs, out)
-        elif isinstance(out, torch.Tensor):
-            if name not in ("sigmoid_",) or self.get(out) is None:
-                self.set(out, propagate(name, args, kwargs, out, self.get))
-        elif isinstance(out, (tuple, list)) and out and all(isinstance(o, torch.Tensor) for o in out):
-            for o, lb in zip(out, propagate_multi(name, args, kwargs, list(out), self.get)):
-                self.set(o, lb)
+        self._carry_labels(name, args, kwargs, out)
         return False
 
-    def on_op(  # noqa: PLR0915  (one dispatch over op kinds; to be split by op family with the token-provenance rework, issue 20)
+    def on_op(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, frame: Frame | None, in_adapted: bool
     ) -> None:
+        """Inside watched code: labels, then what the op does to a candidate (uses it, or carries it on), the logits it
+        tracks (q·kᵀ and its scaling), and the candidates it makes (sigmoids, softmaxes)."""
         name = func_name(func)
         self._produced(out)
-        if name == "scaled_dot_product_attention":
-            if frame is not None and not in_adapted:
-                self._sdpa(args, kwargs, out, frame)
-            return
-        if name in ("_native_multi_head_attention", "multi_head_attention_forward"):  # nn.MultiheadAttention (torchvision's ViT)
-            if frame is not None and not in_adapted:
-                self._mha(name, args, kwargs, out, frame)
+        if name in ("scaled_dot_product_attention", "_native_multi_head_attention", "multi_head_attention_forward"):
+            if frame is not None and not in_adapted:  # fused attention; nn.MultiheadAttention (torchvision's ViT)
+                (self._sdpa if name == "scaled_dot_product_attention" else functools.partial(self._mha, name))(args, kwargs, out, frame)
             return
         if name == "stack" and isinstance(out, torch.Tensor):
             self._stack(args, kwargs, out)
             return
-        # labels
-        if isinstance(out, torch.Tensor):
-            if name not in ("sigmoid_",) or self.get(out) is None:
-                self.set(out, propagate(name, args, kwargs, out, self.get))
-        elif isinstance(out, (tuple, list)) and out and all(isinstance(o, torch.Tensor) for o in out):
-            for o, lb in zip(out, propagate_multi(name, args, kwargs, list(out), self.get)):
-                self.set(o, lb)
+        self._carry_labels(name, args, kwargs, out)
         if frame is None or in_adapted:
             return
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        derived = [(t, self._derive(t)) for t in tensors]
-        derived = [(t, d) for t, d in derived if d is not None]
-        # consumers of candidates
-        if derived and isinstance(out, torch.Tensor) and self._mixes_softmaxes(name, args, derived, out, frame):
+        derived = [(t, d) for t, d in ((t, self._derive(t)) for t in tensors) if d is not None]
+        if derived and isinstance(out, torch.Tensor) and self._consumed(name, args, tensors, derived, out, frame):
             return
-        if derived and name in MULS:
-            others = [t for t in tensors if self._derive(t) is None or self._derive(t).cand is not derived[0][1].cand]
-            if others and isinstance(out, torch.Tensor):
+        self._track_logits(name, args, tensors, out, frame)
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            self._new_candidate(name, args, kwargs, out, frame)
+
+    def _consumed(self, name: str, args: tuple[Any, ...], tensors: list[torch.Tensor], derived: list[tuple[torch.Tensor, _Derived]],
+                  out: torch.Tensor, frame: Frame) -> bool:
+        """What an op does with a candidate: a mix of softmaxes, a gate multiplying, attention contracted, a shape op or
+        a scalar op carrying it on, talking heads; else the reason it is no map. True when the op is decided here."""
+        if self._mixes_softmaxes(name, args, derived, out, frame):
+            return True
+        if name in MULS:
+            others = [t for t in tensors if self._derive(t) is None or self._derive(t).cand is not derived[0][1].cand]  # type: ignore[union-attr]
+            if others:
                 self._gate_used(derived[0][0], derived[0][1], others[0], out, name)
-                return
-        if derived and name in MATMULS and isinstance(out, torch.Tensor):
+                return True
+        if name in MATMULS:
             self._attention_used(name, args, derived, out)
-            return
-        if derived and isinstance(out, torch.Tensor):
-            t, d = derived[0]
-            scalar_other = all(not isinstance(a, torch.Tensor) or a.ndim == 0 or a is t for a in args[: 2])
-            if name in SHAPE_OPS or (name in SCALAR_OPS and scalar_other):
-                self._mark(out, _Derived(d.cand, d.changed or name in SCALAR_OPS, _moved(d.order, name, args, t, out)))
-                return
-            if name == "linear" and self._mixes_heads(t, d, args):
-                self.set(out, self.get(t))  # the same axes: one weight per (head, query, key), the heads mixed
-                self._mark(out, _Derived(d.cand, True, d.order))
-                d.cand.note = (f"talking heads: a linear layer mixes the {t.shape[-1]} heads after this {d.cand.op}; "
-                               f"each head's row is the {d.cand.op}'s (before the mix)")
-                return
-            if name == "sum" or name == "mean":
-                d.cand.reasons.append(f"reduced by {name} before being used")
-            else:
-                d.cand.reasons.append(f"used by {name}")
-        # logits tracking: q @ k (times a scalar) feeding a softmax or a normalisation by the key count
+            return True
+        t, d = derived[0]
+        scalar_other = all(not isinstance(a, torch.Tensor) or a.ndim == 0 or a is t for a in args[: 2])
+        if name in SHAPE_OPS or (name in SCALAR_OPS and scalar_other):
+            self._mark(out, _Derived(d.cand, d.changed or name in SCALAR_OPS, _moved(d.order, name, args, t, out)))
+            return True
+        if name == "linear" and self._mixes_heads(t, d, args):
+            self.set(out, self.get(t))  # the same axes: one weight per (head, query, key), the heads mixed
+            self._mark(out, _Derived(d.cand, True, d.order))
+            d.cand.note = (f"talking heads: a linear layer mixes the {t.shape[-1]} heads after this {d.cand.op}; "
+                           f"each head's row is the {d.cand.op}'s (before the mix)")
+            return True
+        d.cand.reasons.append(f"reduced by {name} before being used" if name in ("sum", "mean") else f"used by {name}")
+        return False
+
+    def _track_logits(self, name: str, args: tuple[Any, ...], tensors: list[torch.Tensor], out: Any, frame: Frame) -> None:
+        """Logits tracking: q @ k (times a scalar) feeding a softmax, or divided by the key count (dot-product Non-Local)."""
         if name in ("matmul", "bmm", "__matmul__") and isinstance(out, torch.Tensor) and out.ndim >= 3 and len(tensors) == 2:
             self._logits[id(out)] = (weakref.ref(out), tensors[0], tensors[1], 1.0)
-        elif name in SCALAR_OPS and isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
-            hit = self._logits.get(id(args[0]))
-            other = args[1] if len(args) > 1 else None
-            if hit is None and name in DIVISIONS and isinstance(other, (int, float)) and self._pairwise_mean(args[0], float(other)):
-                self._candidate("normalized", out, frame, dim=out.ndim - 1)  # f / N over pairs of positions (concatenation Non-Local)
-            if hit is not None and hit[0]() is args[0] and isinstance(other, (int, float)):
-                if name in ("mul", "__mul__", "mul_", "__imul__"):
-                    self._logits[id(out)] = (weakref.ref(out), hit[1], hit[2], hit[3] * float(other))
-                elif name in ("div", "__truediv__", "true_divide", "div_", "__itruediv__"):
-                    n = int(args[0].shape[-1])
-                    if float(other) == float(n) and hit[3] == 1.0:  # q·k / N: the dot-product Non-Local
-                        self._candidate("normalized", out, frame, dim=out.ndim - 1, qk=(hit[1], hit[2], 1.0))  # rows: (q·k) / N, once
-                    else:
-                        self._logits[id(out)] = (weakref.ref(out), hit[1], hit[2], hit[3] / float(other))
-        # new candidates
-        if isinstance(out, torch.Tensor) and out.is_floating_point():
-            if name in GATES:
-                self._candidate("sigmoid" if name != "hardsigmoid" else "hardsigmoid", out, frame, arg=args[0] if args else kwargs.get("input"))
-            elif name in SOFTMAXES:
-                x = args[0] if args else kwargs.get("input")
-                dim = args[1] if len(args) > 1 else kwargs.get("dim")
-                if dim is None:  # the legacy implicit dim of F.softmax
-                    dim = 0 if out.ndim in (0, 1, 3) else 1
-                dim = int(dim) % out.ndim
-                if self._cross(out, dim, frame):
-                    return
-                qk = None
-                hit = self._logits.get(id(x)) if isinstance(x, torch.Tensor) else None
-                if hit is not None and hit[0]() is x and dim == out.ndim - 1:
-                    qk = (hit[1], hit[2], hit[3])
-                self._candidate("softmax", out, frame, dim=dim, qk=qk)
+            return
+        if name not in SCALAR_OPS or not isinstance(out, torch.Tensor) or not args or not isinstance(args[0], torch.Tensor):
+            return
+        hit = self._logits.get(id(args[0]))
+        other = args[1] if len(args) > 1 else None
+        if hit is None and name in DIVISIONS and isinstance(other, (int, float)) and self._pairwise_mean(args[0], float(other)):
+            self._candidate("normalized", out, frame, dim=out.ndim - 1)  # f / N over pairs of positions (concatenation Non-Local)
+        if hit is None or hit[0]() is not args[0] or not isinstance(other, (int, float)):
+            return
+        if name in ("mul", "__mul__", "mul_", "__imul__"):
+            self._logits[id(out)] = (weakref.ref(out), hit[1], hit[2], hit[3] * float(other))
+        elif name in ("div", "__truediv__", "true_divide", "div_", "__itruediv__"):
+            n = int(args[0].shape[-1])
+            if float(other) == float(n) and hit[3] == 1.0:  # q·k / N: the dot-product Non-Local
+                self._candidate("normalized", out, frame, dim=out.ndim - 1, qk=(hit[1], hit[2], 1.0))  # rows: (q·k) / N, once
+            else:
+                self._logits[id(out)] = (weakref.ref(out), hit[1], hit[2], hit[3] / float(other))
+
+    def _new_candidate(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor, frame: Frame) -> None:
+        """A sigmoid-like gate or a softmax becomes a candidate (a criss-cross softmax is decided at once)."""
+        if name in GATES:
+            self._candidate("sigmoid" if name != "hardsigmoid" else "hardsigmoid", out, frame, arg=args[0] if args else kwargs.get("input"))
+            return
+        if name not in SOFTMAXES:
+            return
+        x = args[0] if args else kwargs.get("input")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if dim is None:  # the legacy implicit dim of F.softmax
+            dim = 0 if out.ndim in (0, 1, 3) else 1
+        dim = int(dim) % out.ndim
+        if self._cross(out, dim, frame):
+            return
+        qk = None
+        hit = self._logits.get(id(x)) if isinstance(x, torch.Tensor) else None
+        if hit is not None and hit[0]() is x and dim == out.ndim - 1:
+            qk = (hit[1], hit[2], hit[3])
+        self._candidate("softmax", out, frame, dim=dim, qk=qk)
 
     def _mixes_softmaxes(self, name: str, args: tuple[Any, ...], derived: list[tuple[torch.Tensor, _Derived]], out: torch.Tensor,
                          frame: Frame) -> bool:
@@ -565,48 +576,26 @@ class Tracker:
         return touched
 
     # ---- decisions: gates
-    def _gate_used(self, g: torch.Tensor, d: _Derived, p: torch.Tensor, out: torch.Tensor, op: str) -> None:  # noqa: PLR0915  (one dispatch over op kinds; to be split by op family with the token-provenance rework, issue 20)
+    def _gate_used(self, g: torch.Tensor, d: _Derived, p: torch.Tensor, out: torch.Tensor, op: str) -> None:
+        """A sigmoid / softmax candidate ``g`` multiplies ``p``: what it varies along (batch, channels, rows, columns,
+        branches) decides the record's kind; an activation, a constant or an untraceable axis is the reason there is none."""
         c = d.cand
-        if c.used:
+        if c.used or c.source is p or (self._derive(p) is not None and self._derive(p).cand is c):  # type: ignore[union-attr]
             return
-        pl = self.get(p)
+        if not self._multiplies_a_map(c, p, out):
+            return
         gl = self.get(g)
-        n = out.ndim
-        if c.source is p or (self._derive(p) is not None and self._derive(p).cand is c):
-            return
-        if c.arg is not None and c.arg() is p:
-            c.used = True  # x · σ(x): Swish / SiLU, an activation
-            self.report_seen(Seen(c.frame.name, c.op, tuple(c.source.shape),
-                                  "x·σ(x) multiplies the very tensor it was computed from: an activation (Swish/SiLU), not a gate"))
-            return
-        if pl is None:
-            c.reasons.append(f"multiplies a tensor of shape {tuple(p.shape)} whose axes cannot be traced to the image")
-            return
-        if p.ndim != n:
-            c.reasons.append(f"multiplies a tensor of shape {tuple(p.shape)} of a different rank")
-            return
-        vary: list[int] = []
-        g_al = [None] * (n - g.ndim) + list(range(g.ndim))
-        for k in range(n):
-            j = g_al[k]
-            constant = gl is not None and j is not None and is_broadcast(gl[j])  # expanded before a (softmax) op
-            if j is not None and g.shape[j] > 1 and g.stride(j) != 0 and not constant:
-                vary.append(k)
-        labels: list[Axis] = []
-        for k in range(n):
-            ax = pl[k] if int(p.shape[k]) == int(out.shape[k]) else (gl[g_al[k]] if gl is not None and g_al[k] is not None else None)
-            labels.append(ax)
+        vary, labels = self._gate_axes(g, gl, self.get(p), p, out)  # type: ignore[arg-type]
         if any(labels[k] is None for k in vary):
             c.reasons.append(f"varies along an axis of the product {tuple(out.shape)} that cannot be traced to channels or positions")
             return
         atoms = [a for k in vary for a in labels[k]]  # type: ignore[union-attr]
         bases = {_base(a[1]) for a in atoms}
-        batch = int(out.shape[0]) if n else 1
-        per_sample = "b" in bases if batch > 1 else self.get(c.source) is not None
+        n = out.ndim
+        per_sample = "b" in bases if (int(out.shape[0]) if n else 1) > 1 else self.get(c.source) is not None
         if not per_sample:
             c.reasons.append("does not depend on the sample (a learned constant, not a gate)")
             return
-        grids = {a[0] for a in atoms if _base(a[1]) in ("h", "w")}
         gt = self._values(g, d)
         if gt is None:
             c.reasons.append("its values could not be aligned with the feature map")
@@ -614,62 +603,91 @@ class Tracker:
         gl_vals = tuple(labels[k] if k in vary else None for k in range(n))
         gl_vals = gl_vals[n - gt.ndim:] if gt.ndim < n else gl_vals
         kind_bases = bases - {"b"}
-        branch_axis = self._softmax_axis(c, g, gl, g_al, vary)
-        if branch_axis is not None and kind_bases <= {"c", "branch"} and "branch" not in kind_bases:
-            # a softmax across a split of the channels (ResNeSt's radix, PSA's scales): branch weights (B, M, C/M)
-            lb = list(gl_vals)
-            j = branch_axis - (n - gt.ndim)
-            lb[j] = tuple((g_, "branch", s_) for g_, _, s_ in lb[j])  # type: ignore[union-attr]
-            res = canonical(gt, tuple(lb), ("b", "branch", "c"))
-            if res is not None:
-                w, _ = res
-                rec = BranchWeights(weights=keep(w))
-                rec.note = f"softmax across {w.shape[1]} channel groups (branches), per channel"
-                self._record(c, "branch", rec)
-                return
+        branch_axis = self._softmax_axis(c, g, gl, [None] * (n - g.ndim) + list(range(g.ndim)), vary)
+        if branch_axis is not None and kind_bases <= {"c", "branch"} and "branch" not in kind_bases \
+                and self._branch_record(c, gt, gl_vals, branch_axis - (n - gt.ndim)):
+            return
         try:
-            if kind_bases == {"c"}:
-                res = canonical(gt, gl_vals, ("b", "c"))
-                if res is None:
-                    raise ValueError
-                w, _ = res
-                rec: Record = ChannelGate(weights=keep(w.reshape(w.shape[0], -1)))
-                if c.op == "softmax":
-                    rec.note = "softmax across channel groups (e.g. PSA's scale branches), applied as a per-channel weight"  # type: ignore[attr-defined]
-                self._record(c, "channel", rec)
-            elif kind_bases in ({"h", "w"}, {"h"}, {"w"}) and len(grids) == 1 and self._complete(atoms):
-                res = canonical(gt, gl_vals, ("b", "h", "w"))
-                if res is None:
-                    raise ValueError
-                m, sizes = res
-                m = m.reshape(m.shape[0], sizes.get("h", 1), sizes.get("w", 1))
-                self._record(c, "spatial", SpatialMask(mask=keep(m)))
-            elif kind_bases == {"branch", "c"}:
-                res = canonical(gt, gl_vals, ("b", "branch", "c"))
-                if res is None:
-                    raise ValueError
-                w, _ = res
-                self._record(c, "branch", BranchWeights(weights=keep(w)))
-            elif kind_bases in ({"c", "h"}, {"c", "w"}) and len(grids) == 1 and self._complete(atoms):
-                axis = "h" if "h" in kind_bases else "w"
-                res = canonical(gt, gl_vals, ("b", "c", axis))
-                if res is None:
-                    raise ValueError
-                w, _ = res
-                self._record(c, f"gate_c{axis}", AxisGate(weights=keep(w), axes=("c", axis)))
-            elif kind_bases == {"c", "h", "w"} and len(grids) == 1 and self._complete(atoms):
-                res = canonical(gt, gl_vals, ("b", "c", "h", "w"))
-                if res is None:
-                    raise ValueError
-                full, _ = res
-                rec = ElementGate(gate=keep(full), mask=keep(full.mean(1)))
-                rec.note = f"a per-element {c.op} gate over {full.shape[1]} channels × positions; drawn: its channel mean"  # type: ignore[attr-defined]
-                self._record(c, "gate", rec)
-            else:
-                folded = ", ".join(sorted(kind_bases))
-                c.reasons.append(f"varies along {folded} — not a whole-image map (e.g. windows or parts of the rows)")
+            self._gate_record(c, kind_bases, gt, gl_vals, atoms)
         except ValueError:
             c.reasons.append("its axes could not be arranged as (batch, channels, rows, columns)")
+
+    def _multiplies_a_map(self, c: Candidate, p: torch.Tensor, out: torch.Tensor) -> bool:
+        """Whether the other factor is a traced map of the product's rank (else the reason, or x·σ(x) reported seen)."""
+        if c.arg is not None and c.arg() is p:
+            c.used = True  # x · σ(x): Swish / SiLU, an activation
+            self.report_seen(Seen(c.frame.name, c.op, tuple(c.source.shape),
+                                  "x·σ(x) multiplies the very tensor it was computed from: an activation (Swish/SiLU), not a gate"))
+            return False
+        if self.get(p) is None:
+            c.reasons.append(f"multiplies a tensor of shape {tuple(p.shape)} whose axes cannot be traced to the image")
+            return False
+        if p.ndim != out.ndim:
+            c.reasons.append(f"multiplies a tensor of shape {tuple(p.shape)} of a different rank")
+            return False
+        return True
+
+    @staticmethod
+    def _gate_axes(g: torch.Tensor, gl: Labels | None, pl: Labels, p: torch.Tensor, out: torch.Tensor) -> tuple[list[int], list[Axis]]:
+        """The product's axes the gate varies along (not broadcast, not expanded before the op), and every product axis'
+        labels (the map's where it has the product's size, else the gate's)."""
+        n = out.ndim
+        g_al = [None] * (n - g.ndim) + list(range(g.ndim))
+        vary: list[int] = []
+        for k in range(n):
+            j = g_al[k]
+            constant = gl is not None and j is not None and is_broadcast(gl[j])  # expanded before a (softmax) op
+            if j is not None and g.shape[j] > 1 and g.stride(j) != 0 and not constant:
+                vary.append(k)
+        labels = [pl[k] if int(p.shape[k]) == int(out.shape[k]) else (gl[g_al[k]] if gl is not None and g_al[k] is not None else None)
+                  for k in range(n)]
+        return vary, labels
+
+    def _branch_record(self, c: Candidate, gt: torch.Tensor, gl_vals: tuple[Axis, ...], j: int) -> bool:
+        """A softmax across a split of the channels (ResNeSt's radix, PSA's scales): branch weights (B, M, C/M)."""
+        lb = list(gl_vals)
+        lb[j] = tuple((g_, "branch", s_) for g_, _, s_ in lb[j])  # type: ignore[union-attr]
+        res = canonical(gt, tuple(lb), ("b", "branch", "c"))
+        if res is None:
+            return False
+        w, _ = res
+        rec = BranchWeights(weights=keep(w))
+        rec.note = f"softmax across {w.shape[1]} channel groups (branches), per channel"
+        self._record(c, "branch", rec)
+        return True
+
+    def _gate_record(self, c: Candidate, kind_bases: set[str], gt: torch.Tensor, gl_vals: tuple[Axis, ...], atoms: list[Atom]) -> None:
+        """The record of a gate by what it varies along: channels, positions, branches, channels × one axis, or every
+        element; anything else is no whole-image map. Raises ValueError when the axes cannot be arranged."""
+
+        def arranged(order: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, int]]:
+            res = canonical(gt, gl_vals, order)
+            if res is None:
+                raise ValueError
+            return res
+
+        one_grid = len({a[0] for a in atoms if _base(a[1]) in ("h", "w")}) == 1 and self._complete(atoms)
+        if kind_bases == {"c"}:
+            w, _ = arranged(("b", "c"))
+            rec: Record = ChannelGate(weights=keep(w.reshape(w.shape[0], -1)))
+            if c.op == "softmax":
+                rec.note = "softmax across channel groups (e.g. PSA's scale branches), applied as a per-channel weight"
+            self._record(c, "channel", rec)
+        elif kind_bases in ({"h", "w"}, {"h"}, {"w"}) and one_grid:
+            m, sizes = arranged(("b", "h", "w"))
+            self._record(c, "spatial", SpatialMask(mask=keep(m.reshape(m.shape[0], sizes.get("h", 1), sizes.get("w", 1)))))
+        elif kind_bases == {"branch", "c"}:
+            self._record(c, "branch", BranchWeights(weights=keep(arranged(("b", "branch", "c"))[0])))
+        elif kind_bases in ({"c", "h"}, {"c", "w"}) and one_grid:
+            axis = "h" if "h" in kind_bases else "w"
+            self._record(c, f"gate_c{axis}", AxisGate(weights=keep(arranged(("b", "c", axis))[0]), axes=("c", axis)))
+        elif kind_bases == {"c", "h", "w"} and one_grid:
+            full, _ = arranged(("b", "c", "h", "w"))
+            rec = ElementGate(gate=keep(full), mask=keep(full.mean(1)))
+            rec.note = f"a per-element {c.op} gate over {full.shape[1]} channels × positions; drawn: its channel mean"
+            self._record(c, "gate", rec)
+        else:
+            c.reasons.append(f"varies along {', '.join(sorted(kind_bases))} — not a whole-image map (e.g. windows or parts of the rows)")
 
     def _softmax_axis(self, c: Candidate, g: torch.Tensor, gl: Labels | None, g_al: list[int | None], vary: list[int]) -> int | None:
         """The product axis that the candidate's softmax normalised over, if it is one of the varying ones."""
@@ -784,13 +802,12 @@ class Tracker:
         # one query (attention pooling) only when no other axis of size > 1 is there: an unlabelled one is a query axis we lost
         one_query = size_of(q_axis) == 1 if q_axis is not None else not any(
             al[i] is None and a.shape[i] > 1 for i in range(a.ndim) if i != k_idx)
-        if kp is not None and not window_atoms and one_query:
+        if kp is not None and not window_atoms and one_query:  # attention pooling: one query over the image
             m = self._matrix(a, d, al, k_idx, q_idx)
             if m is None:
                 c.reasons.append("attention pooling whose axes could not be arranged")
-                return
-            mask = m.mean(1)[:, 0].reshape(m.shape[0], kp[1], kp[2])  # (B, H, W), heads averaged
-            self._record(c, "spatial", SpatialMask(mask=keep(mask)))
+            else:
+                self._record(c, "spatial", SpatialMask(mask=keep(m.mean(1)[:, 0].reshape(m.shape[0], kp[1], kp[2]))))  # (B, H, W), heads averaged
             return
         if kp is None and one_query and not window_atoms and self._one_query_over_tokens(c, a, d, al, k_idx, q_idx, key_axis, q_axis):
             return
@@ -798,40 +815,18 @@ class Tracker:
             c.reasons.append("softmax over positions with an untraceable query axis")
             return
         if kp is not None and q_axis is not None and is_channels(q_axis) and not window_atoms and not positions(q_axis):
-            # K soft regions (one softmax over the image per channel of a class/region map): remember them
-            m = self._matrix(a, d, al, k_idx, q_idx)
-            if m is None:
-                return
-            maps = m.mean(1).reshape(m.shape[0], -1, kp[1], kp[2])  # (B, K, H, W)
-            g = new_grid()
-            self._regions[g] = (keep(maps), (kp[1], kp[2]))
-            self._region_of[g] = c
-            ol = list(self.get(out) or (None,) * out.ndim)
-            oq = out.ndim - 2 if k_idx == a.ndim - 1 else out.ndim - 1
-            if 0 <= oq < out.ndim:  # the pooled features' region axis
-                ol[oq] = ((g, "region", int(out.shape[oq])),)
-                self.set(out, tuple(ol))
-            c.used = True
-            c.reasons.append("soft regions (kept for the pixel → region attention that uses them)")
+            self._soft_regions(c, a, d, al, k_idx, q_idx, kp, out)
             return
-        if region is not None and qp is not None:
-            maps, hw = region
+        if region is not None and qp is not None:  # pixels over the soft regions kept before
             m = self._matrix(a, d, al, k_idx, q_idx)
-            if m is None:
-                return
-            pix = m.mean(1)  # (B, N, K)
-            self._region_of.pop(rid, None)  # type: ignore[arg-type]
-            self._record(c, "", RegionAttention(region_maps=maps, pixel_weights=keep(pix), query_hw=(qp[1], qp[2])))
+            if m is not None:
+                self._region_of.pop(rid, None)  # type: ignore[arg-type]
+                self._record(c, "", RegionAttention(region_maps=region[0], pixel_weights=keep(m.mean(1)), query_hw=(qp[1], qp[2])))  # (B, N, K)
             return
         if qp is not None and not window_atoms and self._pyramid_keys(c, a, d, al, k_idx, q_idx, key_axis, qp):
             return
         if is_channels(key_axis) and one_query and not window_atoms:
-            m = self._matrix(a, d, al, k_idx, q_idx)
-            if m is None:
-                return
-            rec = ChannelGate(weights=keep(m.mean(1)[:, 0]))
-            rec.note = f"{c.op} weights over {m.shape[-1]} channels, used to pool them (attention pooling over channels)"
-            self._record(c, "channel", rec)
+            self._channel_pooling(c, self._matrix(a, d, al, k_idx, q_idx))
             return
         if is_channels(key_axis) and q_axis is not None and is_channels(q_axis) and not window_atoms:
             self._channel_affinity(c, a, d, al, k_idx, q_idx, key_axis, q_axis, heads_atoms)
@@ -852,6 +847,33 @@ class Tracker:
         n = size_of(key_axis) if key_axis else "?"
         c.reasons.append(f"{c.op} over {n} keys that are not image positions" if kp is None else
                          f"{c.op} over {n} image positions, from queries that are not image positions (their grid was not followed)")
+
+    def _channel_pooling(self, c: Candidate, m: torch.Tensor | None) -> None:
+        """One query over channels (attention pooling over channels): a channel gate of the weights ``m`` (B, heads, 1, C)."""
+        if m is None:
+            return
+        rec = ChannelGate(weights=keep(m.mean(1)[:, 0]))
+        rec.note = f"{c.op} weights over {m.shape[-1]} channels, used to pool them (attention pooling over channels)"
+        self._record(c, "channel", rec)
+
+    def _soft_regions(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, kp: tuple[int, int, int],
+                      out: torch.Tensor) -> None:
+        """K soft regions (one softmax over the image per channel of a class / region map, OCR): kept, and the pooled
+        features' region axis labelled, for the pixel → region attention that uses them."""
+        m = self._matrix(a, d, al, k_idx, q_idx)
+        if m is None:
+            return
+        maps = m.mean(1).reshape(m.shape[0], -1, kp[1], kp[2])  # (B, K, H, W)
+        g = new_grid()
+        self._regions[g] = (keep(maps), (kp[1], kp[2]))
+        self._region_of[g] = c
+        ol = list(self.get(out) or (None,) * out.ndim)
+        oq = out.ndim - 2 if k_idx == a.ndim - 1 else out.ndim - 1
+        if 0 <= oq < out.ndim:  # the pooled features' region axis
+            ol[oq] = ((g, "region", int(out.shape[oq])),)
+            self.set(out, tuple(ol))
+        c.used = True
+        c.reasons.append("soft regions (kept for the pixel → region attention that uses them)")
 
     def _halo(self, c: Candidate, a: torch.Tensor, d: _Derived, al: Labels, k_idx: int, q_idx: int, key_axis: Axis, q_axis: Axis,
               blocks: list[tuple[int, str, int]]) -> None:

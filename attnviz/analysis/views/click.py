@@ -118,20 +118,24 @@ def click_raw(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str |
         order = np.argsort(-p)[:5]
         info["regions"] = [{"region": names[i] if i < len(names) else f"region {i}", "weight": round(float(p[i]), 4)} for i in order]
     if a.task == "segmentation":
-        labels = a.labels()
-        cls = int(labels[int(fy), int(fx)])
-        info["class"] = a.label(cls)
-        info["top3"] = [{"class": n, "p": round(p, 4)} for n, p in a.probs_at(fx, fy)]
-        up = torch.from_numpy(render.resize_map(m, a.hw))[None]
-        lab = torch.from_numpy(labels.astype(np.int64))[None]
-        ratio = float(same_class_mass(up, lab, torch.tensor([cls]))[0])
-        info["same_class_mass_ratio"] = round(ratio, 3)
-        info["same_class_area_share"] = round(float((labels == cls).mean()), 4)
-        if view == "reach" and isinstance(rec, CrissCross):
-            uni = uniform_reach(rec.hw, cy, cx).numpy()
-            uni_up = torch.from_numpy(render.resize_map(uni, a.hw))[None]
-            info["same_class_mass_ratio_uniform_geometry"] = round(float(same_class_mass(uni_up, lab, torch.tensor([cls]))[0]), 3)
+        _segmentation_facts(a, m, (fx, fy), uniform_reach(rec.hw, cy, cx).numpy() if view == "reach" and isinstance(rec, CrissCross) else None, info)
     return m, info
+
+
+def _segmentation_facts(a: Analysis, m: np.ndarray, xy: tuple[float, float], uniform: np.ndarray | None, info: dict[str, Any]) -> None:
+    """The class under the click, the top three, and the share of the map's mass on that class (beside the same for
+    uniform weights through CCNet's geometry when ``uniform`` is its reach)."""
+    labels = a.labels()
+    cls = int(labels[int(xy[1]), int(xy[0])])
+    info["class"] = a.label(cls)
+    info["top3"] = [{"class": n, "p": round(p, 4)} for n, p in a.probs_at(*xy)]
+    lab = torch.from_numpy(labels.astype(np.int64))[None]
+    up = torch.from_numpy(render.resize_map(m, a.hw))[None]
+    info["same_class_mass_ratio"] = round(float(same_class_mass(up, lab, torch.tensor([cls]))[0]), 3)
+    info["same_class_area_share"] = round(float((labels == cls).mean()), 4)
+    if uniform is not None:
+        uni_up = torch.from_numpy(render.resize_map(uniform, a.hw))[None]
+        info["same_class_mass_ratio_uniform_geometry"] = round(float(same_class_mass(uni_up, lab, torch.tensor([cls]))[0]), 3)
 
 
 def _overhang_facts(cl: ClickLayer, row: np.ndarray, hw: tuple[int, int], info: dict[str, Any]) -> None:
