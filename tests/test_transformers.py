@@ -561,7 +561,7 @@ def test_a_backbone_without_classes_is_analysed_as_features(tmp_path) -> None:  
     assert out["task"] == "features" and "accuracy" not in out["metrics"]
 
 
-def test_levit_last_stage_rows_sit_on_blocks_that_overhang_the_image() -> None:
+def test_levit_last_stage_rows_sit_on_blocks_that_overhang_the_image(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """LeViT's attention downsample at stage 2 takes every other cell of a 7×7 grid (7 is odd): its 4×4 queries are cells 0,
     2, 4, 6, i.e. blocks of 2×2 cells of 32 px whose last row and column run 32 px past a 224² image. Rows of the downsample
     and of the stage's blocks equal timm's softmax for both images of a batch, drawn over the pixels of each key's block
@@ -606,6 +606,23 @@ def test_levit_last_stage_rows_sit_on_blocks_that_overhang_the_image() -> None:
     lr = layer_rows("stages.2.blocks.0.attn", [cap.records["stages.2.blocks.0.attn"]], 0, (224, 224))
     centres = (torch.arange(4) * 64 + 32).double()  # the blocks' centres: the last one on the image's edge
     assert torch.equal(lr.key_px.double(), torch.stack(torch.meshgrid(centres, centres, indexing="ij"), -1).reshape(16, 2))
+    levit_in_the_app(model, tmp_path)
+
+
+def levit_in_the_app(model: nn.Module, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The app's answer for LeViT's last stage: the query block under the pixel, 64-pixel cells, sums over the 16 keys,
+    the peak marked inside the image, the blocks in the exported summary, and hover declined (it draws uniform grids)."""
+    from attnviz.analysis.views import click, modules
+    from attnviz.ui import hover
+
+    model.card = {"input_size": [224, 224], "class_names": [f"c{i}" for i in range(1000)]}
+    _, a = analysed(model, tmp_path)
+    img, info, m = click.attention_at(a, 200, 100, layer="stages.2.blocks.3.attn")
+    assert m.shape == (7, 7) and info["feature_cell"] == [1, 3] and info["feature_hw"] == [4, 4] and info["cell_size_px"] == [64.0, 64.0]
+    assert abs(info["sum"] - 1) < 1e-5 and info["peak"]["x"] < 224 and info["peak"]["y"] < 224 and "overhang" in info
+    facts = modules.summary(a)["click_layers"]["stages.2.blocks.3.attn"]
+    assert facts["query_cells"] == facts["key_cells"] == [2, 2, 7, 7] and facts["key_hw"] == [4, 4]
+    assert hover.payload(a, "stages.2.blocks.3.attn", None)["id"] == ""
 
 
 @pytest.mark.parametrize(("block", "hw", "win"), [("stages.0.blocks.1", 56, 7), ("stages.2.blocks.3", 14, 14), ("stages.0.blocks.0", 56, 7)])

@@ -9,9 +9,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ... import render
-from ...capture.records import Record
+from ...capture.records import Affinity, Record
+from ...maps import ClickLayer, click_layers
 from ...maps import ablate as bypass
-from ...maps import click_layers
 from ..errors import UserError
 from ..outputs import interpret_output
 from ..session import Analysis, Engine
@@ -45,6 +45,17 @@ def modules_table(a: Analysis) -> list[list[Any]]:
     return rows
 
 
+def _click_layer_facts(cl: ClickLayer) -> dict[str, Any]:
+    """Views, heads and the grid under the image; for query → key attention also the grids of the exported matrix, and
+    the blocks of cells where positions run past the image's edge (``[bh, bw, H, W]``: LeViT's last stage)."""
+    out: dict[str, Any] = {"views": list(cl.views), "heads": cl.heads, "feature_hw": list(cl.feature_hw)}
+    rec = cl.records[0]
+    if isinstance(rec, Affinity):
+        out.update(query_hw=list(rec.query_hw), key_hw=list(rec.key_hw))
+        out.update({k: list(v) for k, v in (("query_cells", rec.query_cells), ("key_cells", rec.key_cells)) if v is not None})
+    return out
+
+
 def summary(a: Analysis) -> dict[str, Any]:
     """JSON-able description of an analysis (what the API's ``analyze`` returns)."""
     kinds: dict[str, int] = {}
@@ -55,7 +66,7 @@ def summary(a: Analysis) -> dict[str, Any]:
         "source_mode": a.source_mode, "model_input_size": [int(a.x.shape[-1]), int(a.x.shape[-2])], "device": a.device,
         "forward_ms": round(a.forward_ms, 2), "notes": a.notes, "trained_on": a.trained_on,
         "layers": {n: r.kind for n, r in a.records.items()}, "kinds": kinds, "seen_not_drawn": a.seen,
-        "click_layers": {n: {"views": list(cl.views), "heads": cl.heads, "feature_hw": list(cl.feature_hw)} for n, cl in click_layers(a.records).items()},
+        "click_layers": {n: _click_layer_facts(cl) for n, cl in click_layers(a.records).items()},
     }
     if a.task == "segmentation":
         out["classes_present"] = [{"name": r["name"], "area": round(float(r["area"]), 4), "colour": r["colour"]} for r in a.legend()]  # type: ignore[arg-type]
