@@ -353,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     vd = sub.add_parser("video", help="attention over time: an overlay video, NPZ and CSV")
     vd.add_argument("input", help="mp4 / webm / mov / gif")
     _add_model(vd)
-    vd.add_argument("--kind", default=None, choices=["spatial", "channel", "grid", "query", "segmentation"],
-                    help="map to draw (default: the first the model has)")
+    vd.add_argument("--kind", default=None, choices=["spatial", "channel", "grid", "query", "segmentation", "cls", "rollout"],
+                    help="map to draw (default: the first the model has); transformers: query (a patch), cls (the class token in one "
+                         "layer) or rollout (the class token's rollout up to that layer)")
     vd.add_argument("--layer", default=None, help="default: the deepest layer of that kind")
     vd.add_argument("--query", type=float, nargs=2, metavar=("X", "Y"), help="query pixel (frame pixels) for --kind query/segmentation")
     vd.add_argument("--out", default="attnviz_video.mp4", help="output MP4 (NPZ and CSV are written next to it)")

@@ -222,7 +222,9 @@ def analyze_video(
         model: Classifier or segmentation model in eval mode (optional ``model.card``).
         kind: ``spatial``, ``channel``, ``grid`` (STN), ``query`` (Non-Local/DANet/BotNet row, CCNet
             two-hop reach or OCR regions of the ``query`` pixel) or ``segmentation`` (predicted
-            segmentation beside the query's attention); default: the first kind the model has.
+            segmentation beside the query's attention); for transformers with a class token also ``cls`` (its
+            attention in one layer, heads averaged) and ``rollout`` (its rollout up to that layer); default: the first
+            kind the model has.
         layer: Layer name; default the deepest of that kind.
         query: (x, y) in source-frame pixels for ``query`` / ``segmentation``; default the frame centre.
         out: Output MP4 path (the NPZ and CSV are written next to it).
@@ -424,6 +426,8 @@ def _frame_facts(job: _Job, records: dict[str, Any], b: int) -> tuple[np.ndarray
     if kd == "channel":
         top = np.argsort(-m)[:3]
         return m, {"mean_gate": round(float(m.mean()), 4), "top_channels": " ".join(map(str, top.tolist()))}
+    if kd in ("cls", "rollout"):  # the class token's weight on the patches (the rest is on the prefix tokens)
+        return m, {"patch_share": round(float(m.sum()), 4), **_peak(m, job.src_wh)}
     return m, {"query_x": qx, "query_y": qy, **_peak(m, job.src_wh)}
 
 
@@ -462,15 +466,18 @@ def _render(job: _Job, j: int, frame: np.ndarray, lo: float | None, hi: float | 
     point = (job.rows[j].get("query_x", job.query[0]) * sx, job.rows[j].get("query_y", job.query[1]) * sy)
     heat = None
     if kd != "segmentation" or job.chosen["layer"]:
-        heat = render.overlay(frame, job.maps[j], job.cmap, job.alpha, lo, hi, point=None if kd == "spatial" else point)
+        heat = render.overlay(frame, job.maps[j], job.cmap, job.alpha, lo, hi, point=None if kd in ("spatial", "cls", "rollout") else point)
     if kd != "segmentation":
-        return _with_bar(heat, job.cmap, lo, hi, "attention weight" if kd == "query" else "mask value")
+        return _with_bar(heat, job.cmap, lo, hi, UNITS.get(kd, "mask value"))
     pal = np.asarray(job.card["palette"], np.uint8) if job.card.get("palette") is not None else render.default_palette(max(2, len(job.names)))
     lab = np.frombuffer(zlib.decompress(job.labels[j]), np.int16).reshape(oh, ow)
     seg = render.draw_point(render.label_overlay(frame, lab, pal, 0.5), *point)
     if heat is None:
         return seg
     return np.concatenate([seg, np.full((oh, 4, 3), 255, np.uint8), _with_bar(heat, job.cmap, lo, hi, "attention of the query")], axis=1)
+
+
+UNITS = {"query": "attention weight", "cls": "class-token attention", "rollout": "rollout"}
 
 
 def _with_bar(img: np.ndarray, cm: str, lo: float | None, hi: float | None, unit: str) -> np.ndarray:

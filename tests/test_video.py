@@ -211,3 +211,45 @@ def test_truncated_clip_says_how_many_frames_were_read(net: nn.Module, tmp_path:
     res = analyze_video(cut, net, kind="spatial", out=tmp_path / "cut_out.mp4")
     assert 0 < res.frames < 60
     assert any("truncated" in n and f"{res.frames} of about 60" in n for n in res.notes), res.notes
+
+
+def test_transformer_clip_class_token_and_rollout_per_frame(tmp_path: Path) -> None:
+    """A ViT's video kinds: ``cls`` (the class token's attention in one layer, heads averaged: DINO's videos) and ``rollout``
+    (its rollout through every layer, Abnar & Zuidema: 0.5·A + 0.5·I, rows renormalised). Each frame's map equals the one
+    the test computes from timm's explicit-path softmax of the same decoded frames."""
+    import copy
+
+    import timm.models.vision_transformer as vt
+
+    from attnviz.models.inputs import card_of, preprocess
+
+    torch.manual_seed(0)
+    model = vt.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=3).eval()
+    with torch.no_grad():  # timm's initialisation gives near-uniform rows: sharper ones tell placements apart
+        for blk in model.blocks:
+            blk.attn.qkv.weight.normal_(0.0, 0.5)
+    model.card = {"input_size": [32, 32], "class_names": ["a", "b", "c"]}
+    clip = write_clip(tmp_path / "in.mp4", moving(6, 48, 64))
+    cls = analyze_video(clip, model, kind="cls", layer="blocks.1.attn", out=tmp_path / "cls.mp4", batch_size=4)
+    roll = analyze_video(clip, model, kind="rollout", out=tmp_path / "rollout.mp4", batch_size=4)
+    assert (cls.kind, cls.layer, roll.kind, roll.layer) == ("cls", "blocks.1.attn", "rollout", "blocks.2.attn")
+    assert decode_info(cls.video)[2] == decode_info(roll.video)[2] == 6 and "patch_share" in cls.rows[0]
+    oracle = copy.deepcopy(model)
+    kept: list[torch.Tensor] = []
+    for blk in oracle.blocks:
+        blk.attn.fused_attn = False
+        blk.attn.attn_drop.register_forward_pre_hook(lambda m, a: kept.append(a[0].detach().clone()))
+    x = preprocess([f for _, _, f in iter_frames(clip)], card_of(model), torch.device("cpu"))
+    with torch.no_grad():
+        oracle(x)
+    a = [k.mean(1) for k in kept]  # per layer (B, N, N), heads averaged
+    eye = torch.eye(a[0].shape[-1])
+    r = eye.expand_as(a[0])
+    for layer in a:
+        s = 0.5 * layer + 0.5 * eye
+        r = (s / s.sum(-1, keepdim=True)) @ r
+    ref_cls, ref_roll = a[1][:, 0, 1:].reshape(-1, 4, 4), r[:, 0, 1:].reshape(-1, 4, 4)
+    assert float(ref_cls.std()) > 1e-3  # maps that differ from patch to patch
+    torch.testing.assert_close(torch.from_numpy(np.load(cls.npz)["maps"]), ref_cls, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(np.load(roll.npz)["maps"]), ref_roll, atol=1e-5, rtol=0)
+    assert cls.rows[2]["patch_share"] == pytest.approx(float(ref_cls[2].sum()), abs=1e-4)

@@ -13,20 +13,22 @@ import torch
 from torch import nn
 
 from ...capture import capture
-from ...capture.records import ChannelGate, Record, SamplingGrid, SpatialMask
-from ...maps import click_layers, click_map
+from ...capture.records import ChannelGate, Record, SamplingGrid, SpatialMask, TokenAttention
+from ...maps import click_layers, click_map, rollout_map
 from ...models.inputs import card_of, preprocess
 from ..errors import UserError
 from ..outputs import ModelOutput, Postprocess, interpret_output, resized_labels
 from ..session import Engine
 
-KINDS = ("spatial", "channel", "grid", "query", "segmentation")
+KINDS = ("spatial", "channel", "grid", "query", "segmentation", "cls", "rollout")
 KIND_HELP = {
     "spatial": "spatial masks (CBAM, scSE, GC)",
     "channel": "channel gates (SE, ECA, CBAM)",
     "grid": "STN sampling grid",
-    "query": "attention of a fixed query pixel (Non-Local, DANet, BotNet, CCNet reach, OCR)",
+    "query": "attention of a fixed query pixel (Non-Local, DANet, BotNet, CCNet reach, OCR, transformer patches)",
     "segmentation": "predicted segmentation beside the tracked query's attention",
+    "cls": "the class token's attention over the patches in one transformer layer, heads averaged (DINO's videos)",
+    "rollout": "attention rollout of the class token through the transformer layers up to one (Abnar & Zuidema 2020)",
 }
 
 
@@ -61,7 +63,14 @@ def kinds_of(records: dict[str, Record], task: str) -> list[str]:
         have.append("channel")
     if any(isinstance(r, SamplingGrid) for r in records.values()):
         have.append("grid")
+    if class_token_layers(records):
+        have += ["cls", "rollout"]
     return have
+
+
+def class_token_layers(records: dict[str, Record]) -> list[str]:
+    """Transformer layers whose queries include a class token (the first prefix token), in forward order."""
+    return [n for n, r in records.items() if isinstance(r, TokenAttention) and r.query_prefix]
 
 
 def pick_layer(records: dict[str, Record], kind: str, layer: str | None) -> str:
@@ -70,6 +79,11 @@ def pick_layer(records: dict[str, Record], kind: str, layer: str | None) -> str:
         raise UserError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}.")
     if kind in ("query", "segmentation"):
         names = list(click_layers(records))
+    elif kind == "cls":
+        names = class_token_layers(records)
+    elif kind == "rollout":  # layers whose chain of same-grid layers starts with a class token
+        layers = click_layers(records)
+        names = [n for n in class_token_layers(records) if "rollout" in layers[n].views and layers[n].chain[0].query_prefix]  # type: ignore[attr-defined]
     else:
         cls = {"spatial": SpatialMask, "channel": ChannelGate, "grid": SamplingGrid}[kind]
         names = [n for n, r in records.items() if isinstance(r, cls)]
@@ -91,7 +105,11 @@ def frame_map(records: dict[str, Record], kind: str, layer: str, b: int, query: 
         return rec.mask[b].numpy()  # type: ignore[union-attr]
     if kind == "channel":
         return rec.weights[b].numpy()  # type: ignore[union-attr]
+    if kind == "cls":
+        return rec.prefix_row(0, batch=b).numpy()  # type: ignore[union-attr]
     cl = click_layers(records)[layer]
+    if kind == "rollout":
+        return rollout_map(cl.chain, 0, batch=b).numpy()  # type: ignore[arg-type]
     return click_map(cl, query[0], query[1], frame_hw, view=cl.default_view, batch=b).numpy()
 
 

@@ -149,7 +149,8 @@ class VideoTab(Tab):
         Args:
             video: The clip (mp4, webm, mov, gif).
             model_name: The model.
-            kind: spatial / channel / grid (STN) / query (click layers) / segmentation; empty = the first kind the model has.
+            kind: spatial / channel / grid (STN) / query (click layers) / segmentation / cls (class token) / rollout; empty = the
+                first kind the model has.
             layer: A layer of that kind (default: the deepest).
             x: Query column (source-frame pixels) for kind=query.
             y: Query row (source-frame pixels) for kind=query.
