@@ -349,6 +349,38 @@ def test_transformer_views_head_grid_rollout_and_distance(tmp_path) -> None:  # 
     assert info["sum"] == pytest.approx(float(a.records["blocks.2.attn"].row(1, 2, head=1).sum()), rel=1e-5) and "prefix" in info["text"]
 
 
+def test_head_grid_of_swin_windows_and_what_needs_tokens(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Swin has no token sequence with a class token, but every head of its windowed attention has a row per pixel: the
+    head grid shows the first stage's blocks, each head's row placed on the image as a click draws it (zero outside the
+    window). Rollout and the class-token view say why they are not there."""
+    import numpy as np
+
+    from attnviz.analysis import UserError, transformer
+    from attnviz.maps import click_layers, click_map
+
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, window_size=7, embed_dim=24,
+                              depths=(2, 2), num_heads=(2, 4), num_classes=3).eval()
+    model.card = {"input_size": [56, 56], "class_names": ["a", "b", "c"]}
+    _, a = analysed(model, tmp_path)
+    assert not transformer.token_layers(a)
+    maps, names, what = transformer.head_maps(a, 30, 9, "patch")
+    assert names == ["layers.0.blocks.0.attn", "layers.0.blocks.1.attn"] and maps.shape == (2, 2, 14, 14) and "pixel (30, 9)" in what
+    for i, name in enumerate(names):
+        rec = a.records[name]
+        assert rec.kind == "window"
+        for h in range(2):
+            np.testing.assert_allclose(maps[i, h], rec.row(2, 7, head=h).numpy(), atol=TOL)  # pixel (30, 9) → cell (2, 7)
+            assert np.count_nonzero(maps[i, h]) == 49  # one 7×7 window
+    np.testing.assert_allclose(maps[1, 0], click_map(click_layers(a.records)[names[1]], 30, 9, a.hw, head=0).numpy(), atol=0)
+    img, info = transformer.head_view(a, 1, 1, 30, 9)
+    assert img.ndim == 3 and info["layer"] == names[1] and "prefix" not in info["text"]
+    with pytest.raises(UserError, match="class-token view, rollout or distance plot"):
+        transformer.rollout_view(a)
+    with pytest.raises(UserError, match="class-token view"):
+        transformer.head_maps(a, query="cls")
+
+
 def test_gradient_rollout_view_in_the_analysis_layer(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import numpy as np
     from PIL import Image

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from ... import render
 from ...capture.records import TokenAttention
-from ...maps import feature_cell, mean_attention_distance, rollout_map
+from ...maps import ClickLayer, click_layers, click_map, feature_cell, mean_attention_distance, rollout_map
 from ...maps.transformer import gradient_rollout
 from ..errors import UserError
 from ..session import Analysis, Engine, Style
@@ -25,10 +25,18 @@ def token_layers(a: Analysis) -> list[TokenAttention]:
     return [r for r in a.records.values() if isinstance(r, TokenAttention)]
 
 
+def head_layers(a: Analysis) -> list[ClickLayer]:
+    """Query-dependent self-attention layers the head grid can show, in forward order: over tokens, or with several heads
+    (Swin's windows, LeViT, BotNet, a ViT without a class token); never layers whose positions run past the image."""
+    return [cl for cl in click_layers(a.records).values()
+            if cl.kind in ("tokens", "affinity", "window") and (cl.kind == "tokens" or cl.heads > 1) and not cl.overhangs]
+
+
 def _layers(a: Analysis) -> list[TokenAttention]:
     layers = token_layers(a)
     if not layers:
-        raise UserError(f"{a.model_name} has no transformer self-attention (ViT, DeiT, DINO, Swin …), so there is no head grid.")
+        what = "multi-head self-attention" if not head_layers(a) else "self-attention over a token sequence (the head grid of the clicked patch works)"
+        raise UserError(f"{a.model_name} has no {what}, so there is no class-token view, rollout or distance plot here.")
     return layers
 
 
@@ -42,20 +50,25 @@ def head_maps(a: Analysis, x: Any = None, y: Any = None, query: str = "patch") -
     """
     if query not in QUERIES:
         raise UserError(f"query must be one of {', '.join(QUERIES)}; got {query!r}.")
-    every = _layers(a)
-    layers = [r for r in every if r.key_hw == every[0].key_hw and r.heads == every[0].heads]  # one grid (the first stage's)
-    if query == "cls" and not layers[0].query_prefix:
-        raise UserError(f"{a.model_name} has no class token; choose the clicked patch.")
     fx, fy = point(a, a.hw[1] / 2 if x in (None, "") else x, a.hw[0] / 2 if y in (None, "") else y)
-    maps = []
-    for rec in layers:
-        if query == "cls":
-            maps.append(np.stack([rec.prefix_row(0, head=h).numpy() for h in range(rec.heads)]))
-        else:
-            cy, cx = feature_cell(fx, fy, a.hw, rec.query_hw)
-            maps.append(np.stack([rec.row(cy, cx, head=h).numpy() for h in range(rec.heads)]))
-    what = "class token" if query == "cls" else f"the patch under pixel ({fx:.0f}, {fy:.0f})"
-    return np.stack(maps), [r.name for r in layers], what
+    if query == "cls":
+        every = _layers(a)
+        layers = [r for r in every if r.key_hw == every[0].key_hw and r.heads == every[0].heads]  # one grid (the first stage's)
+        if not layers[0].query_prefix:
+            raise UserError(f"{a.model_name} has no class token; choose the clicked patch.")
+        return np.stack([np.stack([r.prefix_row(0, head=h).numpy() for h in range(r.heads)]) for r in layers]), [r.name for r in layers], "class token"
+    every_cl = head_layers(a)
+    if not every_cl:
+        raise UserError(f"{a.model_name} has no transformer self-attention (ViT, DeiT, DINO, Swin, LeViT … with several heads), "
+                        "so there is no head grid.")
+    maps: list[np.ndarray] = []
+    names: list[str] = []
+    for cl in every_cl:  # each head's row placed on the image, as a click draws it (windows at their cells)
+        m = np.stack([click_map(cl, fx, fy, a.hw, "row", head=h if cl.heads > 1 else None).numpy() for h in range(cl.heads)])
+        if not maps or m.shape == maps[0].shape:  # one grid and head count (the first stage's)
+            maps.append(m)
+            names.append(cl.name)
+    return np.stack(maps), names, f"the patch under pixel ({fx:.0f}, {fy:.0f})"
 
 
 def head_grid(a: Analysis, x: Any = None, y: Any = None, query: str = "patch", cmap: str = "inferno") -> Figure:
@@ -90,7 +103,9 @@ def head_view(a: Analysis, layer: int, head: int, x: Any = None, y: Any = None, 
     m = maps[layer, head]
     img = overlay_map(a, m, style, point=None if query == "cls" else (fx, fy))
     share = float(m.sum())
-    rest = f" (their share {share_text(share)}; the rest goes to the prefix tokens)" if share < 1 - 1e-6 else ""
+    tokens = {r.name: bool(r.key_prefix) for r in token_layers(a)}.get(names[layer], False)
+    rest = "" if share >= 1 - 1e-6 else (f" (their share {share_text(share)}; the rest goes to the prefix tokens)" if tokens else
+                                         f" (their share {share_text(share)}; the rest falls on the zero padding past the map, not drawn)")
     return img, {"layer": names[layer], "head": head, "query": what, "max": float(m.max()), "sum": share,
                  "text": f"{names[layer]}, head {head}: attention of {what} over the patches{rest}."}
 

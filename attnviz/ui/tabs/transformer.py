@@ -50,11 +50,17 @@ class TransformerTab(Tab):
 
     def fill(self, a: Analysis, v: ViewState, query: str = "patch") -> dict[Any, Any]:
         layers = transformer.token_layers(a)
+        hidden = gr.update(value=None, visible=False)
         if not layers:
-            hidden = gr.update(value=None, visible=False)
-            return {self.note: HINT, self.grid: hidden, self.rollout: hidden, self.distance: hidden, self.answer: "",
-                    self.query: gr.update(visible=False), self.grad_img: hidden, self.grad_note: "", self.opened: hidden, self.opened_note: "",
-                    self.grad_btn: gr.update(visible=False)}
+            heads = transformer.head_layers(a)
+            x, y = v.click if v.click is not None else (None, None)
+            grid = gr.update(value=render.figure_to_rgb(transformer.head_grid(a, x, y, "patch", v.style.cmap)), visible=True) if heads else hidden
+            answer = (f"{len(heads)} multi-head self-attention layers ({', '.join(sorted({cl.kind for cl in heads}))}) with {heads[0].heads} "
+                      "heads; the grid shows every head of the first stage's layers for the clicked pixel. Class-token view, rollout, "
+                      "distance plot and gradient rollout need attention over a token sequence.") if heads else ""
+            return {self.note: "" if heads else HINT, self.grid: grid, self.rollout: hidden, self.distance: hidden, self.answer: answer,
+                    self.query: gr.update(visible=False, value="patch"), self.grad_img: hidden, self.grad_note: "", self.opened: hidden,
+                    self.opened_note: "", self.grad_btn: gr.update(visible=False)}
         has_cls = bool(layers[0].query_prefix)
         query = query if has_cls else "patch"
         x, y = v.click if v.click is not None else (None, None)
