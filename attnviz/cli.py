@@ -257,7 +257,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     try:
         res = analyze_video(args.input, model, kind=args.kind, layer=args.layer, query=tuple(args.query) if args.query else None,
                             out=args.out, stride=args.stride, max_frames=args.max_frames, batch_size=args.batch_size,
-                            vrange=vrange, cmap=args.cmap, alpha=args.alpha, progress=progress)
+                            vrange=vrange, cmap=args.cmap, alpha=args.alpha, progress=progress, head=args.head)
     except VideoError as e:
         bar.close()
         raise SystemExit(f"error: {e}") from None
@@ -357,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="map to draw (default: the first the model has); transformers: query (a patch), cls (the class token in one "
                          "layer) or rollout (the class token's rollout up to that layer)")
     vd.add_argument("--layer", default=None, help="default: the deepest layer of that kind")
+    vd.add_argument("--head", type=int, default=None, help="one attention head for --kind query or cls (DINO shows each head); default: their mean")
     vd.add_argument("--query", type=float, nargs=2, metavar=("X", "Y"), help="query pixel (frame pixels) for --kind query/segmentation")
     vd.add_argument("--out", default="attnviz_video.mp4", help="output MP4 (NPZ and CSV are written next to it)")
     vd.add_argument("--stride", type=int, default=1, help="use every n-th frame")

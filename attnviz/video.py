@@ -37,6 +37,7 @@ from .analysis.views.frames import (
     frame_map,
     kinds_of,
     labels_of,
+    layer_heads,
     pick_layer,
 )
 from .capture.records import SamplingGrid
@@ -214,6 +215,7 @@ def analyze_video(
     progress: Callable[[int, int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     postprocess: Postprocess | None = None,
+    head: int | None = None,
 ) -> VideoResult:
     """Render one attention map of ``model`` over every frame of a clip (see module docstring).
 
@@ -239,8 +241,12 @@ def analyze_video(
         should_stop: Polled between batches and frames; when it returns True the job stops, deletes its
             partial outputs and raises :class:`VideoCancelled`.
         postprocess: Turns the model's output into logits (see :mod:`attnviz.analysis.outputs`).
+        head: One attention head for ``query`` and ``cls`` (as DINO shows each head); default the mean of the heads.
     """
+    if head is not None and (isinstance(head, bool) or not isinstance(head, int) or head < 0):
+        raise VideoError(f"head must be a whole number ≥ 0 (or None for the mean of the heads); got {head!r}.")
     job = _plan(path, model, kind, layer, query, Path(out), stride, max_frames, batch_size, vrange, cmap, alpha, device, postprocess)
+    job.head = head
     stop = should_stop or (lambda: False)
     try:
         scale = _encode(job, progress, stop)
@@ -285,6 +291,7 @@ class _Job:
     extra: list[Any] = field(default_factory=list)  # per-frame geometry for grid (quad, lattice) in source pixels
     chosen: dict[str, Any] = field(default_factory=dict)
     decoded: int = 0
+    head: int | None = None  # one head for query / cls; None: their mean
 
     @property
     def names(self) -> list[str]:
@@ -365,6 +372,11 @@ def _choose(job: _Job, records: dict[str, Any], task: str) -> None:
     (qx, qy), (w0, h0) = job.query, job.src_wh
     if kd in ("query", "segmentation") and not (0 <= qx < w0 and 0 <= qy < h0):
         raise VideoError(f"The query point ({qx:g}, {qy:g}) lies outside the {w0}×{h0} frame.")
+    if job.head is not None:
+        n = layer_heads(records, kd, job.chosen["layer"])
+        if n < 2 or job.head >= n:
+            raise VideoError(f"head {job.head} does not exist: {job.chosen['layer'] or 'this map'} ({kd}) has "
+                             + (f"{n} heads (0–{n - 1})." if n > 1 else "no separate heads (only query and cls maps of multi-head layers do)."))
 
 
 def _maps(job: _Job, batch: list[tuple[int, float, np.ndarray]]) -> None:
@@ -420,7 +432,7 @@ def _frame_facts(job: _Job, records: dict[str, Any], b: int) -> tuple[np.ndarray
         return quad, {"box_x0": round(float(x0), 1), "box_y0": round(float(y0), 1), "box_x1": round(float(x1), 1), "box_y1": round(float(y1), 1)}
     if kd == "segmentation" and not name:
         return np.zeros((1, 1), np.float32), {}
-    m = frame_map(records, kd, name, b, (qx, qy), (h0, w0))
+    m = frame_map(records, kd, name, b, (qx, qy), (h0, w0), head=job.head)
     if kd == "spatial":
         return m, {"mean_mask": round(float(m.mean()), 4), **_peak(m, job.src_wh)}
     if kd == "channel":

@@ -253,3 +253,9 @@ def test_transformer_clip_class_token_and_rollout_per_frame(tmp_path: Path) -> N
     torch.testing.assert_close(torch.from_numpy(np.load(cls.npz)["maps"]), ref_cls, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.from_numpy(np.load(roll.npz)["maps"]), ref_roll, atol=1e-5, rtol=0)
     assert cls.rows[2]["patch_share"] == pytest.approx(float(ref_cls[2].sum()), abs=1e-4)
+    one = analyze_video(clip, model, kind="cls", layer="blocks.1.attn", head=1, out=tmp_path / "head1.mp4", batch_size=4)
+    torch.testing.assert_close(torch.from_numpy(np.load(one.npz)["maps"]), kept[1][:, 1, 0, 1:].reshape(-1, 4, 4), atol=1e-5, rtol=0)
+    with pytest.raises(VideoError, match="head 2 does not exist.*2 heads"):
+        analyze_video(clip, model, kind="cls", head=2, out=tmp_path / "bad.mp4")
+    with pytest.raises(VideoError, match="no separate heads"):
+        analyze_video(clip, model, kind="rollout", head=0, out=tmp_path / "bad.mp4")

@@ -98,19 +98,30 @@ def pick_layer(records: dict[str, Record], kind: str, layer: str | None) -> str:
     return layer
 
 
-def frame_map(records: dict[str, Record], kind: str, layer: str, b: int, query: tuple[float, float], frame_hw: tuple[int, int]) -> np.ndarray:
-    """The map of sample ``b``: spatial mask, gate vector, or the query's row / reach (feature resolution)."""
+def layer_heads(records: dict[str, Record], kind: str, layer: str) -> int:
+    """How many heads a ``query`` or ``cls`` map of ``layer`` can be shown for (1: no separate heads, or another kind)."""
+    if kind == "cls" and isinstance(records.get(layer), TokenAttention):
+        return records[layer].heads  # type: ignore[union-attr]
+    if kind == "query" and layer in (cl := click_layers(records)) and cl[layer].kind in ("affinity", "tokens", "window"):
+        return cl[layer].heads
+    return 1
+
+
+def frame_map(records: dict[str, Record], kind: str, layer: str, b: int, query: tuple[float, float], frame_hw: tuple[int, int],
+              head: int | None = None) -> np.ndarray:
+    """The map of sample ``b``: spatial mask, gate vector, or the query's row / reach (feature resolution); ``head`` picks one
+    head of a ``query`` or ``cls`` map (None: their mean)."""
     rec = records.get(layer)
     if kind == "spatial":
         return rec.mask[b].numpy()  # type: ignore[union-attr]
     if kind == "channel":
         return rec.weights[b].numpy()  # type: ignore[union-attr]
     if kind == "cls":
-        return rec.prefix_row(0, batch=b).numpy()  # type: ignore[union-attr]
+        return rec.prefix_row(0, batch=b, head=head).numpy()  # type: ignore[union-attr]
     cl = click_layers(records)[layer]
     if kind == "rollout":
         return rollout_map(cl.chain, 0, batch=b).numpy()  # type: ignore[arg-type]
-    return click_map(cl, query[0], query[1], frame_hw, view=cl.default_view, batch=b).numpy()
+    return click_map(cl, query[0], query[1], frame_hw, view=cl.default_view, batch=b, head=head if kind == "query" else None).numpy()
 
 
 def labels_of(output: ModelOutput, b: int, hw: tuple[int, int]) -> np.ndarray:
