@@ -379,6 +379,18 @@ def test_head_grid_of_swin_windows_and_what_needs_tokens(tmp_path) -> None:  # t
         transformer.rollout_view(a)
     with pytest.raises(UserError, match="class-token view"):
         transformer.head_maps(a, query="cls")
+    import gradio as gr
+
+    from attnviz.analysis import Style
+    from attnviz.ui.common import ViewState
+    from attnviz.ui.tabs.transformer import TransformerTab
+
+    with gr.Blocks():
+        tab = TransformerTab(None)  # type: ignore[arg-type]
+        tab.build()
+    out = tab.fill(a, ViewState((30.0, 9.0), None, None, None, Style()))
+    assert out[tab.grid]["visible"] and out[tab.grid]["value"].ndim == 3 and not out[tab.rollout]["visible"] and out[tab.note] == ""
+    assert "windowed" in out[tab.answer] and "2 or 4 heads" in out[tab.answer] and not out[tab.grad_btn]["visible"]
 
 
 def test_gradient_rollout_view_in_the_analysis_layer(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ from ..common import Endpoint, Tab, ViewState, guard, style_of
 HINT = ("No transformer self-attention in this model. Vision transformers (timm `vit_*`, `deit_*`, DINOv2, Swin; torchvision `vit_b_16`; "
         "HF `transformers` ViT / DINOv2 / SegFormer) brought with `attnviz serve --model …` show every head here.")
 QUERY_CHOICES = [("clicked patch", "patch"), ("class token", "cls")]
+KIND_WORDS = {"window": "windowed", "affinity": "global", "tokens": "over tokens"}
 
 
 class TransformerTab(Tab):
@@ -55,9 +56,11 @@ class TransformerTab(Tab):
             heads = transformer.head_layers(a)
             x, y = v.click if v.click is not None else (None, None)
             grid = gr.update(value=render.figure_to_rgb(transformer.head_grid(a, x, y, "patch", v.style.cmap)), visible=True) if heads else hidden
-            answer = (f"{len(heads)} multi-head self-attention layers ({', '.join(sorted({cl.kind for cl in heads}))}) with {heads[0].heads} "
-                      "heads; the grid shows every head of the first stage's layers for the clicked pixel. Class-token view, rollout, "
-                      "distance plot and gradient rollout need attention over a token sequence.") if heads else ""
+            kinds = ", ".join(sorted({KIND_WORDS.get(cl.kind, cl.kind) for cl in heads}))
+            counts = " or ".join(str(n) for n in sorted({cl.heads for cl in heads}))
+            answer = (f"{len(heads)} multi-head self-attention layers ({kinds}) with {counts} heads; the grid shows every head of the "
+                      "first stage's layers for the clicked pixel. Class-token view, rollout, distance plot and gradient rollout need "
+                      "attention over a token sequence with a class token.") if heads else ""
             return {self.note: "" if heads else HINT, self.grid: grid, self.rollout: hidden, self.distance: hidden, self.answer: answer,
                     self.query: gr.update(visible=False, value="patch"), self.grad_img: hidden, self.grad_note: "", self.opened: hidden,
                     self.opened_note: "", self.grad_btn: gr.update(visible=False)}
