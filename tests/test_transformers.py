@@ -391,6 +391,8 @@ def test_head_grid_of_swin_windows_and_what_needs_tokens(tmp_path) -> None:  # t
     out = tab.fill(a, ViewState((30.0, 9.0), None, None, None, Style()))
     assert out[tab.grid]["visible"] and out[tab.grid]["value"].ndim == 3 and not out[tab.rollout]["visible"] and out[tab.note] == ""
     assert "windowed" in out[tab.answer] and "2 or 4 heads" in out[tab.answer] and not out[tab.grad_btn]["visible"]
+    plotted = [r.name for r in transformer.distance_layers(a)]
+    assert all(a.records[n].kind == "affinity" for n in plotted) and ("leaves out 2 layer(s)" in out[tab.answer]) == bool(plotted)
 
 
 def test_gradient_rollout_view_in_the_analysis_layer(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -667,6 +669,16 @@ def levit_in_the_app(model: nn.Module, tmp_path) -> None:  # type: ignore[no-unt
     facts = modules.summary(a)["click_layers"]["stages.2.blocks.3.attn"]
     assert facts["query_cells"] == facts["key_cells"] == [2, 2, 7, 7] and facts["key_hw"] == [4, 4]
     assert hover.payload(a, "stages.2.blocks.3.attn", None)["id"] == ""
+    import numpy as np
+
+    from attnviz.analysis import transformer
+    from attnviz.maps.transformer import mean_attention_distance
+
+    dist, names = transformer.distances(a)  # no class token: LeViT's global layers, without the overhanging last stage
+    assert names == [n for n in a.records if not n.startswith("stages.2")] and dist.shape == (6, 8)
+    np.testing.assert_allclose(dist[2, :8], mean_attention_distance(a.records[names[2]], (32.0, 32.0)).numpy(), rtol=1e-6)
+    maps, grid_names, _ = transformer.head_maps(a, 100, 100)
+    assert grid_names == ["stages.0.blocks.0.attn", "stages.0.blocks.1.attn"] and maps.shape == (2, 4, 14, 14)
 
 
 @pytest.mark.parametrize(("block", "hw", "win"), [("stages.0.blocks.1", 56, 7), ("stages.2.blocks.3", 14, 14), ("stages.0.blocks.0", 56, 7)])

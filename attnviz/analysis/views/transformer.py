@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ... import render
-from ...capture.records import TokenAttention
+from ...capture.records import Affinity, TokenAttention
 from ...maps import ClickLayer, click_layers, click_map, feature_cell, mean_attention_distance, rollout_map
 from ...maps.transformer import gradient_rollout
 from ..errors import UserError
@@ -146,9 +146,21 @@ def gradient_rollout_view(engine: Engine, a: Analysis, target: int | None = None
     return img, {"class": a.label(cls), "layers": len(layers), "method": "Chefer, Gur & Wolf 2021: R ← R + mean_h((∇A ⊙ A)⁺)·R"}
 
 
+def distance_layers(a: Analysis) -> list[Affinity]:
+    """The layers of the distance plot: the token layers, else every global multi-head self-attention whose whole matrix
+    is known (LeViT, a ViT without a class token). Windowed rows, relative-position logits (BotNet) and positions past the
+    image's edge are left out: their mean over every query is not formed here."""
+    if token_layers(a):
+        return list(token_layers(a))
+    return [r for cl in head_layers(a) if isinstance(r := cl.records[0], Affinity)
+            and (r.matrix is not None or (r.rel_h is None and not r.causal and r.normalize == "softmax"))]
+
+
 def distances(a: Analysis) -> tuple[np.ndarray, list[str]]:
     """Mean attention distance in image pixels ``(L, H)`` (the ViT paper's definition) and the layer names."""
-    layers = _layers(a)
+    layers = distance_layers(a)
+    if not layers:
+        raise UserError(f"{a.model_name} has no global multi-head self-attention whose every row is known, so there is no distance plot.")
     out = []
     for rec in layers:
         patch = (a.hw[0] / rec.query_hw[0], a.hw[1] / rec.query_hw[1])  # image pixels per query cell

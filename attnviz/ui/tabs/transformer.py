@@ -58,10 +58,14 @@ class TransformerTab(Tab):
             grid = gr.update(value=render.figure_to_rgb(transformer.head_grid(a, x, y, "patch", v.style.cmap)), visible=True) if heads else hidden
             kinds = ", ".join(sorted({KIND_WORDS.get(cl.kind, cl.kind) for cl in heads}))
             counts = " or ".join(str(n) for n in sorted({cl.heads for cl in heads}))
+            plotted = {r.name for r in transformer.distance_layers(a)}
+            left = [cl.name for cl in heads if cl.name not in plotted]
             answer = (f"{len(heads)} multi-head self-attention layers ({kinds}) with {counts} heads; the grid shows every head of the "
-                      "first stage's layers for the clicked pixel. Class-token view, rollout, distance plot and gradient rollout need "
-                      "attention over a token sequence with a class token.") if heads else ""
-            return {self.note: "" if heads else HINT, self.grid: grid, self.rollout: hidden, self.distance: hidden, self.answer: answer,
+                      "first stage's layers for the clicked pixel. Class-token view, rollout and gradient rollout need attention over "
+                      "a token sequence with a class token." + (f" The distance plot leaves out {len(left)} layer(s) whose mean over every "
+                      "query is not formed here (windows, relative positions)." if plotted and left else "")) if heads else ""
+            distance = gr.update(value=transformer.distance_figure(a), visible=True) if plotted else hidden
+            return {self.note: "" if heads else HINT, self.grid: grid, self.rollout: hidden, self.distance: distance, self.answer: answer,
                     self.query: gr.update(visible=False, value="patch"), self.grad_img: hidden, self.grad_note: "", self.opened: hidden,
                     self.opened_note: "", self.grad_btn: gr.update(visible=False)}
         has_cls = bool(layers[0].query_prefix)
