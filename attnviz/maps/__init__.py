@@ -22,6 +22,7 @@ from .views import (
     ClickLayer,
     ablate,
     bypassed,
+    cell_px,
     click_layers,
     click_map,
     feature_cell,
@@ -30,7 +31,7 @@ from .views import (
 )
 
 __all__ = [
-    "VIEWS", "ClickLayer", "ablate", "box_mask", "bypassed", "click_layers", "click_map", "cls_maps", "criss_cross_reach", "dino_mask",
+    "VIEWS", "ClickLayer", "ablate", "box_mask", "bypassed", "cell_px", "click_layers", "click_map", "cls_maps", "criss_cross_reach", "dino_mask",
     "full_attention", "mean_attention_distance", "rollout", "rollout_map",
     "feature_cell", "grad_cam", "integrated_gradients", "js_divergence", "mass_ratio", "module_for",
     "nearest_centroid_accuracy", "normalized_to_pixels", "occlusion", "on_image", "pointing", "quad_iou", "query_dependence",

@@ -28,7 +28,8 @@ from torch.nn import functional as F
 from ..capture.records import Affinity, CrissCross, HaloAffinity, Record, RegionAttention, TokenAttention, WindowAffinity
 from .metrics import js_divergence
 from .reach import criss_cross_reach, uniform_criss_cross, uniform_reach
-from .views import base_name
+from .transformer import full_attention, plain_softmax
+from .views import base_name, cell_px
 
 QUERY_LIMIT = 64  # query cells per layer and image (all cells when the grid has fewer)
 
@@ -50,8 +51,8 @@ def cell_centres(hw: tuple[int, int], image_hw: tuple[int, int], cells: tuple[in
     """Image-pixel centres (y, x) of every cell of an ``hw`` grid that covers an ``image_hw`` image, ``(h·w, 2)``; with
     ``cells = (bh, bw, H, W)`` each cell is a bh × bw block of an H × W grid that covers it (the last blocks run past the
     image's edge, see :attr:`~attnviz.capture.records.Affinity.key_cells`)."""
-    (h, w), (ih, iw) = hw, image_hw
-    sh, sw = (ih / h, iw / w) if cells is None else (cells[0] * ih / cells[2], cells[1] * iw / cells[3])  # pixels per cell
+    h, w = hw
+    sh, sw = cell_px(hw, image_hw, cells)
     ys, xs = torch.meshgrid((torch.arange(h) + 0.5) * sh, (torch.arange(w) + 0.5) * sw, indexing="ij")
     return torch.stack([ys.flatten(), xs.flatten()], 1)
 
@@ -108,7 +109,7 @@ def _affinity_rows(rec: Affinity, cells: torch.Tensor, batch: int) -> tuple[torc
     h, w = rec.query_hw
     idx = cells[:, 0] * w + cells[:, 1]  # (Q,)
     pq, pk = len(getattr(rec, "query_prefix", ())), len(getattr(rec, "key_prefix", ()))
-    simple = rec.rel_h is None and not rec.causal and rec.normalize == "softmax"
+    simple = plain_softmax(rec)
     if rec.matrix is not None:
         full = rec.matrix[batch][:, pq + idx, :].float()  # (heads, Q, M)
     elif simple and (rec.mask is None or rec.mask.ndim < 2 or rec.mask.shape[-2] == 1):
@@ -116,8 +117,6 @@ def _affinity_rows(rec: Affinity, cells: torch.Tensor, batch: int) -> tuple[torc
         logits = torch.einsum("hqd,hdm->hqm", rec.queries[batch][:, pq + idx].float(), rec.keys[batch].float()) * rec.scale
         full = F.softmax(rec.masked(logits, batch), dim=-1)
     elif simple:
-        from .transformer import full_attention  # noqa: PLC0415
-
         full = full_attention(rec, batch)[:, pq + idx, :]
     else:  # relative positions or a causal mask: the record's own rows
         assert not pk

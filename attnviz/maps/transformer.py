@@ -46,9 +46,15 @@ def full_attention(rec: Affinity, batch: int = 0) -> torch.Tensor:
     return rec.masked(logits, batch).softmax(-1)
 
 
+def plain_softmax(rec: Affinity) -> bool:
+    """Whether ``rec``'s weights are ``softmax(scale · QKᵀ + mask)`` of its queries and keys (no relative-position logits,
+    no causal mask, not the dot-product normalisation)."""
+    return rec.rel_h is None and not rec.causal and rec.normalize == "softmax"
+
+
 def full_attention_allowed(rec: Affinity) -> None:
     """Raise unless ``rec``'s weights are ``softmax(scale · QKᵀ + mask)`` of its queries and keys."""
-    if rec.rel_h is not None or rec.causal or rec.normalize != "softmax":
+    if not plain_softmax(rec):
         raise ValueError(f"{rec.name}: the whole matrix is formed only for softmax(scale · QKᵀ + mask) attention")
 
 

@@ -76,6 +76,13 @@ class ClickLayer:
         return (fy // cells[0], fx // cells[1]) if cells is not None else (fy, fx)
 
 
+def cell_px(hw: tuple[int, ...], image_hw: tuple[int, int], cells: tuple[int, int, int, int] | None = None) -> tuple[float, float]:
+    """Image pixels (height, width) of one cell of an ``hw`` grid over an ``image_hw`` image; with ``cells = (bh, bw, H, W)``
+    each cell is a bh × bw block of an H × W grid that covers the image (see :attr:`Affinity.key_cells`)."""
+    (h, w), (ih, iw) = hw[:2], image_hw
+    return (ih / h, iw / w) if cells is None else (cells[0] * ih / cells[2], cells[1] * iw / cells[3])
+
+
 def on_image(m: torch.Tensor, cells: tuple[int, int, int, int] | None) -> torch.Tensor:
     """A map ``(..., h, w)`` over positions that are blocks of cells (``cells = (bh, bw, H, W)``, see
     :attr:`Affinity.key_cells`) as the ``(..., H, W)`` map of the cells that tile the image: each position's value over

@@ -11,9 +11,11 @@ from ... import render
 from ...capture.records import CrissCross, HaloAffinity, RegionAttention, TokenAttention, WindowAffinity
 from ...maps import (
     ClickLayer,
+    cell_px,
     click_layers,
     click_map,
     feature_cell,
+    on_image,
     same_class_mass,
     top_share,
     uniform_reach,
@@ -83,8 +85,8 @@ def click_raw(a: Analysis, x: Any, y: Any, layer: str | None = None, view: str |
     if head is not None and not (cl.heads > 1 and 0 <= head < cl.heads):
         raise UserError("head must be 'mean'" + (f" or 0…{cl.heads - 1}" if cl.heads > 1 else f" ({cl.name} has a single head)") + f"; got {head!r}.")
     try:
-        m = click_map(cl, fx, fy, a.hw, view=view, head=head).numpy()
-        row = click_map(cl, fx, fy, a.hw, view=view, head=head, native=True).numpy() if cl.overhangs else m  # each key once
+        native = click_map(cl, fx, fy, a.hw, view=view, head=head, native=True)  # each key once
+        row, m = native.numpy(), on_image(native, getattr(cl.records[0], "key_cells", None)).numpy()  # m: as drawn
     except ValueError as e:
         raise UserError(str(e)) from None
     cy, cx = cl.query_cell(fx, fy, a.hw) if cl.overhangs else feature_cell(fx, fy, a.hw, m.shape[:2] if view != "regions" else cl.feature_hw)
@@ -142,13 +144,9 @@ def _overhang_facts(cl: ClickLayer, row: np.ndarray, hw: tuple[int, int], info: 
     """Facts on the layer's own grids when its positions are blocks of cells whose last ones run past the image's edge
     (LeViT's last stage): the query grid and the size of its cells in pixels, and the peak key at the middle of its part
     inside the image."""
-
-    def px_per_cell(cells: tuple[int, int, int, int] | None, grid: tuple[int, ...]) -> tuple[float, float]:
-        return (hw[0] / grid[0], hw[1] / grid[1]) if cells is None else (cells[0] * hw[0] / cells[2], cells[1] * hw[1] / cells[3])
-
     rec = cl.records[0]
-    qy, qx = px_per_cell(rec.query_cells, rec.query_hw)  # type: ignore[attr-defined]
-    sy, sx = px_per_cell(rec.key_cells, row.shape)  # type: ignore[attr-defined]
+    qy, qx = cell_px(rec.query_hw, hw, rec.query_cells)  # type: ignore[attr-defined]
+    sy, sx = cell_px(row.shape, hw, rec.key_cells)  # type: ignore[attr-defined]
     py, px = divmod(int(row.argmax()), row.shape[1])
     info["feature_hw"], info["cell_size_px"] = list(rec.query_hw), [round(qx, 2), round(qy, 2)]  # type: ignore[attr-defined]
     info["peak"] = {"cell": [py, px], "x": round((px * sx + min((px + 1) * sx, hw[1])) / 2, 1),

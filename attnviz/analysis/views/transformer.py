@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from ... import render
 from ...capture.records import Affinity, TokenAttention
 from ...maps import ClickLayer, click_layers, click_map, feature_cell, mean_attention_distance, rollout_map
-from ...maps.transformer import gradient_rollout
+from ...maps.transformer import gradient_rollout, plain_softmax
 from ..errors import UserError
 from ..session import Analysis, Engine, Style
 from ..text import share_text
@@ -153,7 +153,7 @@ def distance_layers(a: Analysis) -> list[Affinity]:
     if token_layers(a):
         return list(token_layers(a))
     return [r for cl in head_layers(a) if isinstance(r := cl.records[0], Affinity)
-            and (r.matrix is not None or (r.rel_h is None and not r.causal and r.normalize == "softmax"))]
+            and (r.matrix is not None or plain_softmax(r))]
 
 
 def distances(a: Analysis) -> tuple[np.ndarray, list[str]]:
