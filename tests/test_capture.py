@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -474,11 +475,19 @@ def test_no_attention_model_yields_empty_records() -> None:
         lambda: timm.layers.eca.EcaModule(32),
         lambda: timm.layers.eca.CecaModule(32),
         lambda: torchvision.ops.misc.SqueezeExcitation(32, 8),
+        lambda: timm.layers.cbam.ChannelAttn(32),
+        lambda: timm.layers.cbam.SpatialAttn(),
+        lambda: timm.layers.cbam.LightChannelAttn(32),
+        lambda: timm.layers.cbam.LightSpatialAttn(),
+        lambda: attnviz.modules.cbam.SpatialGate(),
+        lambda: attnviz.modules.scse.SpatialSE(32),
     ],
 )
-def test_gate_contribution_fast_path_matches_definition(make) -> None:  # noqa: ANN001
-    """Pure gates take the one-pass contribution; it must equal ‖out − x‖ / ‖x‖ computed directly."""
+def test_gate_contribution_fast_path_matches_definition(make, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Pure gates (channel or spatial) take the one-pass contribution; it must equal ‖out − x‖ / ‖x‖ computed directly,
+    and take the fast path (the general one, patched to fail, is never called)."""
     m = nn.Sequential(make()).eval()
+    monkeypatch.setattr(sys.modules["attnviz.capture.manager"], "contribution", lambda *a: pytest.fail("general path"))
     x = torch.randn(2, 32, 7, 9)
     with torch.no_grad(), attnviz.capture(m) as cap:
         out = m(x)
@@ -593,7 +602,7 @@ def test_scaled_then_transposed_weights_are_drawn_right_or_not_at_all() -> None:
 
 def test_contribution_of_a_large_map_is_summed_in_slices_and_matches_definition() -> None:
     """Beyond 2¹⁸ features per sample the difference is formed slice by slice (no full-size transient); the value is
-    still ‖out − x‖ / ‖x‖, here for a small and a large change."""
+    still ‖out − x‖ / ‖x‖ (deferred: the ratio is formed on first read), here for a small and a large change."""
     from attnviz.capture.manager import _CHUNK, contribution
 
     g = torch.Generator().manual_seed(0)
@@ -601,7 +610,7 @@ def test_contribution_of_a_large_map_is_summed_in_slices_and_matches_definition(
     for eps in (1e-4, 0.5):
         out = x + eps * torch.randn(x.shape, generator=g)
         ref = torch.linalg.vector_norm((out - x).flatten(1).double(), dim=1) / torch.linalg.vector_norm(x.flatten(1).double(), dim=1)
-        torch.testing.assert_close(contribution(x, out, None).double(), ref, rtol=1e-5, atol=0)
+        torch.testing.assert_close(contribution(x, out, None)().double(), ref, rtol=1e-5, atol=0)
 
 
 def test_contribution_only_where_the_output_is_the_input_changed() -> None:
@@ -646,3 +655,44 @@ def test_contribution_of_an_all_zero_input_is_undefined_not_zero() -> None:
     randomize_bn(m)
     rec = run(m, torch.randn(1, 3, 64, 64)).records["layer1.0.se"]
     assert 0 < float(rec.contribution[0]) < 1
+
+
+def test_kept_walk_follows_every_change_of_the_tree() -> None:
+    """The module walk is kept per model between captures (it is most of a capture's set-up); a child swapped in, a
+    child swapped out, an adapter registered later and an adapter's instance condition that changes each walk again,
+    and the walk never keeps the model alive."""
+    import gc
+    import weakref
+
+    from attnviz.capture.adapters import _gate_spec, register_adapter
+
+    m = net(nn.Identity())
+    x = torch.randn(1, 3, 8, 8)
+    assert run(m, x).records == {}
+    m[1] = attnviz.create_attn("se", 16)
+    assert list(run(m, x).records) == ["1"]
+    m[1] = nn.Identity()
+    assert run(m, x).records == {}
+
+    class Gate(nn.Module):  # out = x · σ(mean); no gate-function name in its code, so discovery does not watch it
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = nn.Sigmoid()
+            self.on = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.act(x.mean((2, 3), keepdim=True))
+
+    m[1] = Gate()
+    assert run(m, x, generic="off").records == {}
+    register_adapter(f"{Gate.__module__}.{Gate.__qualname__}", when=lambda g: g.on)(lambda g: _gate_spec(g.act, pure=True))
+    assert list(run(m, x, generic="off").records) == ["1"]
+    m[1].on = False
+    assert run(m, x, generic="off").records == {}
+    m[1].on = True
+    assert list(run(m, x, generic="off").records) == ["1"]
+
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None

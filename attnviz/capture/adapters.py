@@ -44,9 +44,9 @@ class AdapterSpec:
         taps: ``key -> (submodule, select)``: the submodule's output, passed through ``select`` (or
             kept whole), is cloned into ``stash[key]`` when it is produced.
         on_input: ``on_input(module, x) -> stash`` computed before the module runs.
-        gate_of: For a module whose output is exactly ``x * gate`` (the SE family), the key of the gate in
-            the stash: its contribution is then computed from the gate and the per-channel norms of x,
-            in one pass over x instead of three.
+        gate_of: For a module whose output is exactly ``x * gate`` (the SE family, CBAM's gates), the key of the gate
+            in the stash: its contribution is then computed from the gate and the per-channel or per-position norms of
+            x, in one pass over x instead of three.
         changes_input: The output is the input changed (a residual sum, a gate, a warp), so ``‖out − x‖ / ‖x‖`` is the
             module's contribution; False where the output is something else (SK's fused branches, A·V, OCR's context).
     """
@@ -62,6 +62,7 @@ _REGISTRY: dict[str, Callable[[nn.Module], AdapterSpec]] = {}
 
 
 _WHEN: dict[Callable[[nn.Module], AdapterSpec], Callable[[nn.Module], bool]] = {}
+_VERSION = 0  # counts registrations (a class registered again counts too)
 
 
 def register_adapter(*qualnames: str, when: Callable[[nn.Module], bool] | None = None,
@@ -70,10 +71,12 @@ def register_adapter(*qualnames: str, when: Callable[[nn.Module], bool] | None =
     instances it accepts (the others are left to generic discovery)."""
 
     def deco(fn: Callable[[nn.Module], AdapterSpec]) -> Callable[[nn.Module], AdapterSpec]:
+        global _VERSION
         for q in qualnames:
             _REGISTRY[q] = fn
         if when is not None:
             _WHEN[fn] = when
+        _VERSION += 1
         return fn
 
     return deco
@@ -85,13 +88,23 @@ def _qualname(cls: type) -> str:
 
 def find_adapter(module: nn.Module) -> Callable[[nn.Module], AdapterSpec] | None:
     """The adapter factory for ``module``'s class or its nearest registered base class (if it accepts this instance)."""
-    fn = _adapter_for_class(type(module), len(_REGISTRY))
+    fn = _adapter_for_class(type(module), _VERSION)
     return None if fn is None or (fn in _WHEN and not _WHEN[fn](module)) else fn
 
 
+def has_condition(module: nn.Module) -> bool:
+    """Whether the adapter of ``module``'s class asks the instance first (``when``): its answer can change."""
+    return _adapter_for_class(type(module), _VERSION) in _WHEN
+
+
+def adapter_count() -> int:
+    """How many registrations there were (grows with each, a class registered again included)."""
+    return _VERSION
+
+
 @functools.cache
-def _adapter_for_class(cls: type, _registry_size: int) -> Callable[[nn.Module], AdapterSpec] | None:
-    # cached per class; the registry size in the key invalidates it when adapters are registered later
+def _adapter_for_class(cls: type, _version: int) -> Callable[[nn.Module], AdapterSpec] | None:
+    # cached per class; the registration count in the key invalidates it when adapters are registered later
     for klass in cls.__mro__:
         fn = _REGISTRY.get(_qualname(klass))
         if fn is not None:
@@ -119,15 +132,28 @@ def _gate_spec(gate: nn.Module, pure: bool = False) -> AdapterSpec:
     return AdapterSpec(taps={"gate": (gate, None)}, build=lambda m, x, out, s: [("", gate_record(s["gate"], x))], gate_of="gate" if pure else None)
 
 
-def gate_contribution(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor | None:
-    """‖x·g − x‖ / ‖x‖ per sample for a channel gate ``g`` (B, C[, 1, 1]), from per-channel norms of x (one pass)."""
-    if x.ndim != 4 or gate.numel() != x.shape[0] * x.shape[1]:
+def gate_contribution(x: torch.Tensor, gate: torch.Tensor) -> Callable[[], torch.Tensor] | None:
+    """‖x·g − x‖ / ‖x‖ per sample for a channel gate ``g`` (B, C[, 1, 1]) or a spatial one (B, [1,] H, W), from the norms of
+    x per channel or per position (one pass). Returns the last step, deferred (:meth:`Record.defer_contribution`)."""
+    if x.ndim != 4:
         return None
-    b, c = x.shape[:2]
+    b, c, h, w = x.shape
     with torch.no_grad():
-        n = torch.linalg.vector_norm(x, dim=(2, 3), dtype=torch.float32)  # (B, C): ‖x_c‖
-        g = gate.reshape(b, c).float()  # (B, C)
-        return relative(torch.linalg.vector_norm((g - 1) * n, dim=1), torch.linalg.vector_norm(n, dim=1)).cpu()
+        if gate.numel() == b * c:
+            n = torch.linalg.vector_norm(x, dim=(2, 3), dtype=torch.float32)  # (B, C): ‖x_c‖
+        elif gate.numel() == b * h * w:
+            xf = x.float()  # (a norm over dim 1 of NCHW is a strided reduction, ~10× slower than squares summed)
+            n = torch.square(xf).sum(1).sqrt_().reshape(b, h * w)  # (B, HW): ‖x_p‖
+        else:
+            return None
+    return functools.partial(_gate_ratio, n, gate.reshape(n.shape))
+
+
+def _gate_ratio(n: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """‖(g − 1)·n‖ / ‖n‖ per sample of per-channel or per-position norms ``n`` (B, K) and gate ``g`` (B, K)."""
+    with torch.no_grad():
+        n, g = n.cpu(), g.detach().float().cpu()
+        return relative(torch.linalg.vector_norm((g - 1) * n, dim=1), torch.linalg.vector_norm(n, dim=1))
 
 
 def relative(diff: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
@@ -158,6 +184,7 @@ def _gate_module(m: nn.Module) -> AdapterSpec:
 
 _PURE_GATES = {  # out = x * gate exactly
     "attnviz.modules.se.SqueezeExcite", "attnviz.modules.eca.EfficientChannelAttn", "attnviz.modules.cbam.ChannelGate",
+    "attnviz.modules.cbam.SpatialGate", "attnviz.modules.scse.SpatialSE", "timm.layers.cbam.ChannelAttn", "timm.layers.cbam.SpatialAttn",
     "timm.layers.squeeze_excite.SEModule", "timm.layers.squeeze_excite.EffectiveSEModule", "timm.layers.eca.EcaModule",
     "timm.layers.eca.CecaModule", "timm.models._efficientnet_blocks.SqueezeExcite",
 }
@@ -175,12 +202,12 @@ def _timm_light_channel(m: nn.Module) -> AdapterSpec:
         pool = 0.5 * x.mean((2, 3), keepdim=True) + 0.5 * x.amax((2, 3), keepdim=True)
         return {"gate": keep(torch.sigmoid(mod.fc2(mod.act(mod.fc1(pool)))))}
 
-    return AdapterSpec(on_input=on_input, build=lambda mod, x, out, s: [("", gate_record(s["gate"], x))])
+    return AdapterSpec(on_input=on_input, build=lambda mod, x, out, s: [("", gate_record(s["gate"], x))], gate_of="gate")
 
 
 @register_adapter("timm.layers.cbam.LightSpatialAttn")
 def _timm_light_spatial(m: nn.Module) -> AdapterSpec:
-    return _gate_spec(m.gate)
+    return _gate_spec(m.gate, pure=True)
 
 
 # ---- global context ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ model cannot change a record.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -20,12 +21,13 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .adapters import AdapterSpec, find_adapter, gate_contribution, relative
-from .discovery import WATCHED, GateMode, class_uses_gates, grid_record
+from .adapters import AdapterSpec, gate_contribution, relative
+from .discovery import WATCHED, GateMode, grid_record
 from .plan import CHANGES_INPUT, FUSED, PLANS, VALUE_READS, Fast, Plan, Recording, fused_qk, signature, tensor_args
 from .provenance import Seen, func_name
 from .records import NOT_CHANGED, SLICE, Record, SamplingGrid, keep, scratch
 from .tracker import Frame, Tracker
+from .walk import walk
 
 Generic = Literal["auto", "all", "off"]
 
@@ -46,8 +48,9 @@ def _version(t: torch.Tensor | None) -> int | None:
         return None
 
 
-def contribution(x: torch.Tensor | None, out: object, version: int | None) -> torch.Tensor | None:
-    """``‖out − x‖ / ‖x‖`` per sample ``(B,)`` (NaN where x is all zeros), or None when shapes differ or x changed in place."""
+def contribution(x: torch.Tensor | None, out: object, version: int | None) -> Callable[[], torch.Tensor] | None:
+    """``‖out − x‖ / ‖x‖`` per sample ``(B,)`` (NaN where x is all zeros), deferred (:meth:`Record.defer_contribution`: the
+    two norms are taken now, their ratio on first read), or None when shapes differ or x changed in place."""
     if x is None or not isinstance(out, torch.Tensor) or out.shape != x.shape or x.ndim < 2:
         return None
     if version is not None and _version(x) != version:
@@ -57,17 +60,22 @@ def contribution(x: torch.Tensor | None, out: object, version: int | None) -> to
         if xf.shape[1] <= _CHUNK or xf.device.type != "cpu":  # (a device's own allocator caches its blocks)
             xf = xf.float()
             diff = torch.linalg.vector_norm(of.float() - xf, dim=1)
-            return relative(diff, torch.linalg.vector_norm(xf, dim=1)).cpu()
-        return _chunked_contribution(xf, of)
+            return functools.partial(_ratio, diff, torch.linalg.vector_norm(xf, dim=1))
+        d, n = _chunked_norms(xf, of)
+        return functools.partial(_ratio, d, n)
+
+
+def _ratio(diff: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    return relative(diff.cpu(), norm.cpu()).float()
 
 
 _CHUNK = SLICE  # features per sample above which the difference is formed in slices (no transient the size of x)
 
 
-def _chunked_contribution(xf: torch.Tensor, of: torch.Tensor) -> torch.Tensor:
-    """``‖out − x‖ / ‖x‖`` of two ``(B, D)`` views, summed over slices of :data:`_CHUNK` features in float64, the differences
-    formed in the thread's :func:`~attnviz.capture.records.scratch` buffer: a large map (a transformer at 518², a 1024²
-    feature map) leaves no full-size difference behind in the allocator's heap."""
+def _chunked_norms(xf: torch.Tensor, of: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``‖out − x‖`` and ``‖x‖`` per sample of two ``(B, D)`` views, summed over slices of :data:`_CHUNK` features in
+    float64, the differences formed in the thread's :func:`~attnviz.capture.records.scratch` buffer: a large map (a
+    transformer at 518², a 1024² feature map) leaves no full-size difference behind in the allocator's heap."""
     d2 = torch.zeros(xf.shape[0], dtype=torch.float64)  # (B,)
     n2 = torch.zeros(xf.shape[0], dtype=torch.float64)
     for b in range(xf.shape[0]):
@@ -76,7 +84,7 @@ def _chunked_contribution(xf: torch.Tensor, of: torch.Tensor) -> torch.Tensor:
             diff = torch.sub(o, a, out=scratch(a.numel()))
             d2[b] += float(torch.linalg.vector_norm(diff)) ** 2
             n2[b] += float(torch.linalg.vector_norm(a)) ** 2
-    return relative(d2.sqrt(), n2.sqrt()).float()
+    return d2.sqrt(), n2.sqrt()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -170,12 +178,13 @@ class Capture:
         self._thread = threading.get_ident()
         self._active = True
         try:
-            adapted, free = self._walk(target)
-            self.looked_at = {"modules": len(adapted) + len(free), "adapted": len(adapted), "watched": 0}
+            tree = walk(target)
+            adapted = tree.adapted()
+            self.looked_at = {"modules": tree.modules, "adapted": len(adapted), "watched": 0}
             for name, module, factory in adapted:
                 self._attach_one(name, module, factory(module))
             if self.generic != "off":
-                self._attach_discovery(adapted, free)
+                self._attach_discovery(adapted, *tree.watch(self.generic))
         except BaseException:
             self._teardown()
             raise
@@ -238,7 +247,7 @@ class Capture:
     def _mine(self) -> bool:
         return threading.get_ident() == self._thread
 
-    def _emit(self, base: str, rec: Record, module: nn.Module, source: str, contrib: torch.Tensor | None, changes_input: bool = True) -> None:
+    def _emit(self, base: str, rec: Record, module: nn.Module, source: str, contrib: Callable[[], torch.Tensor] | None, changes_input: bool = True) -> None:
         if not changes_input:
             rec.contribution_note = NOT_CHANGED
         with self._lock:
@@ -247,31 +256,11 @@ class Capture:
             rec.name = base if n == 1 else f"{base}#{n}"
             rec.module_type = type(module).__name__
             rec.source = source
-            rec.contribution = contrib
+            if contrib is None:
+                rec.contribution = None
+            else:
+                rec.defer_contribution(contrib)
             self.records[rec.name] = rec
-
-    def _walk(self, target: nn.Module) -> tuple[list[tuple[str, nn.Module, Callable[[nn.Module], AdapterSpec]]], list[tuple[str, nn.Module]]]:
-        """One pass over the module tree: adapted modules with their adapter, and the others outside adapted subtrees."""
-        adapted: list[tuple[str, nn.Module, Callable[[nn.Module], AdapterSpec]]] = []
-        free: list[tuple[str, nn.Module]] = []
-        seen: set[int] = set()
-
-        def visit(module: nn.Module, name: str, inside_adapted: bool) -> None:
-            if id(module) in seen:
-                return
-            seen.add(id(module))
-            factory = find_adapter(module)
-            is_adapted = factory is not None
-            if factory is not None:
-                adapted.append((name, module, factory))
-            elif not inside_adapted:
-                free.append((name, module))
-            for child_name, child in module._modules.items():
-                if child is not None:
-                    visit(child, f"{name}.{child_name}" if name else child_name, inside_adapted or is_adapted)
-
-        visit(target, "", False)
-        return adapted, free
 
     def _attach_one(self, name: str, module: nn.Module, spec: AdapterSpec) -> None:
         calls: list[dict[str, Any]] = []  # one entry per active call (modules may recurse)
@@ -319,21 +308,13 @@ class Capture:
         return hook
 
     # ---- generic discovery -----------------------------------------------------------------------
-    def _attach_discovery(self, adapted: list[tuple[str, nn.Module, Callable[[nn.Module], AdapterSpec]]], free: list[tuple[str, nn.Module]]) -> None:
-        if self.generic == "all":
-            candidates = [n for n, _ in free]
-        else:
-            candidates = [n for n, m in free if class_uses_gates(type(m))]
+    def _attach_discovery(self, adapted: list[tuple[str, nn.Module, Callable[[nn.Module], AdapterSpec]]], candidates: list[str],
+                          frames: list[tuple[str, nn.Module]]) -> None:
         if not candidates:
             return
-        hooked: set[str] = set()
-        for n in candidates:
-            parts = n.split(".") if n else []
-            hooked.update(".".join(parts[:i]) for i in range(len(parts) + 1))
         self.looked_at["watched"] = len(candidates)
-        for name, module in free:
-            if name in hooked:
-                self._attach_frame(name, module, False)
+        for name, module in frames:
+            self._attach_frame(name, module, False)
         for name, module, _ in adapted:  # frames that tell discovery "an adapter records this"
             self._attach_frame(name, module, True)
         self._watched = set(candidates)

@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -132,8 +133,37 @@ class Record(abc.ABC):
 
     def arrays(self) -> dict[str, torch.Tensor]:
         """The raw tensors of the record at feature resolution, for export."""
-        out = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        out = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor) and not k.startswith("_")}
+        if self.contribution is not None:
+            out["contribution"] = self.contribution
         return out
+
+    def defer_contribution(self, finish: Callable[[], torch.Tensor | None]) -> None:
+        """Set :attr:`contribution` to ``finish()``, called on first read: the capture keeps the few per-sample or
+        per-channel sums it needs and leaves the last small ops (a ratio, a copy) to whoever reads the number."""
+        vars(self)["_contribution"] = None
+        vars(self)["_finish"] = finish
+
+    def __getstate__(self) -> dict[str, Any]:
+        _ = self.contribution  # a pickled or copied record carries the number, not the pending work
+        return dict(vars(self))
+
+
+def _get_contribution(rec: Record) -> torch.Tensor | None:
+    state = vars(rec)
+    finish = state.pop("_finish", None)
+    if finish is not None:
+        state["_contribution"] = finish()
+    return state.get("_contribution")
+
+
+def _set_contribution(rec: Record, value: torch.Tensor | None) -> None:
+    vars(rec).pop("_finish", None)
+    vars(rec)["_contribution"] = value
+
+
+# the dataclass field stays in ``__init__``; reads and writes go through the lazy slot above
+Record.contribution = property(_get_contribution, _set_contribution, doc="‖out − x‖ / ‖x‖ per sample (B,), or None.")  # type: ignore[assignment]
 
 
 @dataclass(eq=False, kw_only=True)
