@@ -258,3 +258,91 @@ def test_large_queries_and_keys_are_spilled_to_an_unlinked_mapped_file(tmp_path,
     monkeypatch.setattr(records, "SPILL_DIR", str(tmp_path / "missing"))  # a folder that cannot be written: kept in memory instead
     t = torch.randn(3, 5).t()
     assert torch.equal(records.spill(t), t)
+
+
+_BOUND_SDPA = torch.nn.functional.scaled_dot_product_attention  # bound at import, as ``from … import`` does
+
+
+class _Fused(nn.Module):
+    """Attention over a feature map's positions through ``F.scaled_dot_product_attention``, looked up at the call (as timm
+    does), or through a name bound at import (``bound``), or called twice on another code path (``twice``)."""
+
+    def __init__(self, c: int = 8, bound: bool = False) -> None:
+        super().__init__()
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+        self.bound, self.twice = bound, False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).flatten(2).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, HW, C) each
+        sdpa = _BOUND_SDPA if self.bound else torch.nn.functional.scaled_dot_product_attention
+        o = sdpa(q, k, v)
+        if self.twice:
+            o = sdpa(o, k, v)
+        return x + o.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+
+
+def _fused_net(bound: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _Fused(8, bound)).eval()
+
+
+def _fused_row(model: nn.Module, x: torch.Tensor, y: int, xx: int) -> torch.Tensor:
+    with torch.no_grad():
+        f = model[0](x)
+        q, k, _ = model[1].qkv(f).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # (B, HW, C)
+        a = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, dim=-1)[0]
+    return a[y * x.shape[-1] + xx].reshape(x.shape[-2:])
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_fused_regions_replay_without_watching_ops_and_draw_every_forward(bound: bool) -> None:
+    """A region whose only record is a fused ``F.scaled_dot_product_attention`` replays *direct*: no op is watched, the call
+    is seen through a wrapper of the function (installed only while the region runs). Code that bound the function at
+    import never reaches the wrapper: discovery notices, and that region replays by watching its ops. Either way every
+    forward draws the row exactly, the function is the original again afterwards, and a patch of it made by the user
+    before the capture is what the model runs."""
+    from attnviz.capture.plan import SDPA
+
+    model = _fused_net(bound)
+    original = torch.nn.functional.scaled_dot_product_attention
+    calls: list[int] = []
+
+    def users_patch(*a: Any, **k: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(*a, **k)
+
+    torch.nn.functional.scaled_dot_product_attention = users_patch
+    try:
+        for i in range(3):
+            x = torch.randn(1, 3, 6, 5)
+            cap = _run(model, x)
+            assert cap.replays == (1 if i else 0) and not cap.seen_not_drawn()
+            torch.testing.assert_close(cap.records["1"].row(2, 3), _fused_row(model, x, 2, 3), atol=1e-5, rtol=1e-5)
+            assert torch.nn.functional.scaled_dot_product_attention is users_patch
+        (plan,) = PLANS._by_model[model].values()
+        (fast,) = plan.fast.values()
+        assert fast.ops[next(iter(fast.events))] is SDPA
+        assert (fast.direct is None) == bound
+        assert len(calls) == (0 if bound else 3)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
+def test_a_direct_replay_that_meets_more_fused_calls_draws_nothing_from_them_and_traces_again() -> None:
+    """A direct region that calls the fused op more often than its plan (a code path changed through an attribute) is
+    reported, not drawn; the next forward is a discovery that draws both calls. An exception inside a direct region leaves
+    the function restored."""
+    model = _fused_net()
+    x = torch.randn(1, 3, 6, 5)
+    _run(model, x)
+    model[1].twice = True
+    cap = _run(model, x)
+    assert cap.replays == 1 and any(s["module"] == "1" and s["op"] == "replay" for s in cap.seen_not_drawn())
+    again = _run(model, x)
+    assert again.replays == 0 and list(again.records) == ["1", "1#2"]
+    original = torch.nn.functional.scaled_dot_product_attention
+    with pytest.raises(RuntimeError), torch.inference_mode(), attnviz.capture(model):
+        model(torch.randn(1, 3, 6, 5))  # a replay: the direct region holds the wrapper when the error comes
+        model(torch.randn(1, 4, 6, 5))  # wrong channel count: the first conv raises
+    assert torch.nn.functional.scaled_dot_product_attention is original

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from . import intercept
 from .adapters import AdapterSpec, gate_contribution, relative
 from .discovery import WATCHED, GateMode, grid_record
-from .plan import CHANGES_INPUT, FUSED, PLANS, VALUE_READS, Fast, Plan, Recording, fused_qk, signature, tensor_args
+from .plan import CHANGES_INPUT, FUSED, PLANS, SDPA, VALUE_READS, Fast, Plan, Recording, fused_qk, signature, tensor_args
 from .provenance import Seen, func_name
 from .records import NOT_CHANGED, SLICE, Record, SamplingGrid, keep, scratch
 from .tracker import Frame, Tracker
@@ -167,6 +168,7 @@ class Capture:
         self._open = 0  # replayed regions on the stack
         self._fast: Fast | None = None  # the fast region being replayed
         self._fast_i = 0
+        self._intercepting = False  # this capture holds the F.scaled_dot_product_attention wrapper (intercept)
         self._in_fused = False  # the tracker decides on a fused attention op (discovery)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -195,6 +197,7 @@ class Capture:
 
     def _teardown(self) -> None:
         try:
+            self._release()
             if self._mode is not None and self._pushed:
                 self._mode.__exit__(None, None, None)
             if self._tracker is not None:
@@ -397,22 +400,29 @@ class Capture:
                     self._recording.regions.add(key)
                     if self._hold is None:
                         self._recording.begin(key, len(tr.cands))
+                        self._intercept(self._recording.reach)
             self._depth += 1
             self._set_mode(True)
-        if region:
+        if region and self._fast is not None and self._fast.direct is not None:
+            self._intercept(self._direct_op)
+        elif region:
             self._push_mode()
 
     def _frame_post(self, name: str, mod: nn.Module, out: Any) -> None:
         frame = self._stack.pop()
         if frame.region:
             self._open = 0
+            direct = self._intercepting
+            self._release()
             self._pop_mode()
-            if self._fast is not None and self._fast_i != len(self._fast.ops):
+            fast = self._fast
+            if fast is not None and self._fast_i != (len(fast.direct) if direct and fast.direct is not None else len(fast.ops)):
                 self._replay_broken(frame.name, ())
             self._fast = None
         self._after_frame(frame)
-        if self._recording is not None and self._tracker is not None and frame.key is not None:
-            self._recording.end(frame.key, len(self._tracker.cands))
+        if (self._recording is not None and self._tracker is not None and frame.key is not None
+                and self._recording.end(frame.key, len(self._tracker.cands))):
+            self._release()
         if self._tracker is not None and (self._replay is None or self._open):
             self._tracker.label_output(frame.x, out, module=mod)
         changed = self._changes_input(frame, out)  # (before a forward's end forgets its plan or recording)
@@ -471,6 +481,7 @@ class Capture:
         """A new top-level forward: drop frames left by an earlier exception; replay a plan or record one."""
         self._stack.clear()
         self._from_x.clear()
+        self._release()  # an exception may have left a region open
         self._depth, self._hold, self._open = 0, None, 0
         self._set_mode(False)
         self._calls.clear()
@@ -529,6 +540,35 @@ class Capture:
                         "branch?); its attention is not drawn on this forward, the next forward traces the model again"))
         if self._target is not None and self._sig is not None:
             PLANS.drop(self._target, self._sig)
+
+    def _intercept(self, handler: intercept.Handler) -> None:
+        """See this thread's ``F.scaled_dot_product_attention`` calls until :meth:`_release` (a fused-attention region)."""
+        if not self._intercepting:
+            intercept.hold(handler)
+            self._intercepting = True
+
+    def _release(self) -> None:
+        if self._intercepting:
+            intercept.release()
+            self._intercepting = False
+
+    def _direct_op(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """A call of ``F.scaled_dot_product_attention`` in a direct fast region: it must be the plan's next one, with q and k
+        of the planned shapes; then they get the planned labels and the tracker decides, as on any fused op."""
+        fast, i = self._fast, self._fast_i
+        self._fast_i = i + 1
+        if fast is None or fast.direct is None or self._tracker is None or not self._stack:
+            return
+        q, k = fused_qk(args, kwargs)
+        if i >= len(fast.direct) or not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or (
+                tuple(q.shape), tuple(k.shape)) != fast.direct[i][2:]:
+            self._fast = None
+            self._replay_broken(self._stack[-1].name, ())
+            return
+        with torch._C.DisableTorchFunction():
+            self._tracker.force(q, fast.direct[i][0], False)
+            self._tracker.force(k, fast.direct[i][1], False)
+            self._tracker.on_op(SDPA, args, kwargs, out, self._frame_for(args), False)
 
     def _fast_op(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         """An op of a fast region: it must be the plan's next op; at a fused attention op, label q and k and decide."""

@@ -82,13 +82,26 @@ def _autocast() -> tuple[bool, ...]:
     return tuple(bool(torch.is_autocast_enabled(d)) for d in ("cpu", "cuda"))
 
 
+Event = tuple[Labels | None, Labels | None, tuple[int, ...], tuple[int, ...]]  # labels of q and k, their shapes
+SDPA = torch._C._nn.scaled_dot_product_attention  # the op itself (what a TorchFunctionMode sees)
+
+
 @dataclass
 class Fast:
     """A region whose only records come from fused attention ops: the ops it runs (by identity) and, at each fused op,
-    the labels its queries and keys had. Its replay checks the ops one by one and labels only those two tensors."""
+    the labels and shapes its queries and keys had. Its replay labels only those two tensors. Where every fused op is
+    ``F.scaled_dot_product_attention`` (``direct``: the events in order), the replay sees just those calls
+    (:mod:`~attnviz.capture.intercept`) and checks their number and the shapes of q and k; otherwise it watches the
+    region's ops and checks them one by one."""
 
     ops: tuple[Any, ...]
-    events: dict[int, tuple[Labels | None, Labels | None]]
+    events: dict[int, Event]
+    reached: int = 0  # fused ops that went through ``F.scaled_dot_product_attention`` looked up at the call
+    direct: tuple[Event, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.events and self.reached == len(self.events) and all(self.ops[i] is SDPA for i in self.events):
+            self.direct = tuple(self.events[i] for i in sorted(self.events))
 
 
 @dataclass
@@ -117,9 +130,10 @@ class Recording:
     open: tuple[tuple[str, int], list[Any], dict[int, Any], int] | None = None  # key, ops, events, candidates before
     simple: bool = True
     residual: dict[tuple[str, int], bool] = field(default_factory=dict)
+    reached: int = 0
 
     def begin(self, key: tuple[str, int], cands: int) -> None:
-        self.open, self.simple = (key, [], {}, cands), True
+        self.open, self.simple, self.reached = (key, [], {}, cands), True, 0
 
     def op(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], labels: Any, fused: bool) -> None:
         """One op of the open region (``fused``: a fused attention op that the tracker decides on)."""
@@ -127,16 +141,23 @@ class Recording:
             return
         if fused:
             q, k = fused_qk(args, kwargs)
-            self.open[2][len(self.open[1])] = (labels(q), labels(k))
+            self.open[2][len(self.open[1])] = (labels(q), labels(k), tuple(q.shape), tuple(k.shape))
         elif name in FUSED:
             self.simple = False
         self.open[1].append(func)
 
-    def end(self, key: tuple[str, int], cands: int) -> None:
-        if self.open is not None and self.open[0] == key:
-            if self.simple and cands == self.open[3]:
-                self.fast[key] = Fast(tuple(self.open[1]), self.open[2])
-            self.open = None
+    def reach(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """A call of the open region reached ``F.scaled_dot_product_attention`` by name (see :mod:`.intercept`)."""
+        self.reached += 1
+
+    def end(self, key: tuple[str, int], cands: int) -> bool:
+        """Close the open region if it is ``key`` (True then)."""
+        if self.open is None or self.open[0] != key:
+            return False
+        if self.simple and cands == self.open[3]:
+            self.fast[key] = Fast(tuple(self.open[1]), self.open[2], self.reached)
+        self.open = None
+        return True
 
     def plan(self) -> Plan | None:
         if not self.valid:
