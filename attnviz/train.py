@@ -135,12 +135,11 @@ def build_any(name: str) -> nn.Module:
     return build(name) if task_of(name) == "classification" else build_seg(name)
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915  (the training loop; not yet split into stages)
-    """Run (or resume) one training run and write the checkpoint and model card."""
+def _device_and_families(args: argparse.Namespace) -> tuple[torch.device, tuple[str, ...]]:
+    """Seed, threads and device of a run; its training families (checked)."""
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    task = task_of(args.model)
     device = pick_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -149,6 +148,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915  (the tr
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise SystemExit(f"--families: unknown {unknown}; valid: {', '.join(FAMILIES)}")
+    return device, families
+
+
+def _initial_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, set[str]]:
+    """The model, initialised from ``--init`` where shapes fit; the names of the tensors that start fresh."""
     model = build_any(args.model).to(device)
     fresh: set[str] = set()
     if args.init:
@@ -160,21 +164,51 @@ def train(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915  (the tr
         print(f"initialised {len(fitting)}/{len(own)} tensors from {args.init}; the rest (attention, new heads) start fresh")
     if args.stn_only and not model_has_stn(model):
         raise SystemExit(f"--stn-only needs a model with an STN; {args.model} has none")
-    groups = param_groups(model, args, fresh)
-    opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+    return model, fresh
+
+
+def _resume(args: argparse.Namespace, ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device) -> tuple[int, float]:
+    """Step and elapsed seconds of the run's last checkpoint (loaded into model and optimiser), or (0, 0)."""
+    if not ckpt.exists() or args.restart:
+        return 0, 0.0
+    state = torch.load(ckpt, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    print(f"resumed {args.model} at step {int(state['step'])}/{args.steps}")
+    return int(state["step"]), float(state["elapsed"])
+
+
+def _loss(args: argparse.Namespace, model: nn.Module, task: str, x: torch.Tensor, batch: Any, device: torch.device) -> torch.Tensor:
+    """The training loss of one batch for the run's task."""
+    if task == "segmentation":
+        return seg_loss(model(x), batch.label_map.to(device))
+    if args.stn_only:  # localiser pre-training: the box loss alone, backbone untouched
+        return stn_box_loss(model, x, batch.boxes)  # type: ignore[arg-type]
+    loss = F.cross_entropy(model(x), batch.labels.to(device), label_smoothing=0.1)
+    if getattr(model, "stn", None) is not None and args.stn_box_weight > 0:
+        loss = loss + args.stn_box_weight * stn_box_loss(model, x, batch.boxes)  # type: ignore[arg-type]
+    return loss
+
+
+def _save_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float) -> None:
+    tmp = ckpt.with_suffix(".tmp")  # write then rename: a kill mid-save never corrupts last.pt
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed}, tmp)
+    os.replace(tmp, ckpt)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or resume) one training run and write the checkpoint and model card."""
+    device, families = _device_and_families(args)
+    task = task_of(args.model)
+    model, fresh = _initial_model(args, device)
+    opt = torch.optim.AdamW(param_groups(model, args, fresh), weight_decay=args.weight_decay)
     base_lrs = [g["lr"] for g in opt.param_groups]
     easy_cfg, full_cfg = scene_configs(task, families)
     easy, full = SceneGenerator("train", easy_cfg, device=device), SceneGenerator("train", full_cfg, device=device)
     work = Path(args.workdir or f"runs/{args.model}")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "last.pt"
-    start, elapsed = 0, 0.0
-    if ckpt.exists() and not args.restart:
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start, elapsed = int(state["step"]), float(state["elapsed"])
-        print(f"resumed {args.model} at step {start}/{args.steps}")
+    start, elapsed = _resume(args, ckpt, model, opt, device)
     rng = torch.Generator().manual_seed(args.seed + 1)
     for _ in range(start):  # keep the curriculum draws identical after a resume
         torch.rand(1, generator=rng)
@@ -189,24 +223,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915  (the tr
         x = normalize(batch.images).to(device)
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = scheduled_lr(lr, step, args.steps, args.warmup)
-        if task == "segmentation":
-            loss = seg_loss(model(x), batch.label_map.to(device))
-        elif args.stn_only:  # localiser pre-training: the box loss alone, backbone untouched
-            loss = stn_box_loss(model, x, batch.boxes)  # type: ignore[arg-type]
-        else:
-            loss = F.cross_entropy(model(x), batch.labels.to(device), label_smoothing=0.1)
-            if getattr(model, "stn", None) is not None and args.stn_box_weight > 0:
-                loss = loss + args.stn_box_weight * stn_box_loss(model, x, batch.boxes)  # type: ignore[arg-type]
+        loss = _loss(args, model, task, x, batch, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.3f}", full=f"{p_full:.2f}")
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            tmp = ckpt.with_suffix(".tmp")  # write then rename: a kill mid-save never corrupts last.pt
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "elapsed": time.time() - t0}, tmp)
-            os.replace(tmp, ckpt)
-    seconds = time.time() - t0
+            _save_checkpoint(ckpt, model, opt, step + 1, time.time() - t0)
+    return _write_run(args, model, task, families, time.time() - t0, device)
+
+
+def _write_run(args: argparse.Namespace, model: nn.Module, task: str, families: tuple[str, ...], seconds: float,
+               device: torch.device) -> dict[str, Any]:
+    """Write the weights (safetensors) and the model card of a finished run; return the card."""
     model.eval()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

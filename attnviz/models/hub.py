@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -85,7 +86,7 @@ def _hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch(remote: Remote, name: str, progress: bool | Progress = False, timeout: float = 30.0) -> Path:  # noqa: PLR0915  (resume, verify, atomic rename read best as one sequence)
+def fetch(remote: Remote, name: str, progress: bool | Progress = False, timeout: float = 30.0) -> Path:
     """The verified local file of ``remote``, downloading it first when needed.
 
     Args:
@@ -112,50 +113,13 @@ def fetch(remote: Remote, name: str, progress: bool | Progress = False, timeout:
         with open(part, "rb") as f:
             for chunk in iter(lambda: f.read(CHUNK), b""):
                 h.update(chunk)
-    req = urllib.request.Request(remote.url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (an https URL from our registry)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # the part is complete already
-            resp = None
-        else:
-            raise DownloadError(f"{name}: the server answered {e.code} for {remote.url}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise DownloadError(f"{name}: cannot reach {remote.url} ({getattr(e, 'reason', e)}); check the connection, "
-                            f"or copy {remote.filename} into {cache_dir()}") from None
-    bar = None
+    resp = _open(remote, name, have, timeout)
     try:
         if resp is not None:
             if have and resp.status != 206:  # the server ignored the range: start over
                 have, h = 0, hashlib.sha256()
-                mode = "wb"
-            else:
-                mode = "ab" if have else "wb"
-            total = int(resp.headers.get("Content-Length") or 0) + have
-            if progress is True:
-                bar = tqdm(total=total or None, initial=have, unit="B", unit_scale=True, desc=name, dynamic_ncols=True)
-            done = have
-            with open(part, mode) as f:
-                while True:
-                    try:
-                        chunk = resp.read(CHUNK)
-                    except (OSError, urllib.error.URLError) as e:
-                        raise DownloadError(f"{name}: the download was interrupted after {done / 2**20:.1f} MB ({e}); "
-                                            "run it again to resume") from None
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    h.update(chunk)
-                    done += len(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-                    elif callable(progress):
-                        progress(done, total)
-            if total and done < total:
-                raise DownloadError(f"{name}: the download stopped at {done / 2**20:.1f} of {total / 2**20:.1f} MB; run it again to resume")
+            _receive(resp, part, name, have, h, progress)
     finally:
-        if bar is not None:
-            bar.close()
         if resp is not None:
             resp.close()
     digest = h.hexdigest()
@@ -166,3 +130,46 @@ def fetch(remote: Remote, name: str, progress: bool | Progress = False, timeout:
     os.replace(part, where)  # atomic: the final name only ever holds a verified file
     where.with_name(where.name + ".sha256").write_text(digest)
     return where
+
+
+def _open(remote: Remote, name: str, have: int, timeout: float) -> Any:
+    """The HTTP response for the bytes from ``have`` on, or None when the server says the partial file is complete."""
+    req = urllib.request.Request(remote.url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (an https URL from our registry)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the part is complete already
+            return None
+        raise DownloadError(f"{name}: the server answered {e.code} for {remote.url}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise DownloadError(f"{name}: cannot reach {remote.url} ({getattr(e, 'reason', e)}); check the connection, "
+                            f"or copy {remote.filename} into {cache_dir()}") from None
+
+
+def _receive(resp: Any, part: Path, name: str, have: int, h: Any, progress: bool | Progress) -> None:
+    """Append the response's body to ``part`` (which holds ``have`` bytes; 0: write it anew), hashing into ``h``."""
+    total = int(resp.headers.get("Content-Length") or 0) + have
+    bar = tqdm(total=total or None, initial=have, unit="B", unit_scale=True, desc=name, dynamic_ncols=True) if progress is True else None
+    done = have
+    try:
+        with open(part, "ab" if have else "wb") as f:
+            while True:
+                try:
+                    chunk = resp.read(CHUNK)
+                except (OSError, urllib.error.URLError) as e:
+                    raise DownloadError(f"{name}: the download was interrupted after {done / 2**20:.1f} MB ({e}); "
+                                        "run it again to resume") from None
+                if not chunk:
+                    break
+                f.write(chunk)
+                h.update(chunk)
+                done += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+                elif callable(progress):
+                    progress(done, total)
+    finally:
+        if bar is not None:
+            bar.close()
+    if total and done < total:
+        raise DownloadError(f"{name}: the download stopped at {done / 2**20:.1f} of {total / 2**20:.1f} MB; run it again to resume")
