@@ -120,3 +120,46 @@ def test_gradient_rollout_equals_chefers_formula_on_the_unfused_path() -> None:
     got = gradient_rollout(model, x, target)
     torch.testing.assert_close(got, r[0, 1:], atol=1e-6, rtol=1e-4)
     assert got.shape == (24,) and all(p.grad is None for p in model.parameters())  # the user's model is left as it was
+
+
+def _row_loop_distance(rec, image_hw: tuple[int, int]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The ViT paper's mean attention distance from every query's drawn row, one query and head at a time."""
+    h, w = rec.hw
+    ch, cw = image_hw[0] / h, image_hw[1] / w
+    out = []
+    for head in range(rec.heads):
+        total = 0.0
+        for qy in range(h):
+            for qx in range(w):
+                r = rec.row(qy, qx, head=head).double()
+                d = torch.tensor([[math.dist((qy * ch, qx * cw), (ky * ch, kx * cw)) for kx in range(w)] for ky in range(h)])
+                total += float((r * d).sum() / r.sum())
+        out.append(total / (h * w))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("impl", ["timm", "hf"])
+def test_window_distance_of_shifted_and_padded_windows_equals_the_row_by_row_sum(impl: str) -> None:
+    """Swin at a size its window does not divide (18 cells, windows of 4): timm rolls then pads, HF pads then rolls. The
+    distance of every window at once (``WindowAffinity.cells``) equals the sum over each query's drawn row, whose keys are
+    in image coordinates (checked against the eager weights in test_transformers), renormalised over the keys on the image."""
+    from attnviz.maps import mean_row_distance
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 72, 72, generator=torch.Generator().manual_seed(0))
+    if impl == "timm":
+        model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=72, window_size=4, embed_dim=16,
+                                  depths=(2,), num_heads=(2,), num_classes=3).eval()
+        with torch.no_grad():
+            for blk in model.layers[0].blocks:
+                blk.attn.qkv.weight.mul_(8)  # rows far from uniform, so a misplaced key changes the distance
+    else:
+        transformers = pytest.importorskip("transformers")
+        cfg = transformers.SwinConfig(image_size=72, patch_size=4, embed_dim=16, depths=[2], num_heads=[2], window_size=4)
+        model = transformers.SwinModel(cfg).eval()
+    with torch.no_grad(), attnviz.capture(model) as cap:
+        model(x)
+    recs = [r for r in cap.records.values() if r.kind == "window"]
+    assert len(recs) == 2 and recs[1].shift != (0, 0) and recs[1].grid_hw == (20, 20) and recs[1].hw == (18, 18)
+    for rec in recs:
+        torch.testing.assert_close(mean_row_distance(rec, (72, 72)), _row_loop_distance(rec, (72, 72)).float(), rtol=1e-5, atol=1e-5)

@@ -391,8 +391,19 @@ def test_head_grid_of_swin_windows_and_what_needs_tokens(tmp_path) -> None:  # t
     out = tab.fill(a, ViewState((30.0, 9.0), None, None, None, Style()))
     assert out[tab.grid]["visible"] and out[tab.grid]["value"].ndim == 3 and not out[tab.rollout]["visible"] and out[tab.note] == ""
     assert "windowed" in out[tab.answer] and "2 or 4 heads" in out[tab.answer] and not out[tab.grad_btn]["visible"]
-    plotted = [r.name for r in transformer.distance_layers(a)]
-    assert all(a.records[n].kind == "affinity" for n in plotted) and ("leaves out 2 layer(s)" in out[tab.answer]) == bool(plotted)
+    assert out[tab.distance]["visible"] and "leaves out" not in out[tab.answer]
+    dist, plotted = transformer.distances(a)  # windowed layers: the mean over every query of its own row
+    assert plotted == [*names, "layers.1.blocks.0.attn", "layers.1.blocks.1.attn"] and dist.shape == (4, 4)
+    assert np.isnan(dist[:2, 2:]).all() and not np.isnan(dist[2:]).any()  # 2 heads in stage 0, 4 in stage 1
+    rec = a.records[names[1]]  # the shifted windows
+    for h in range(2):
+        ref = []
+        for qy in range(14):
+            for qx in range(14):
+                r = rec.row(qy, qx, head=h).double()
+                d = torch.tensor([[((4 * (ky - qy)) ** 2 + (4 * (kx - qx)) ** 2) ** 0.5 for kx in range(14)] for ky in range(14)])
+                ref.append(float((r * d).sum() / r.sum()))  # 4 image pixels per cell of the 14×14 grid
+        assert dist[1, h] == pytest.approx(np.mean(ref), rel=1e-5)
 
 
 def test_gradient_rollout_view_in_the_analysis_layer(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -684,6 +684,45 @@ class WindowAffinity(Record):
         left = 1 - self.head_rows(y, x, batch).sum((1, 2))  # (heads,): every head's softmax row sums to 1
         return float(left.mean() if head is None else left[head])
 
+    def cells(self, batch: int = 0) -> dict[str, torch.Tensor]:
+        """Every window at once, with the image cell of each query and key: ``weights (L, Nq, Nk)`` (one window of one
+        head per entry), ``head (L,)``, ``qy``, ``qx`` ``(L, Nq)`` and ``ky``, ``kx`` ``(L, Nk)`` in unshifted image-grid
+        coordinates, ``q_in``, ``k_in`` (False on the zero padding past the image grid)."""
+        lead = self._digits(self.lead_atoms)  # atom -> (L_all,)
+        n_lead = math.prod(s for _, s in self.lead_atoms)
+        keep = lead["b"] == batch if "b" in lead else torch.ones(n_lead, dtype=torch.bool)
+        w = self.weights.reshape(n_lead, *self.weights.shape[-2:])[keep].float()  # (L, Nq, Nk)
+        head = torch.zeros(n_lead, dtype=torch.long)
+        for name, s in self.lead_atoms:  # the head atoms, row-major
+            if name.split("[")[0] not in ("b", "h", "w"):
+                head = head * s + lead[name]
+        out = {"weights": w, "head": head[keep]}
+        for side, atoms in (("q", self.query_atoms), ("k", self.key_atoms)):
+            own = self._digits(atoms)  # atom -> (N,)
+            grid = {}
+            for base in ("h", "w"):
+                g = torch.zeros(int(keep.sum()), len(next(iter(own.values()))) if own else 1, dtype=torch.long)
+                for name, _s, inner in self._places(base):
+                    g += (own[name][None, :] if name in own else lead[name][keep][:, None]) * inner
+                grid[base] = g
+            out[f"{side}y"], out[f"{side}x"], out[f"{side}_in"] = self._unshift(grid["h"], grid["w"])
+        return out
+
+    def _unshift(self, gy: torch.Tensor, gx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cells of the grid the windows tile → image cells (rolls undone), and whether each is inside the image grid."""
+        exts, ext = [], self.hw
+        for st in self.steps:  # the extent each step acts on
+            exts.append(ext)
+            if st[0] == "pad":
+                ext = (int(st[3]), int(st[4]))
+        inside = torch.ones_like(gy, dtype=torch.bool)
+        for st, (eh, ew) in zip(reversed(self.steps), reversed(exts)):
+            if st[0] == "roll":
+                gy, gx = (gy - st[1]) % eh, (gx - st[2]) % ew
+            else:
+                inside &= (gy < eh) & (gx < ew)
+        return gy, gx, inside
+
     def _places(self, base: str) -> list[tuple[str, int, int]]:
         """:meth:`_radix` of ``base`` with each atom's place value: ``(name, size, inner)`` (cached: atoms never change)."""
         cache = self.__dict__.setdefault("_place_cache", {})

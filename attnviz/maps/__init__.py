@@ -16,7 +16,7 @@ from .metrics import (
     topk_iou,
 )
 from .reach import criss_cross_reach, uniform_criss_cross, uniform_reach
-from .transformer import cls_maps, dino_mask, full_attention, mean_attention_distance, rollout, rollout_map
+from .transformer import cls_maps, dino_mask, full_attention, mean_attention_distance, mean_row_distance, rollout, rollout_map
 from .views import (
     VIEWS,
     ClickLayer,
@@ -32,7 +32,7 @@ from .views import (
 
 __all__ = [
     "VIEWS", "ClickLayer", "ablate", "box_mask", "bypassed", "cell_px", "click_layers", "click_map", "cls_maps", "criss_cross_reach", "dino_mask",
-    "full_attention", "mean_attention_distance", "rollout", "rollout_map",
+    "full_attention", "mean_attention_distance", "mean_row_distance", "rollout", "rollout_map",
     "feature_cell", "grad_cam", "integrated_gradients", "js_divergence", "mass_ratio", "module_for",
     "nearest_centroid_accuracy", "normalized_to_pixels", "occlusion", "on_image", "pointing", "quad_iou", "query_dependence",
     "same_class_mass", "sampled_quad", "spearman", "top_share", "topk_iou", "uniform_criss_cross", "uniform_reach", "upsample_map",

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..capture.records import Affinity, TokenAttention
+from ..capture.records import Affinity, HaloAffinity, TokenAttention, WindowAffinity
 
 FUSIONS = ("mean", "max", "min")
 
@@ -184,6 +184,48 @@ def mean_attention_distance(rec: Affinity, patch_px: tuple[float, float], batch:
     ky, kx = torch.meshgrid((torch.arange(kh) + 0.5) * img_h / kh, (torch.arange(kw) + 0.5) * img_w / kw, indexing="ij")
     d = torch.cdist(torch.stack([qy.flatten(), qx.flatten()], 1), torch.stack([ky.flatten(), kx.flatten()], 1))  # (Nq, Nk)
     return (a * d).sum(-1).mean(-1)
+
+
+def mean_row_distance(rec: Affinity | WindowAffinity | HaloAffinity, image_hw: tuple[int, int], batch: int = 0) -> torch.Tensor:
+    """:func:`mean_attention_distance` from the record's own rows, for attention whose whole matrix is not one softmax of its
+    queries and keys: windows (Swin; shifted ones rolled back), halo windows, relative-position logits (BotNet).
+    ``(heads,)``: per query cell, the attention-weighted distance in image pixels to the key cells drawn on the image
+    (weights renormalised over them, as over the patch keys of a token record), averaged over the query cells."""
+    if isinstance(rec, WindowAffinity):
+        return _window_distance(rec, image_hw, batch)
+    qh, qw = rec.query_hw
+    kh, kw = rec.key_hw
+    img_h, img_w = image_hw
+    ky = ((torch.arange(kh) + 0.5) * img_h / kh)[:, None]  # (Hk, 1): key cell centres in pixels
+    kx = ((torch.arange(kw) + 0.5) * img_w / kw)[None, :]  # (1, Wk)
+    total = torch.zeros(rec.heads, dtype=torch.float64)
+    for y in range(qh):
+        for x in range(qw):
+            rows = _head_rows(rec, y, x, batch).double()  # (heads, Hk, Wk)
+            d = torch.sqrt((ky - (y + 0.5) * img_h / qh) ** 2 + (kx - (x + 0.5) * img_w / qw) ** 2).double()  # (Hk, Wk)
+            total += (rows * d).sum((1, 2)) / rows.sum((1, 2)).clamp_min(1e-12)
+    return (total / (qh * qw)).float()
+
+
+def _window_distance(rec: WindowAffinity, image_hw: tuple[int, int], batch: int) -> torch.Tensor:
+    """:func:`mean_row_distance` of window attention, every window at once (:meth:`WindowAffinity.cells`)."""
+    c = rec.cells(batch)
+    ch, cw = image_hw[0] / rec.hw[0], image_hw[1] / rec.hw[1]  # image pixels per cell
+    dy = (c["qy"][:, :, None] - c["ky"][:, None, :]).double() * ch  # (L, Nq, Nk)
+    dx = (c["qx"][:, :, None] - c["kx"][:, None, :]).double() * cw
+    w = c["weights"].double() * c["k_in"][:, None, :]  # keys on the padding are not drawn: renormalised over the others
+    per_query = (w * torch.sqrt(dy**2 + dx**2)).sum(-1) / w.sum(-1).clamp_min(1e-12)  # (L, Nq)
+    q_in = c["q_in"].double()  # queries on the padding are no image cells
+    heads = rec.heads
+    total = torch.zeros(heads, dtype=torch.float64).index_add_(0, c["head"], (per_query * q_in).sum(-1))
+    count = torch.zeros(heads, dtype=torch.float64).index_add_(0, c["head"], q_in.sum(-1))
+    return (total / count).float()
+
+
+def _head_rows(rec: Affinity | HaloAffinity, y: int, x: int, batch: int) -> torch.Tensor:
+    if isinstance(rec, HaloAffinity):
+        return rec.head_rows(y, x, batch)
+    return torch.stack([rec.row(y, x, batch, head=h) for h in range(rec.heads)])
 
 
 class _SdpaRecorder(TorchFunctionMode):

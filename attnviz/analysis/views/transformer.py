@@ -8,8 +8,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ... import render
-from ...capture.records import Affinity, TokenAttention
-from ...maps import ClickLayer, click_layers, click_map, feature_cell, mean_attention_distance, rollout_map
+from ...capture.records import Affinity, TokenAttention, WindowAffinity
+from ...maps import ClickLayer, click_layers, click_map, feature_cell, mean_attention_distance, mean_row_distance, rollout_map
 from ...maps.transformer import gradient_rollout, plain_softmax
 from ..errors import UserError
 from ..session import Analysis, Engine, Style
@@ -146,25 +146,28 @@ def gradient_rollout_view(engine: Engine, a: Analysis, target: int | None = None
     return img, {"class": a.label(cls), "layers": len(layers), "method": "Chefer, Gur & Wolf 2021: R ← R + mean_h((∇A ⊙ A)⁺)·R"}
 
 
-def distance_layers(a: Analysis) -> list[Affinity]:
-    """The layers of the distance plot: the token layers, else every global multi-head self-attention whose whole matrix
-    is known (LeViT, a ViT without a class token). Windowed rows, relative-position logits (BotNet) and positions past the
-    image's edge are left out: their mean over every query is not formed here."""
+def distance_layers(a: Analysis) -> list[Affinity | WindowAffinity]:
+    """The layers of the distance plot: the token layers, else every layer of the head grid (global multi-head attention as
+    in LeViT or a ViT without a class token, Swin's windows, BotNet's relative-position attention); never positions past
+    the image's edge (LeViT's last stage), whose query cells are not the image's."""
     if token_layers(a):
         return list(token_layers(a))
-    return [r for cl in head_layers(a) if isinstance(r := cl.records[0], Affinity)
-            and (r.matrix is not None or plain_softmax(r))]
+    return [r for cl in head_layers(a) if isinstance(r := cl.records[0], (Affinity, WindowAffinity))]
 
 
 def distances(a: Analysis) -> tuple[np.ndarray, list[str]]:
-    """Mean attention distance in image pixels ``(L, H)`` (the ViT paper's definition) and the layer names."""
+    """Mean attention distance in image pixels ``(L, H)`` (the ViT paper's definition) and the layer names: from the whole
+    matrix where it is one softmax of queries and keys, else from every query's own row."""
     layers = distance_layers(a)
     if not layers:
-        raise UserError(f"{a.model_name} has no global multi-head self-attention whose every row is known, so there is no distance plot.")
+        raise UserError(f"{a.model_name} has no multi-head self-attention over image positions, so there is no distance plot.")
     out = []
     for rec in layers:
-        patch = (a.hw[0] / rec.query_hw[0], a.hw[1] / rec.query_hw[1])  # image pixels per query cell
-        out.append(mean_attention_distance(rec, patch).numpy())
+        if isinstance(rec, Affinity) and (rec.matrix is not None or plain_softmax(rec)):
+            patch = (a.hw[0] / rec.query_hw[0], a.hw[1] / rec.query_hw[1])  # image pixels per query cell
+            out.append(mean_attention_distance(rec, patch).numpy())
+        else:
+            out.append(mean_row_distance(rec, a.hw).numpy())
     width = max(len(d) for d in out)
     mat = np.full((len(out), width), np.nan)
     for i, d in enumerate(out):

@@ -63,7 +63,7 @@ class TransformerTab(Tab):
             answer = (f"{len(heads)} multi-head self-attention layers ({kinds}) with {counts} heads; the grid shows every head of the "
                       "first stage's layers for the clicked pixel. Class-token view, rollout and gradient rollout need attention over "
                       "a token sequence with a class token." + (f" The distance plot leaves out {len(left)} layer(s) whose mean over every "
-                      "query is not formed here (windows, relative positions)." if plotted and left else "")) if heads else ""
+                      "query is not formed here." if plotted and left else "")) if heads else ""
             distance = gr.update(value=transformer.distance_figure(a), visible=True) if plotted else hidden
             return {self.note: "" if heads else HINT, self.grid: grid, self.rollout: hidden, self.distance: distance, self.answer: answer,
                     self.query: gr.update(visible=False, value="patch"), self.grad_img: hidden, self.grad_note: "", self.opened: hidden,
