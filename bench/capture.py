@@ -2,7 +2,8 @@
 
     python bench/capture.py [--repeats 15] [--out BENCHMARKS-capture.json]
 
-1. capture-on forward / plain forward at batch 1 and 8 (target ≤ 1.05×), beside the floor an empty
+1. capture-on forward / plain forward at batch 1 and 8 (target ≤ 1.05×; the ratio of the medians, and the median of each
+   round's capture ÷ the plain forward run just before it, which a slow drift of the machine's speed moves less), beside the floor an empty
    ``TorchFunctionMode`` costs (what watching every torch call costs before any bookkeeping): gate-heavy nets (CBAM-ResNet18
    and SE-ResNet50 from timm, torchvision efficientnet_b0), a Non-Local ResNet18, timm's BotNet and
    HaloNet (explicit q·kᵀ softmax in this timm) and two timm models whose attention runs through
@@ -111,8 +112,9 @@ def overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float
             tm.append(timed(empty_mode))
             tf.append(timed(first))
     p, c, m, f = (statistics.median(t) for t in (tp, tc, tm, tf))
-    return {"plain_ms": 1e3 * p, "capture_ms": 1e3 * c, "ratio": c / p, "empty_mode_ms": 1e3 * m, "empty_mode_ratio": m / p,
-            "first_ms": 1e3 * f, "first_ratio": f / p}
+    paired = statistics.median(b / a for a, b in zip(tp, tc))  # each capture over the plain forward just before it
+    return {"plain_ms": 1e3 * p, "capture_ms": 1e3 * c, "ratio": c / p, "paired_ratio": paired, "empty_mode_ms": 1e3 * m,
+            "empty_mode_ratio": m / p, "first_ms": 1e3 * f, "first_ratio": f / p}
 
 
 def query_costs(repeats: int) -> dict[str, float]:
@@ -192,7 +194,7 @@ def main() -> None:
             r = overhead(model, torch.randn(b, 3, side, side), args.repeats if b == 1 else max(5, args.repeats // 3))
             results[f"{name} b{b}"] = r
             print(f"{name:32s} batch {b}: plain {r['plain_ms']:8.1f} ms  capture {r['capture_ms']:8.1f} ms  ratio {r['ratio']:.3f}  "
-                  f"empty mode {r['empty_mode_ratio']:.3f}  first forward {r['first_ratio']:.3f} (discovery: {results[f'{name} watches every op']})",
+                  f"(paired {r['paired_ratio']:.3f})  empty mode {r['empty_mode_ratio']:.3f}  first forward {r['first_ratio']:.3f} (discovery: {results[f'{name} watches every op']})",
                   flush=True)
     if args.only:
         print(json.dumps(results, indent=1))

@@ -70,7 +70,9 @@ def overhead(batch: int, repeats: int) -> dict[str, float]:
             for k, fn in runs.items():
                 times[k].append(timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"batch": batch, "plain_ms": round(med["plain"] * 1e3, 1), **{f"{k}_ratio": round(med[k] / med["plain"], 3) for k in runs if k != "plain"}}
+    paired = {f"{k}_paired": round(statistics.median(a / b for a, b in zip(times[k], times["plain"])), 3) for k in runs if k != "plain"}
+    return {"batch": batch, "plain_ms": round(med["plain"] * 1e3, 1), **{f"{k}_ratio": round(med[k] / med["plain"], 3) for k in runs if k != "plain"},
+            **paired}
 
 
 def _captured(model: torch.nn.Module, x: torch.Tensor, spill: bool = False) -> None:
