@@ -194,7 +194,8 @@ def main() -> None:
             r = overhead(model, torch.randn(b, 3, side, side), args.repeats if b == 1 else max(5, args.repeats // 3))
             results[f"{name} b{b}"] = r
             print(f"{name:32s} batch {b}: plain {r['plain_ms']:8.1f} ms  capture {r['capture_ms']:8.1f} ms  ratio {r['ratio']:.3f}  "
-                  f"(paired {r['paired_ratio']:.3f})  empty mode {r['empty_mode_ratio']:.3f}  first forward {r['first_ratio']:.3f} (discovery: {results[f'{name} watches every op']})",
+                  f"(paired {r['paired_ratio']:.3f})  empty mode {r['empty_mode_ratio']:.3f}  first forward {r['first_ratio']:.3f} "
+                  f"(discovery: {results[f'{name} watches every op']})",
                   flush=True)
     if args.only:
         print(json.dumps(results, indent=1))

@@ -67,6 +67,17 @@ def select_tab(page, name: str) -> None:  # type: ignore[no-untyped-def]
     page.locator(".overflow-dropdown button", has_text=name).first.click()
 
 
+def upload_page(browser, port: int, img: Path):  # type: ignore[no-untyped-def]
+    """A page of the app on ``port`` with ``img`` uploaded; page errors are collected in ``page.errors``."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.wait_for_selector("#upload input[type=file]", state="attached", timeout=60_000)
+    page.set_input_files("#upload input[type=file]", str(img))
+    return page
+
+
 def settle(page, seconds: float = 1.5) -> None:  # type: ignore[no-untyped-def]
     """Wait until no event is pending (Gradio shows a progress tracker while one runs)."""
     deadline = time.time() + 60
@@ -465,12 +476,8 @@ def test_vit_head_grid_and_rollout_in_the_browser(browser, tmp_path: Path) -> No
         photo = ROOT / "examples" / "photo_chelsea.png"
         img = tmp_path / "cat.png"
         Image.fromarray(np.asarray(Image.open(photo).convert("RGB").resize((192, 128)))).save(img)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_selector("#upload input[type=file]", state="attached", timeout=60_000)
-        page.set_input_files("#upload input[type=file]", str(img))
+        page = upload_page(browser, port, img)
+        errors = page.errors
         page.wait_for_function("() => document.querySelector('#answer').innerText.includes('prefix tokens')", timeout=120_000)
         select_tab(page, "Transformer")
         page.locator("#head_grid img").wait_for(state="visible", timeout=60_000)
@@ -499,6 +506,47 @@ def test_vit_head_grid_and_rollout_in_the_browser(browser, tmp_path: Path) -> No
         time.sleep(0.3)
         assert int(page.evaluate("() => document.querySelector('#hover').dataset.frames || 0")) >= 3
         assert "cell" in page.locator("#hover .av-info").inner_text()
+        assert not errors, errors
+        page.close()
+    finally:
+        demo.close()
+
+
+def test_swin_stages_in_the_head_grid(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A user's Swin: the head grid shows the first stage; picking the second under *Stage* redraws the grid with that
+    stage's layers, and a thumbnail opened then is one of them."""
+    timm = pytest.importorskip("timm")
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from attnviz.ui import build_demo
+
+    torch.manual_seed(0)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, window_size=7, embed_dim=24,
+                             depths=(2, 2), num_heads=(2, 4), num_classes=3).eval()
+    swin.card = {"input_size": [56, 56], "class_names": ["p", "q", "r"]}
+    demo = build_demo(models={"swin": swin}, include_registry=False)
+    port = free_port()
+    demo.launch(server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True, css=demo.attnviz_css)
+    try:
+        img = tmp_path / "cat.png"
+        Image.fromarray(np.asarray(Image.open(ROOT / "examples" / "photo_chelsea.png").convert("RGB").resize((56, 56)))).save(img)
+        page = upload_page(browser, port, img)
+        errors = page.errors
+        select_tab(page, "Transformer")
+        grid = page.locator("#head_grid img")
+        grid.wait_for(state="visible", timeout=120_000)
+        first = grid.get_attribute("src")
+        page.locator("#tf_stage input").click()
+        page.get_by_role("option", name="7×7 cells, 4 heads, 2 layers").click()
+        page.wait_for_function("(s) => document.querySelector('#head_grid img').getAttribute('src') !== s", arg=first, timeout=60_000)
+        settle(page)
+        box = grid.bounding_box()
+        grid.click(position={"x": box["width"] * 0.63, "y": box["height"] * 0.78})  # head 2 of the second row (layer), figure centred
+        page.locator("#head_opened img").wait_for(state="visible", timeout=60_000)
+        assert "layers.1.blocks.1.attn, head 2" in page.locator("#head_opened_note").inner_text()
+        assert "Stage picks which" in page.locator("#tf_answer").inner_text()
         assert not errors, errors
         page.close()
     finally:

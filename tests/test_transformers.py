@@ -375,6 +375,15 @@ def test_head_grid_of_swin_windows_and_what_needs_tokens(tmp_path) -> None:  # t
     np.testing.assert_allclose(maps[1, 0], click_map(click_layers(a.records)[names[1]], 30, 9, a.hw, head=0).numpy(), atol=0)
     img, info = transformer.head_view(a, 1, 1, 30, 9)
     assert img.ndim == 3 and info["layer"] == names[1] and "prefix" not in info["text"]
+    assert transformer.head_stages(a) == ["14×14 cells, 2 heads, 2 layers", "7×7 cells, 4 heads, 2 layers"]
+    maps1, names1, _ = transformer.head_maps(a, 30, 9, "patch", stage=1)  # the second stage: its own 7×7 grid and 4 heads
+    assert names1 == ["layers.1.blocks.0.attn", "layers.1.blocks.1.attn"] and maps1.shape == (2, 4, 7, 7)
+    for i, name in enumerate(names1):
+        for h in range(4):
+            np.testing.assert_allclose(maps1[i, h], click_map(click_layers(a.records)[name], 30, 9, a.hw, head=h).numpy(), atol=0)
+    assert transformer.head_view(a, 1, 3, 30, 9, stage=1)[1]["layer"] == names1[1]
+    with pytest.raises(UserError, match=r"stage must be in \[0, 2\)"):
+        transformer.head_maps(a, 30, 9, "patch", stage=2)
     with pytest.raises(UserError, match="class-token view, rollout or distance plot"):
         transformer.rollout_view(a)
     with pytest.raises(UserError, match="class-token view"):
@@ -392,6 +401,7 @@ def test_head_grid_of_swin_windows_and_what_needs_tokens(tmp_path) -> None:  # t
     assert out[tab.grid]["visible"] and out[tab.grid]["value"].ndim == 3 and not out[tab.rollout]["visible"] and out[tab.note] == ""
     assert "windowed" in out[tab.answer] and "2 or 4 heads" in out[tab.answer] and not out[tab.grad_btn]["visible"]
     assert out[tab.distance]["visible"] and "leaves out" not in out[tab.answer]
+    assert out[tab.stage]["visible"] and out[tab.stage]["choices"] == transformer.head_stages(a)
     dist, plotted = transformer.distances(a)  # windowed layers: the mean over every query of its own row
     assert plotted == [*names, "layers.1.blocks.0.attn", "layers.1.blocks.1.attn"] and dist.shape == (4, 4)
     assert np.isnan(dist[:2, 2:]).all() and not np.isnan(dist[2:]).any()  # 2 heads in stage 0, 4 in stage 1

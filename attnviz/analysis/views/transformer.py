@@ -40,52 +40,91 @@ def _layers(a: Analysis) -> list[TokenAttention]:
     return layers
 
 
-def head_maps(a: Analysis, x: Any = None, y: Any = None, query: str = "patch") -> tuple[np.ndarray, list[str], str]:
-    """Maps ``(L, H, h, w)`` of every layer and head for one query, the layer names, and what the query is.
+def _patch_stages(a: Analysis) -> list[list[ClickLayer]]:
+    """The head grid's layers grouped into stages: consecutive or not, layers whose rows lie on the same key grid with the
+    same head count, in forward order."""
+    groups: dict[tuple[int, ...], list[ClickLayer]] = {}
+    for cl in head_layers(a):
+        rec = cl.records[0]
+        grid = rec.key_hw if isinstance(rec, Affinity) else rec.hw  # type: ignore[union-attr]
+        groups.setdefault((cl.heads, *grid), []).append(cl)
+    return list(groups.values())
+
+
+def _cls_stages(a: Analysis) -> list[list[TokenAttention]]:
+    every = _layers(a)
+    if not every[0].query_prefix:
+        raise UserError(f"{a.model_name} has no class token; choose the clicked patch.")
+    groups: dict[tuple[Any, ...], list[TokenAttention]] = {}
+    for r in every:
+        if r.query_prefix:
+            groups.setdefault((r.key_hw, r.heads), []).append(r)
+    return list(groups.values())
+
+
+def head_stages(a: Analysis, query: str = "patch") -> list[str]:
+    """The stages the head grid can show (layers with one grid and head count each), in words: ``"14×14 cells, 2 heads, 2 layers"``."""
+    if query == "cls":
+        return [f"{g[0].key_hw[0]}×{g[0].key_hw[1]} cells, {g[0].heads} heads, {len(g)} layers" for g in _cls_stages(a)]
+    out = []
+    for g in _patch_stages(a):
+        rec = g[0].records[0]
+        h, w = rec.key_hw if isinstance(rec, Affinity) else rec.hw  # type: ignore[union-attr]
+        out.append(f"{h}×{w} cells, {g[0].heads} heads, {len(g)} layers")
+    return out
+
+
+def head_maps(a: Analysis, x: Any = None, y: Any = None, query: str = "patch", stage: int = 0) -> tuple[np.ndarray, list[str], str]:
+    """Maps ``(L, H, h, w)`` of every layer and head of one stage for one query, the layer names, and what the query is.
 
     Args:
         a: The analysis.
         x, y: The clicked pixel (image pixels) for ``query="patch"``; default the image centre.
         query: ``patch`` (the patch under the pixel) or ``cls`` (the class token, the same for every click).
+        stage: Which stage (:func:`head_stages`; 0 = the first): a hierarchical model's stages have grids of their own.
     """
     if query not in QUERIES:
         raise UserError(f"query must be one of {', '.join(QUERIES)}; got {query!r}.")
     fx, fy = point(a, a.hw[1] / 2 if x in (None, "") else x, a.hw[0] / 2 if y in (None, "") else y)
     if query == "cls":
-        every = _layers(a)
-        layers = [r for r in every if r.key_hw == every[0].key_hw and r.heads == every[0].heads]  # one grid (the first stage's)
-        if not layers[0].query_prefix:
-            raise UserError(f"{a.model_name} has no class token; choose the clicked patch.")
+        groups = _cls_stages(a)
+        layers = groups[_stage(stage, len(groups))]
         return np.stack([np.stack([r.prefix_row(0, head=h).numpy() for h in range(r.heads)]) for r in layers]), [r.name for r in layers], "class token"
-    every_cl = head_layers(a)
-    if not every_cl:
+    if not head_layers(a):
         raise UserError(f"{a.model_name} has no transformer self-attention (ViT, DeiT, DINO, Swin, LeViT … with several heads), "
                         "so there is no head grid.")
-    maps: list[np.ndarray] = []
-    names: list[str] = []
-    for cl in every_cl:  # each head's row placed on the image, as a click draws it (windows at their cells)
-        m = np.stack([click_map(cl, fx, fy, a.hw, "row", head=h if cl.heads > 1 else None).numpy() for h in range(cl.heads)])
-        if not maps or m.shape == maps[0].shape:  # one grid and head count (the first stage's)
-            maps.append(m)
-            names.append(cl.name)
-    return np.stack(maps), names, f"the patch under pixel ({fx:.0f}, {fy:.0f})"
+    stages = _patch_stages(a)
+    layers = stages[_stage(stage, len(stages))]  # each head's row placed on the image, as a click draws it (windows at their cells)
+    maps = [np.stack([click_map(cl, fx, fy, a.hw, "row", head=h if cl.heads > 1 else None).numpy() for h in range(cl.heads)]) for cl in layers]
+    return np.stack(maps), [cl.name for cl in layers], f"the patch under pixel ({fx:.0f}, {fy:.0f})"
 
 
-def head_grid(a: Analysis, x: Any = None, y: Any = None, query: str = "patch", cmap: str = "inferno") -> Figure:
+def _stage(stage: Any, n: int) -> int:
+    try:
+        i = int(stage)
+    except (TypeError, ValueError):
+        raise UserError(f"stage must be a whole number in [0, {n}); got {stage!r}.") from None
+    if not 0 <= i < n:
+        raise UserError(f"stage must be in [0, {n}) for this model; got {i}.")
+    return i
+
+
+def head_grid(a: Analysis, x: Any = None, y: Any = None, query: str = "patch", cmap: str = "inferno", stage: int = 0) -> Figure:
     """Layers × heads thumbnails of :func:`head_maps` (each with its own scale)."""
-    maps, names, what = head_maps(a, x, y, query)
+    maps, names, what = head_maps(a, x, y, query, stage)
     return render.head_grid(maps, names, f"Attention of {what}: every layer (rows) and head (columns)", cmap)
 
 
-def head_at(a: Analysis, px: float, py: float, x: Any = None, y: Any = None, query: str = "patch", cmap: str = "inferno") -> tuple[int, int]:
+def head_at(a: Analysis, px: float, py: float, x: Any = None, y: Any = None, query: str = "patch", cmap: str = "inferno",
+            stage: int = 0) -> tuple[int, int]:
     """The (layer, head) of the thumbnail under pixel (px, py) of the head grid image drawn by :func:`head_grid`.
 
     Raises:
         UserError: The pixel lies between thumbnails (titles, margins).
     """
-    fig = head_grid(a, x, y, query, cmap)
+    fig = head_grid(a, x, y, query, cmap, stage)
     render.figure_to_rgb(fig)  # lays the figure out as the page shows it
-    n_heads = head_maps(a, x, y, query)[0].shape[1]
+    n_heads = head_maps(a, x, y, query, stage)[0].shape[1]
     for k, (x0, y0, x1, y1) in enumerate(render.axes_boxes(fig)):
         if x0 <= px < x1 and y0 <= py < y1:
             return divmod(k, n_heads)
@@ -93,10 +132,11 @@ def head_at(a: Analysis, px: float, py: float, x: Any = None, y: Any = None, que
 
 
 def head_view(a: Analysis, layer: int, head: int, x: Any = None, y: Any = None, query: str = "patch",
-              style: Style | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """One thumbnail of the head grid opened: that layer and head's map for the query, drawn over the image."""
+              style: Style | None = None, stage: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """One thumbnail of the head grid opened: that layer and head's map for the query, drawn over the image (``layer``
+    counts within the ``stage`` the grid shows)."""
     style = (style or Style()).check()
-    maps, names, what = head_maps(a, x, y, query)
+    maps, names, what = head_maps(a, x, y, query, stage)
     if not (0 <= layer < maps.shape[0] and 0 <= head < maps.shape[1]):
         raise UserError(f"layer must be in [0, {maps.shape[0]}) and head in [0, {maps.shape[1]}); got layer {layer}, head {head}.")
     fx, fy = point(a, a.hw[1] / 2 if x in (None, "") else x, a.hw[0] / 2 if y in (None, "") else y)

@@ -25,7 +25,10 @@ class TransformerTab(Tab):
 
     def build(self) -> None:
         self.note = gr.Markdown("", elem_classes=["note"])
-        self.query = gr.Radio(QUERY_CHOICES, value="patch", label="Query", elem_id="tf_query")
+        with gr.Row():
+            self.query = gr.Radio(QUERY_CHOICES, value="patch", label="Query", elem_id="tf_query")
+            self.stage = gr.Dropdown(choices=[], type="index", label="Stage of the grid (hierarchical models: each stage has its own grid)",
+                                     visible=False, elem_id="tf_stage")
         self.grid = gr.Image(label="Every layer (rows) and head (columns), each with its own scale: click a thumbnail to open it", format="png",
                              interactive=False, elem_id="head_grid")
         self.opened = gr.Image(label="The thumbnail, opened", format="png", interactive=False, visible=False, elem_id="head_opened")
@@ -43,11 +46,16 @@ class TransformerTab(Tab):
     @property
     def outputs(self) -> list[Any]:
         return [self.note, self.grid, self.rollout, self.distance, self.answer, self.query, self.grad_img, self.grad_note, self.opened, self.opened_note,
-                self.grad_btn]
+                self.grad_btn, self.stage]
 
     @property
-    def click_outputs(self) -> list[Any]:
-        return [self.grid, self.rollout, self.answer, self.opened, self.opened_note]  # a new click closes the opened thumbnail
+    def click_outputs(self) -> list[Any]:  # a new click closes the opened thumbnail and shows the first stage
+        return [self.grid, self.rollout, self.answer, self.opened, self.opened_note, self.stage]
+
+    @staticmethod
+    def _stages(a: Analysis, query: str) -> Any:
+        names = transformer.head_stages(a, query)
+        return gr.update(choices=names, value=names[0] if names else None, visible=len(names) > 1)
 
     def fill(self, a: Analysis, v: ViewState, query: str = "patch") -> dict[Any, Any]:
         layers = transformer.token_layers(a)
@@ -60,14 +68,16 @@ class TransformerTab(Tab):
             counts = " or ".join(str(n) for n in sorted({cl.heads for cl in heads}))
             plotted = {r.name for r in transformer.distance_layers(a)}
             left = [cl.name for cl in heads if cl.name not in plotted]
-            answer = (f"{len(heads)} multi-head self-attention layers ({kinds}) with {counts} heads; the grid shows every head of the "
-                      "first stage's layers for the clicked pixel. Class-token view, rollout and gradient rollout need attention over "
+            stages = "one stage's layers (Stage picks which)" if len(transformer.head_stages(a)) > 1 else "the layers"
+            answer = (f"{len(heads)} multi-head self-attention layers ({kinds}) with {counts} heads; the grid shows every head of "
+                      f"{stages} for the clicked pixel. Class-token view, rollout and gradient rollout need attention over "
                       "a token sequence with a class token." + (f" The distance plot leaves out {len(left)} layer(s) whose mean over every "
                       "query is not formed here." if plotted and left else "")) if heads else ""
             distance = gr.update(value=transformer.distance_figure(a), visible=True) if plotted else hidden
             return {self.note: "" if heads else HINT, self.grid: grid, self.rollout: hidden, self.distance: distance, self.answer: answer,
                     self.query: gr.update(visible=False, value="patch"), self.grad_img: hidden, self.grad_note: "", self.opened: hidden,
-                    self.opened_note: "", self.grad_btn: gr.update(visible=False)}
+                    self.opened_note: "", self.grad_btn: gr.update(visible=False),
+                    self.stage: self._stages(a, "patch") if heads else gr.update(choices=[], value=None, visible=False)}
         has_cls = bool(layers[0].query_prefix)
         query = query if has_cls else "patch"
         x, y = v.click if v.click is not None else (None, None)
@@ -81,27 +91,35 @@ class TransformerTab(Tab):
                 self.distance: gr.update(value=transformer.distance_figure(a), visible=True), self.answer: answer,
                 self.query: gr.update(visible=has_cls, value=query), self.grad_img: gr.update(value=None, visible=False), self.grad_note: "",
                 self.opened: gr.update(value=None, visible=False), self.opened_note: "",
-                self.grad_btn: gr.update(visible=a.task != "features")}  # a backbone has no class to explain
+                self.grad_btn: gr.update(visible=a.task != "features"),  # a backbone has no class to explain
+                self.stage: self._stages(a, query)}
 
     def wire(self) -> None:
         s = self.shared
 
-        def redraw(state: Any, xy: Any, query: str, cmap: str) -> Any:
+        @guard
+        def redraw(state: Any, xy: Any, query: str, cmap: str, stage: Any = 0) -> Any:
+            a = self.shared.current(state)
             x, y = (xy or [None, None])[:2]
-            return self.head_grid(*(state or [None, None]), x, y, query, cmap)
-
-        self.query.change(redraw, [s.input_state, s.xy_state, self.query, s.cmap], [self.grid], api_visibility="private")
+            return render.figure_to_rgb(transformer.head_grid(a, x, y, query, cmap, stage or 0))
 
         @guard
-        def open_cell(state: Any, xy: Any, query: str, cmap: str, alpha: float, evt: gr.SelectData) -> tuple[Any, str]:
+        def requery(state: Any, xy: Any, query: str, cmap: str) -> tuple[Any, Any]:
+            return redraw(state, xy, query, cmap), self._stages(self.shared.current(state), query)
+
+        self.query.change(requery, [s.input_state, s.xy_state, self.query, s.cmap], [self.grid, self.stage], api_visibility="private")
+        self.stage.input(redraw, [s.input_state, s.xy_state, self.query, s.cmap, self.stage], [self.grid], api_visibility="private")
+
+        @guard
+        def open_cell(state: Any, xy: Any, query: str, cmap: str, alpha: float, stage: Any, evt: gr.SelectData) -> tuple[Any, str]:
             a = self.shared.current(state)
             x, y = (xy or [None, None])[:2]
             px, py = (evt.index or [0, 0])[:2]
-            layer, head = transformer.head_at(a, float(px), float(py), x, y, query, cmap)
-            img, info = transformer.head_view(a, layer, head, x, y, query, style_of(cmap, alpha, "per map"))
+            layer, head = transformer.head_at(a, float(px), float(py), x, y, query, cmap, stage or 0)
+            img, info = transformer.head_view(a, layer, head, x, y, query, style_of(cmap, alpha, "per map"), stage or 0)
             return gr.update(value=img, visible=True), info["text"]
 
-        self.grid.select(open_cell, [s.input_state, s.xy_state, self.query, s.cmap, s.alpha], [self.opened, self.opened_note],
+        self.grid.select(open_cell, [s.input_state, s.xy_state, self.query, s.cmap, s.alpha, self.stage], [self.opened, self.opened_note],
                          api_visibility="private")
 
         @guard
