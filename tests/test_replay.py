@@ -346,3 +346,39 @@ def test_a_direct_replay_that_meets_more_fused_calls_draws_nothing_from_them_and
         model(torch.randn(1, 3, 6, 5))  # a replay: the direct region holds the wrapper when the error comes
         model(torch.randn(1, 4, 6, 5))  # wrong channel count: the first conv raises
     assert torch.nn.functional.scaled_dot_product_attention is original
+
+
+def test_direct_replays_in_two_threads_see_only_their_own_calls() -> None:
+    """Two threads replay direct regions of two models at once (the wrapper is installed while either holds it): each
+    capture's rows are its own model's, on every forward, and the original function is back when both are done."""
+    import threading
+
+    models = [_fused_net(), _fused_net()]
+    with torch.no_grad():
+        models[1][1].qkv.weight.mul_(3)  # other weights: a row taken from the wrong model would differ
+    inputs = [torch.randn(1, 3, 6, 5), torch.randn(1, 3, 6, 5)]
+    original = torch.nn.functional.scaled_dot_product_attention
+    for m, x in zip(models, inputs):
+        _run(m, x)  # discovery: the plans
+    rows: list[list[torch.Tensor]] = [[], []]
+    replays = [0, 0]
+    barrier = threading.Barrier(2)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        for _ in range(25):
+            cap = _run(models[i], inputs[i])
+            replays[i] += cap.replays
+            rows[i].append(cap.records["1"].row(2, 3))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert replays[i] == 25 and len(rows[i]) == 25
+        ref = _fused_row(models[i], inputs[i], 2, 3)
+        for r in rows[i]:
+            torch.testing.assert_close(r, ref, atol=1e-5, rtol=1e-5)
+    assert torch.nn.functional.scaled_dot_product_attention is original
