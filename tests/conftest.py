@@ -43,3 +43,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def in_threads(work, n: int = 2) -> None:  # type: ignore[no-untyped-def]
+    """Run ``work(i)`` for i in range(n), each in its own thread, and wait for all."""
+    import threading
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import randomize_bn
+from conftest import in_threads, randomize_bn
 from torch import nn
 from torch.nn import functional as F
 
@@ -387,11 +387,7 @@ def test_thread_safety_two_captures_same_model() -> None:
                 m(inputs[i])
         results[i] = dict(cap.records)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(work)
     for i in range(2):
         recs = results[i]
         assert recs is not None and len(recs) == 2 * 20

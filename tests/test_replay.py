@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import timm
 import torch
+from conftest import in_threads
 from torch import nn
 
 import attnviz
@@ -371,11 +372,7 @@ def test_direct_replays_in_two_threads_see_only_their_own_calls() -> None:
             replays[i] += cap.replays
             rows[i].append(cap.records["1"].row(2, 3))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(work)
     for i in range(2):
         assert replays[i] == 25 and len(rows[i]) == 25
         ref = _fused_row(models[i], inputs[i], 2, 3)
