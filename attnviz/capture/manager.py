@@ -412,11 +412,10 @@ class Capture:
         frame = self._stack.pop()
         if frame.region:
             self._open = 0
-            direct = self._intercepting
             self._release()
             self._pop_mode()
-            fast = self._fast
-            if fast is not None and self._fast_i != (len(fast.direct) if direct and fast.direct is not None else len(fast.ops)):
+            fast = self._fast  # a direct region counted the fused calls, the others every op
+            if fast is not None and self._fast_i != (len(fast.direct) if fast.direct is not None else len(fast.ops)):
                 self._replay_broken(frame.name, ())
             self._fast = None
         self._after_frame(frame)

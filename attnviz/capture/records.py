@@ -697,11 +697,11 @@ class WindowAffinity(Record):
             if name.split("[")[0] not in ("b", "h", "w"):
                 head = head * s + lead[name]
         out = {"weights": w, "head": head[keep]}
-        for side, atoms in (("q", self.query_atoms), ("k", self.key_atoms)):
-            own = self._digits(atoms)  # atom -> (N,)
+        for side, atoms, n in (("q", self.query_atoms, w.shape[1]), ("k", self.key_atoms, w.shape[2])):
+            own = self._index(atoms)  # atom -> (N,)
             grid = {}
             for base in ("h", "w"):
-                g = torch.zeros(int(keep.sum()), len(next(iter(own.values()))) if own else 1, dtype=torch.long)
+                g = torch.zeros(w.shape[0], n, dtype=torch.long)
                 for name, _s, inner in self._places(base):
                     g += (own[name][None, :] if name in own else lead[name][keep][:, None]) * inner
                 grid[base] = g

@@ -40,15 +40,15 @@ def _layers(a: Analysis) -> list[TokenAttention]:
     return layers
 
 
-def _patch_stages(a: Analysis) -> list[list[ClickLayer]]:
-    """The head grid's layers grouped into stages: consecutive or not, layers whose rows lie on the same key grid with the
-    same head count, in forward order."""
-    groups: dict[tuple[int, ...], list[ClickLayer]] = {}
+def _patch_stages(a: Analysis) -> dict[tuple[int, int, int], list[ClickLayer]]:
+    """The head grid's layers grouped into stages, keyed by (heads, key rows, key columns): consecutive or not, layers whose
+    rows lie on the same key grid with the same head count, in forward order."""
+    groups: dict[tuple[int, int, int], list[ClickLayer]] = {}
     for cl in head_layers(a):
         rec = cl.records[0]
         grid = rec.key_hw if isinstance(rec, Affinity) else rec.hw  # type: ignore[union-attr]
         groups.setdefault((cl.heads, *grid), []).append(cl)
-    return list(groups.values())
+    return groups
 
 
 def _cls_stages(a: Analysis) -> list[list[TokenAttention]]:
@@ -66,12 +66,7 @@ def head_stages(a: Analysis, query: str = "patch") -> list[str]:
     """The stages the head grid can show (layers with one grid and head count each), in words: ``"14×14 cells, 2 heads, 2 layers"``."""
     if query == "cls":
         return [f"{g[0].key_hw[0]}×{g[0].key_hw[1]} cells, {g[0].heads} heads, {len(g)} layers" for g in _cls_stages(a)]
-    out = []
-    for g in _patch_stages(a):
-        rec = g[0].records[0]
-        h, w = rec.key_hw if isinstance(rec, Affinity) else rec.hw  # type: ignore[union-attr]
-        out.append(f"{h}×{w} cells, {g[0].heads} heads, {len(g)} layers")
-    return out
+    return [f"{h}×{w} cells, {heads} heads, {len(g)} layers" for (heads, h, w), g in _patch_stages(a).items()]
 
 
 def head_maps(a: Analysis, x: Any = None, y: Any = None, query: str = "patch", stage: int = 0) -> tuple[np.ndarray, list[str], str]:
@@ -93,7 +88,7 @@ def head_maps(a: Analysis, x: Any = None, y: Any = None, query: str = "patch", s
     if not head_layers(a):
         raise UserError(f"{a.model_name} has no transformer self-attention (ViT, DeiT, DINO, Swin, LeViT … with several heads), "
                         "so there is no head grid.")
-    stages = _patch_stages(a)
+    stages = list(_patch_stages(a).values())
     layers = stages[_stage(stage, len(stages))]  # each head's row placed on the image, as a click draws it (windows at their cells)
     maps = [np.stack([click_map(cl, fx, fy, a.hw, "row", head=h if cl.heads > 1 else None).numpy() for h in range(cl.heads)]) for cl in layers]
     return np.stack(maps), [cl.name for cl in layers], f"the patch under pixel ({fx:.0f}, {fy:.0f})"
@@ -111,7 +106,10 @@ def _stage(stage: Any, n: int) -> int:
 
 def head_grid(a: Analysis, x: Any = None, y: Any = None, query: str = "patch", cmap: str = "inferno", stage: int = 0) -> Figure:
     """Layers × heads thumbnails of :func:`head_maps` (each with its own scale)."""
-    maps, names, what = head_maps(a, x, y, query, stage)
+    return _grid_figure(*head_maps(a, x, y, query, stage), cmap)
+
+
+def _grid_figure(maps: np.ndarray, names: list[str], what: str, cmap: str) -> Figure:
     return render.head_grid(maps, names, f"Attention of {what}: every layer (rows) and head (columns)", cmap)
 
 
@@ -122,9 +120,10 @@ def head_at(a: Analysis, px: float, py: float, x: Any = None, y: Any = None, que
     Raises:
         UserError: The pixel lies between thumbnails (titles, margins).
     """
-    fig = head_grid(a, x, y, query, cmap, stage)
+    maps, names, what = head_maps(a, x, y, query, stage)
+    fig = _grid_figure(maps, names, what, cmap)
     render.figure_to_rgb(fig)  # lays the figure out as the page shows it
-    n_heads = head_maps(a, x, y, query, stage)[0].shape[1]
+    n_heads = maps.shape[1]
     for k, (x0, y0, x1, y1) in enumerate(render.axes_boxes(fig)):
         if x0 <= px < x1 and y0 <= py < y1:
             return divmod(k, n_heads)

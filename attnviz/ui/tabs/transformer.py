@@ -53,8 +53,8 @@ class TransformerTab(Tab):
         return [self.grid, self.rollout, self.answer, self.opened, self.opened_note, self.stage]
 
     @staticmethod
-    def _stages(a: Analysis, query: str) -> Any:
-        names = transformer.head_stages(a, query)
+    def _stages(a: Analysis, query: str, names: list[str] | None = None) -> Any:
+        names = transformer.head_stages(a, query) if names is None else names
         return gr.update(choices=names, value=names[0] if names else None, visible=len(names) > 1)
 
     def fill(self, a: Analysis, v: ViewState, query: str = "patch") -> dict[Any, Any]:
@@ -68,7 +68,8 @@ class TransformerTab(Tab):
             counts = " or ".join(str(n) for n in sorted({cl.heads for cl in heads}))
             plotted = {r.name for r in transformer.distance_layers(a)}
             left = [cl.name for cl in heads if cl.name not in plotted]
-            stages = "one stage's layers (Stage picks which)" if len(transformer.head_stages(a)) > 1 else "the layers"
+            stage_names = transformer.head_stages(a) if heads else []
+            stages = "one stage's layers (Stage picks which)" if len(stage_names) > 1 else "the layers"
             answer = (f"{len(heads)} multi-head self-attention layers ({kinds}) with {counts} heads; the grid shows every head of "
                       f"{stages} for the clicked pixel. Class-token view, rollout and gradient rollout need attention over "
                       "a token sequence with a class token." + (f" The distance plot leaves out {len(left)} layer(s) whose mean over every "
@@ -77,7 +78,7 @@ class TransformerTab(Tab):
             return {self.note: "" if heads else HINT, self.grid: grid, self.rollout: hidden, self.distance: distance, self.answer: answer,
                     self.query: gr.update(visible=False, value="patch"), self.grad_img: hidden, self.grad_note: "", self.opened: hidden,
                     self.opened_note: "", self.grad_btn: gr.update(visible=False),
-                    self.stage: self._stages(a, "patch") if heads else gr.update(choices=[], value=None, visible=False)}
+                    self.stage: self._stages(a, "patch", stage_names)}
         has_cls = bool(layers[0].query_prefix)
         query = query if has_cls else "patch"
         x, y = v.click if v.click is not None else (None, None)
